@@ -1,0 +1,15 @@
+"""Schooner's query frontend, wire protocol and client library.
+
+Importing this package needs only numpy, pyzmq and msgpack (replica images have no
+more); the server modules that need aiohttp are imported by the frontend process.
+"""
+
+from frontend.errors import (BadInput, ModelError, NoModel, Overloaded, ProtocolError, ReplicaLost,
+                             SchoonerError, ShuttingDown, UnknownApp)
+from frontend.types import AppSpec, DeploymentState, InputType, ModelSpec, ReplicaInfo, ReplicaState
+
+__all__ = [
+    "AppSpec", "BadInput", "DeploymentState", "InputType", "ModelError", "ModelSpec", "NoModel",
+    "Overloaded", "ProtocolError", "ReplicaInfo", "ReplicaLost", "ReplicaState", "SchoonerError",
+    "ShuttingDown", "UnknownApp",
+]

@@ -1,0 +1,53 @@
+"""Every default of Schooner in one place, with its unit in the name.
+
+Config resolves flag -> environment variable (``SCHOONER_<NAME>``) -> the value
+here; see :func:`resolve`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+HOST = "127.0.0.1"
+CLIENT_PORT = 4455  # ZMQ ROUTER for client queries
+REPLICA_PORT = 7000  # ZMQ ROUTER for replica RPC
+HTTP_PORT = 1337  # HTTP query endpoint, /metrics, /health
+MANAGEMENT_PORT = 1338  # REST admin API
+REDIS_URL = ""  # empty: start an embedded Redis on a free loopback port
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # larger client messages are refused (BadInput)
+MAX_INPUT_BYTES = 16 * 1024 * 1024  # one input; larger is refused (BadInput)
+
+DEFAULT_OUTPUT = "None"
+LATENCY_SLO_MICROS = 100_000
+BATCH_SIZE = -1  # adaptive (AIMD)
+MAX_BATCH_SIZE = 64
+BATCH_WAIT_TIMEOUT_MICROS = 0
+MAX_QUEUE_SIZE = 10_000
+AIMD_ADDITIVE_STEP = 1
+AIMD_BACKOFF_FRACTION = 0.10
+MAX_BATCH_RETRIES = 2  # a batch whose replica died is retried this many times
+
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_TIMEOUT_S = 5.0  # a replica silent this long is dead
+RETRY_AFTER_S = 1  # Retry-After on 429
+
+REDIS_KEY_PREFIX = "schooner"
+STATE_DIR = os.path.expanduser("~/.schooner")
+
+
+def resolve(flag: T | None, name: str, default: T, cast: Callable[[str], Any] = str) -> T:
+    """Return ``flag`` if given, else ``$SCHOONER_<NAME>`` cast, else ``default``."""
+    if flag is not None:
+        return flag
+    raw = os.environ.get(f"SCHOONER_{name.upper()}")
+    if raw is None or raw == "":
+        return default
+    try:
+        return cast(raw)
+    except ValueError as err:
+        raise ValueError(f"SCHOONER_{name.upper()}={raw!r} is not a valid {name}") from err

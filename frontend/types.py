@@ -1,0 +1,153 @@
+"""Shapes shared by every part of Schooner: input types, apps, models, replicas.
+
+These dataclasses are the contract between the frontend, the replica runtime,
+the management service and the driver. They serialise to plain dicts (JSON,
+msgpack, Redis hashes) with :func:`dataclasses.asdict`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from frontend import defaults
+
+
+class InputType(str, enum.Enum):
+    """Clipper's input types; the value is the name used on the wire and in Redis."""
+
+    BYTES = "bytes"
+    INTS = "ints"
+    FLOATS = "floats"
+    DOUBLES = "doubles"
+    STRINGS = "strings"
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        """The numpy dtype of a numeric input type, None for bytes and strings."""
+        return _DTYPES.get(self)
+
+    @classmethod
+    def parse(cls, value: str | InputType) -> InputType:
+        """Parse a name; raise ValueError naming the accepted names."""
+        try:
+            return cls(value)
+        except ValueError:
+            names = ", ".join(t.value for t in cls)
+            raise ValueError(f"input_type must be one of {names}, got {value!r}") from None
+
+
+_DTYPES = {
+    InputType.INTS: np.dtype("<i4"),
+    InputType.FLOATS: np.dtype("<f4"),
+    InputType.DOUBLES: np.dtype("<f8"),
+}
+
+
+class ReplicaState(str, enum.Enum):
+    """Life of a replica, as the frontend and the manager see it."""
+
+    STARTING = "starting"  # process launched, not yet registered with the frontend
+    READY = "ready"  # registered, idle, may take a batch
+    BUSY = "busy"  # one batch in flight
+    DRAINING = "draining"  # asked to stop: finishes its batch, takes no new one
+    DEAD = "dead"  # missed heartbeats or its process is gone
+    STOPPED = "stopped"  # stopped on purpose
+
+
+@dataclass
+class AppSpec:
+    """An application: the name clients query, bound to one model."""
+
+    name: str
+    input_type: InputType
+    default_output: str = defaults.DEFAULT_OUTPUT
+    latency_slo_micros: int = defaults.LATENCY_SLO_MICROS
+    policy: str = "default"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError("name must be a non-empty string")
+        self.input_type = InputType.parse(self.input_type)
+        if not isinstance(self.latency_slo_micros, int) or self.latency_slo_micros <= 0:
+            raise ValueError("latency_slo_micros must be a positive integer")
+
+
+@dataclass
+class ModelSpec:
+    """A model version and how the frontend batches for it.
+
+    ``batch_size`` is a fixed batch size, or ``-1`` for adaptive (AIMD) batching
+    bounded by ``max_batch_size``. ``input_shape`` (optional) is the shape every
+    input must have; the frontend rejects others with BadInput.
+    """
+
+    name: str
+    version: str
+    input_type: InputType
+    labels: list[str] = field(default_factory=list)
+    batch_size: int = defaults.BATCH_SIZE
+    max_batch_size: int = defaults.MAX_BATCH_SIZE
+    batch_wait_timeout_micros: int = defaults.BATCH_WAIT_TIMEOUT_MICROS
+    input_shape: list[int] | None = None
+    max_queue_size: int = defaults.MAX_QUEUE_SIZE
+    # Launch settings, used by the manager, ignored by the frontend.
+    launcher: str = ""  # zoo model the replicas run (containers.models name); "" = same as name
+    model_opts: dict = field(default_factory=dict)  # options for the zoo model (e.g. sleep's a_ms, b_ms)
+    image: str = ""
+    model_data_path: str = ""
+    cpus_per_replica: int = 1
+    gpus: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError("name must be a non-empty string")
+        self.version = str(self.version)
+        self.input_type = InputType.parse(self.input_type)
+        if not isinstance(self.batch_size, int) or (self.batch_size < 1 and self.batch_size != -1):
+            raise ValueError("batch_size must be a positive integer or -1 (adaptive)")
+        if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be a positive integer")
+        if self.batch_wait_timeout_micros < 0:
+            raise ValueError("batch_wait_timeout_micros must be >= 0")
+        if self.max_queue_size < 1:
+            raise ValueError("max_queue_size must be a positive integer")
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(name, version), the identity of a model version."""
+        return (self.name, self.version)
+
+
+@dataclass
+class ReplicaInfo:
+    """What a replica says about itself when it registers, plus the frontend's view."""
+
+    replica_id: str
+    model_name: str
+    model_version: str
+    input_type: InputType
+    pid: int
+    cpus: list[int] = field(default_factory=list)
+    gpu: int | None = None
+    input_shape: list[int] | None = None
+    host: str = ""
+    state: ReplicaState = ReplicaState.READY
+    last_heartbeat_s: float = 0.0  # time.monotonic() on the frontend
+    batches_done: int = 0
+
+
+@dataclass
+class DeploymentState:
+    """Everything the frontend serves from: what the management service keeps in Redis.
+
+    ``links`` maps an app to its linked model names (Clipper allows one);
+    ``current_versions`` maps a model name to the version queries go to.
+    """
+
+    apps: dict[str, AppSpec] = field(default_factory=dict)
+    models: dict[tuple[str, str], ModelSpec] = field(default_factory=dict)
+    links: dict[str, list[str]] = field(default_factory=dict)
+    current_versions: dict[str, str] = field(default_factory=dict)

