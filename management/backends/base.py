@@ -20,6 +20,8 @@ class LaunchSpec:
     model_data_path: str = ""
     image: str = ""  # Docker image (Docker backend only)
     env: dict[str, str] = field(default_factory=dict)
+    model_opts: dict = field(default_factory=dict)  # options for the zoo model (--model-opts JSON)
+    input_type: str = ""  # the model version's input type (--input-type); "" = the zoo model's own
 
 
 @dataclass
