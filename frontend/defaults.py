@@ -38,6 +38,8 @@ RETRY_AFTER_S = 1  # Retry-After on 429
 
 REDIS_KEY_PREFIX = "schooner"
 STATE_DIR = os.path.expanduser("~/.schooner")
+MODEL_DIR = os.path.join(STATE_DIR, "models")  # classic-model artifacts (build_models --out)
+MODEL_CACHE_DIR = os.path.join(MODEL_DIR, "cache")  # classic models trained on demand
 
 
 def resolve(flag: T | None, name: str, default: T, cast: Callable[[str], Any] = str) -> T:
