@@ -1,0 +1,463 @@
+"""The replica manager: keeps each model version's replicas at the count, cores and GPUs asked for.
+
+Desired state (``set_desired``) and one record per replica live in Redis; the
+backend (local processes, Docker) runs the replicas; the frontend's
+``GET /replicas`` says which of them are registered and ready. A reconcile loop
+restarts replicas whose process died (same cores, exponential backoff), starts
+missing ones and stops extra ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from frontend.types import ModelSpec, ReplicaState
+from management.allocator import CpuAllocator, Placement
+from management.backends.base import LaunchSpec, ReplicaBackend
+from management.errors import AllocationError, BackendError, BadRequest, ManagementError, NotFound
+
+log = logging.getLogger(__name__)
+
+_SERVING = {ReplicaState.READY.value, ReplicaState.BUSY.value}
+_HEALTHY_RUN_S = 30.0  # a replica that ran this long before dying restarts with the shortest backoff
+
+
+@dataclass
+class _Health:
+    """In-memory restart bookkeeping of one replica (not worth a Redis write)."""
+
+    started_at: float
+    failures: int = 0
+    next_restart_at: float = 0.0
+
+
+class ReplicaManager:
+    """Starts, stops, restarts and describes the replicas of every model version."""
+
+    def __init__(self, store: Any, backend: ReplicaBackend, allocator: CpuAllocator, *, frontend_rpc: str,
+                 frontend_http_url: str, reconcile_interval_s: float = 1.0,
+                 restart_backoff_s: tuple[float, float] = (0.5, 30.0), frontend_cpus: list[int] | None = None,
+                 stop_timeout_s: float = 30.0, replica_env: dict[str, str] | None = None,
+                 http_timeout_s: float = 5.0) -> None:
+        if not frontend_rpc:
+            raise ValueError("frontend_rpc must be the frontend's replica address, e.g. tcp://127.0.0.1:7000")
+        if reconcile_interval_s <= 0:
+            raise ValueError("reconcile_interval_s must be > 0")
+        lo, hi = restart_backoff_s
+        if not 0 < lo <= hi:
+            raise ValueError("restart_backoff_s must be (min, max) with 0 < min <= max")
+        self.store = store
+        self.backend = backend
+        self.allocator = allocator
+        self.frontend_rpc = frontend_rpc
+        self.frontend_http_url = frontend_http_url.rstrip("/")
+        self.reconcile_interval_s = reconcile_interval_s
+        self.restart_backoff_s = (float(lo), float(hi))
+        self.frontend_cpus = list(frontend_cpus or [])
+        self.stop_timeout_s = stop_timeout_s
+        self.replica_env = dict(replica_env or {})
+        self.http_timeout_s = http_timeout_s
+        self.host = socket.gethostname()
+        self._lock = asyncio.Lock()
+        self._health: dict[str, _Health] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self._adopted = False
+
+    # -- public API --------------------------------------------------------------------------
+
+    def default_pool(self) -> list[int]:
+        """Every online cpu minus those the frontend is pinned to (all of them if that leaves none)."""
+        pool = [c for c in self.allocator.available if c not in self.frontend_cpus]
+        return pool or list(self.allocator.available)
+
+    async def set_num_replicas(self, model_name: str, model_version: str | None = None, num_replicas: int = 1,
+                               cpus_per_replica: int | None = None, model_cpus: list[int] | None = None,
+                               gpus: list[int] | None = None, wait_s: float = 0.0) -> list[dict]:
+        """Scale a model version to ``num_replicas``; refuse impossible placements before starting anything."""
+        model = self._model(model_name, model_version)
+        if not isinstance(wait_s, (int, float)) or isinstance(wait_s, bool) or wait_s < 0:
+            raise BadRequest(f"wait_s must be a number >= 0, got {wait_s!r}")
+        desired = {
+            "num_replicas": num_replicas,
+            "cpus_per_replica": model.cpus_per_replica if cpus_per_replica is None else cpus_per_replica,
+            "model_cpus": list(model_cpus or []),
+            "gpus": list(model.gpus if gpus is None else gpus),
+        }
+        async with self._lock:
+            await self._adopt_once()
+            plan = self._plan(model, desired)  # raises AllocationError, nothing changed yet
+            await self._call(self.store.set_desired, model.name, model.version, desired)
+            await self._apply(model, desired, plan)
+        if wait_s > 0:
+            await self.wait_ready(model.name, model.version, wait_s)
+        return await self.describe(model.name, model.version)
+
+    async def wait_ready(self, model_name: str, model_version: str, timeout_s: float) -> None:
+        """Wait until the frontend shows every replica of the model version ready (or busy)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            records = await self._call(self.store.list_replicas, model_name, model_version)
+            view = await self.frontend_view()
+            waiting = [r["replica_id"] for r in records
+                       if view.get(r["replica_id"], {}).get("state") not in _SERVING]
+            if not waiting:
+                return
+            if time.monotonic() >= deadline:
+                raise BackendError(f"replicas {waiting} of {model_name}:{model_version} did not become ready "
+                                   f"within {timeout_s:g}s (see /admin/get_replica_logs)")
+            await asyncio.sleep(0.1)
+
+    async def describe(self, model_name: str, model_version: str | None = None) -> list[dict]:
+        """Every replica of a model version: Redis record merged with the frontend's view."""
+        model = self._model(model_name, model_version)
+        records = await self._call(self.store.list_replicas, model.name, model.version)
+        view = await self.frontend_view()
+        return [self._merge(r, view.get(r["replica_id"])) for r in sorted(records, key=_seq)]
+
+    def list_all(self) -> list[dict]:
+        """Every replica record of every model (as stored in Redis)."""
+        return [_public(r) for r in self.store.list_replicas()]
+
+    def get(self, replica_id: str) -> dict:
+        """One replica's record; NotFound if no model has it."""
+        for record in self.store.list_replicas():
+            if record.get("replica_id") == replica_id:
+                return _public(record)
+        raise NotFound(f"replica {replica_id!r} does not exist")
+
+    def logs(self, replica_id: str, tail: int = 200) -> str:
+        """The last ``tail`` lines the replica wrote; NotFound if it is unknown."""
+        self.get(replica_id)
+        try:
+            return self.backend.logs(replica_id, tail)
+        except BackendError as err:
+            raise NotFound(str(err)) from err
+
+    async def delete_model(self, name: str, version: str) -> None:
+        """Stop every replica of a model version and forget its desired state and records."""
+        async with self._lock:
+            records = await self._call(self.store.list_replicas, name, str(version))
+            await self._stop_many(records)
+            await self._call(self.store.delete_desired, name, str(version))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Reconcile every ``reconcile_interval_s`` until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                await self.reconcile_once()
+            except ManagementError as err:
+                log.warning("reconcile failed: %s", err)
+            except Exception:  # a bug in one pass must not end the loop
+                log.exception("reconcile failed")
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.reconcile_interval_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def reconcile_once(self) -> None:
+        """One pass: restart dead replicas, start missing ones, stop extras, refresh records."""
+        async with self._lock:
+            await self._adopt_once()
+            view = await self.frontend_view()
+            running = {r.replica_id: r for r in await asyncio.to_thread(self.backend.list)}
+            records = await self._call(self.store.list_replicas)
+            wanted = set()
+            for desired in await self._call(self.store.list_desired):
+                name, version = desired["model_name"], str(desired["model_version"])
+                mine = [r for r in records if r["model_name"] == name and str(r["model_version"]) == version]
+                wanted.update(r["replica_id"] for r in mine)
+                model = await self._call(self.store.get_model, name, version)
+                if model is None:
+                    await self._stop_many(mine)
+                    await self._call(self.store.delete_desired, name, version)
+                    continue
+                await self._reconcile_model(model, desired, mine, running, view)
+            for record in records:  # replicas of model versions nobody wants any more
+                if record["replica_id"] not in wanted:
+                    await self._stop_many([record])
+            known = {r["replica_id"] for r in records}
+            for rid in set(running) - known:  # started by us, record gone (deleted by hand)
+                await self._stop_one(rid)
+
+    async def shutdown(self) -> None:
+        """Stop (drain) every replica this manager started; keep desired state for the next start."""
+        async with self._lock:
+            running = await asyncio.to_thread(self.backend.list)
+            await asyncio.gather(*(self._stop_one(r.replica_id, keep_record=True) for r in running))
+            for record in await self._call(self.store.list_replicas):
+                if record["replica_id"] in {r.replica_id for r in running}:
+                    record["state"] = ReplicaState.STOPPED.value
+                    await self._call(self.store.put_replica, record)
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def frontend_view(self) -> dict[str, dict]:
+        """replica_id -> the frontend's row from GET /replicas; empty when it cannot be reached."""
+        if not self.frontend_http_url:
+            return {}
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.http_timeout_s))
+        try:
+            async with self._http.get(f"{self.frontend_http_url}/replicas") as resp:
+                if resp.status != 200:
+                    log.debug("frontend GET /replicas answered %s", resp.status)
+                    return {}
+                body = await resp.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError, ValueError) as err:
+            log.debug("frontend GET /replicas failed: %s", err)
+            return {}
+        rows = body.get("replicas", []) if isinstance(body, dict) else body
+        return {row["replica_id"]: row for row in rows if isinstance(row, dict) and "replica_id" in row}
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def _model(self, name: str, version: str | None) -> ModelSpec:
+        if not isinstance(name, str) or not name:
+            raise BadRequest("model_name must be a non-empty string")
+        model = self.store.get_model(name, None if version is None else str(version))
+        if model is None:
+            what = f"model {name!r}" + ("" if version is None else f" version {version!r}")
+            raise NotFound(f"{what} does not exist")
+        return model
+
+    def _plan(self, model: ModelSpec, desired: dict) -> tuple[list[dict], list[dict], list[Placement]]:
+        """(records to keep, records to stop, placements to start) for ``desired``."""
+        owner = _owner(model.name, model.version)
+        records = sorted(self.store.list_replicas(model.name, model.version), key=_seq)
+        explicit = bool(desired["model_cpus"])
+        pool = desired["model_cpus"] if explicit else self.default_pool()
+        n, per, gpus = desired["num_replicas"], desired["cpus_per_replica"], desired["gpus"]
+        self.allocator.check(n if isinstance(n, int) and not isinstance(n, bool) else -1, per, pool, gpus)
+        fits = all(len(r["cpus"]) == per and set(r["cpus"]) <= set(pool)
+                   and (r.get("gpu") is None or r["gpu"] in gpus) for r in records)
+        keep = records[:n] if fits else []
+        stop = [r for r in records if r not in keep]
+        # Cores of replicas being stopped are free for the new ones.
+        for r in stop:
+            self.allocator.release(r["replica_id"])
+        try:
+            new = self.allocator.allocate(n - len(keep), per, pool, gpus, owner=owner,
+                                          keep=[Placement(list(r["cpus"]), r.get("gpu")) for r in keep],
+                                          share=not explicit)
+        except AllocationError:
+            for r in stop:  # nothing changes: give the cores back
+                self.allocator.claim(r["replica_id"], owner, Placement(list(r["cpus"]), r.get("gpu")))
+            raise
+        return keep, stop, new
+
+    async def _apply(self, model: ModelSpec, desired: dict,
+                     plan: tuple[list[dict], list[dict], list[Placement]]) -> None:
+        keep, stop, new = plan
+        await self._stop_many(stop)
+        seq = max([_seq(r) for r in keep + stop] + [0])
+        for i, placement in enumerate(new, start=1):
+            await self._start_new(model, placement, seq + i)
+
+    async def _reconcile_model(self, model: ModelSpec, desired: dict, records: list[dict],
+                               running: dict, view: dict[str, dict]) -> None:
+        now = time.monotonic()
+        for record in records:
+            rid = record["replica_id"]
+            proc = running.get(rid)
+            row = view.get(rid)
+            if proc is not None and proc.alive:
+                await self._refresh(record, row)
+                continue
+            health = self._health.setdefault(rid, _Health(started_at=now))
+            if health.next_restart_at == 0.0:  # first time we see it dead
+                health.failures = 1 if now - health.started_at >= _HEALTHY_RUN_S else health.failures + 1
+                lo, hi = self.restart_backoff_s
+                health.next_restart_at = now + min(hi, lo * 2 ** (health.failures - 1))
+                record["state"] = ReplicaState.DEAD.value
+                await self._call(self.store.put_replica, record)
+                log.warning("replica %s died (failure %d); restarting in %.1fs on cpus %s", rid,
+                            health.failures, health.next_restart_at - now, record["cpus"])
+            if now >= health.next_restart_at:
+                await self._restart(model, record)
+        n = desired["num_replicas"]
+        if len(records) > n:
+            await self._stop_many(sorted(records, key=_seq)[n:])
+        elif len(records) < n:
+            try:
+                plan = self._plan(model, desired)
+            except AllocationError as err:
+                log.error("cannot start missing replicas of %s:%s: %s", model.name, model.version, err)
+                return
+            await self._apply(model, desired, plan)
+
+    # -- acting ------------------------------------------------------------------------------
+
+    def _launch_spec(self, model: ModelSpec, replica_id: str, placement: Placement) -> LaunchSpec:
+        env = dict(self.replica_env)
+        # Also as env: a backend that passes only env (Docker) still gets them.
+        env["SCHOONER_INPUT_TYPE"] = model.input_type.value
+        if model.model_opts:
+            env["SCHOONER_MODEL_OPTS"] = json.dumps(model.model_opts)
+        return LaunchSpec(replica_id=replica_id, model_name=model.name, model_version=model.version,
+                          model=model.launcher or model.name, frontend_address=self.frontend_rpc,
+                          cpus=list(placement.cpus), gpu=placement.gpu, model_data_path=model.model_data_path,
+                          image=model.image, env=env, model_opts=dict(model.model_opts),
+                          input_type=model.input_type.value)
+
+    async def _start_new(self, model: ModelSpec, placement: Placement, seq: int) -> dict:
+        rid = f"{model.name}-{model.version}-r{seq}-{uuid.uuid4().hex[:4]}"
+        record = {"replica_id": rid, "model_name": model.name, "model_version": model.version,
+                  "backend": self.backend.name, "host": self.host, "handle": "", "cpus": list(placement.cpus),
+                  "gpu": placement.gpu, "state": ReplicaState.STARTING.value, "last_heartbeat": 0.0,
+                  "restarts": 0, "seq": seq, "created_s": time.time()}
+        self.allocator.claim(rid, _owner(model.name, model.version), placement)
+        return await self._launch(model, record)
+
+    async def _restart(self, model: ModelSpec, record: dict) -> None:
+        rid = record["replica_id"]
+        await asyncio.to_thread(self.backend.stop, rid, 0.0)  # reap the dead one's bookkeeping
+        record["restarts"] = int(record.get("restarts", 0)) + 1
+        self.allocator.claim(rid, _owner(model.name, model.version),
+                             Placement(list(record["cpus"]), record.get("gpu")))
+        try:
+            await self._launch(model, record)
+        except BackendError as err:
+            log.error("restart of replica %s failed: %s", rid, err)
+
+    async def _launch(self, model: ModelSpec, record: dict) -> dict:
+        rid = record["replica_id"]
+        spec = self._launch_spec(model, rid, Placement(list(record["cpus"]), record.get("gpu")))
+        record["state"] = ReplicaState.STARTING.value
+        await self._call(self.store.put_replica, record)  # first, so a crash here leaves a trace
+        try:
+            running = await asyncio.to_thread(self.backend.start, spec)
+        except Exception as err:
+            record["state"] = ReplicaState.DEAD.value
+            await self._call(self.store.put_replica, record)
+            self._health[rid] = _Health(started_at=time.monotonic(), failures=1)
+            raise err if isinstance(err, BackendError) else BackendError(f"{rid}: {err}") from err
+        record["handle"] = running.handle
+        record.pop("pid", None)
+        record.pop("container_id", None)
+        record["pid" if running.backend == "process" else "container_id"] = (
+            int(running.handle) if running.backend == "process" else running.handle)
+        await self._call(self.store.put_replica, record)
+        failures = self._health[rid].failures if rid in self._health else 0
+        self._health[rid] = _Health(started_at=time.monotonic(), failures=failures)
+        return record
+
+    async def _refresh(self, record: dict, row: dict | None) -> None:
+        """Copy the frontend's state and heartbeat into the record when they changed."""
+        state = row.get("state") if row else ReplicaState.STARTING.value
+        changed = state != record.get("state")
+        if row and row.get("last_heartbeat_s"):
+            beat = _wall_time(float(row["last_heartbeat_s"]))
+            changed = changed or abs(beat - float(record.get("last_heartbeat") or 0)) >= 5.0
+            record["last_heartbeat"] = beat
+        if changed:
+            record["state"] = state
+            await self._call(self.store.put_replica, record)
+
+    async def _stop_many(self, records: list[dict]) -> None:
+        await asyncio.gather(*(self._stop_record(r) for r in records))
+
+    async def _stop_record(self, record: dict) -> None:
+        rid = record["replica_id"]
+        record["state"] = ReplicaState.DRAINING.value
+        await self._call(self.store.put_replica, record)
+        await self._stop_one(rid)
+        await self._call(self.store.delete_replica, record["model_name"], str(record["model_version"]), rid)
+
+    async def _stop_one(self, replica_id: str, keep_record: bool = False) -> None:
+        try:
+            await asyncio.to_thread(self.backend.stop, replica_id, self.stop_timeout_s)
+        except BackendError as err:
+            log.error("stopping replica %s failed: %s", replica_id, err)
+        if not keep_record:
+            self.allocator.release(replica_id)
+            self._health.pop(replica_id, None)
+
+    async def _adopt_once(self) -> None:
+        """On the first call: claim the cores of replicas recorded by an earlier manager.
+
+        Their processes are not ours (a previous management service started them):
+        stray local ones still running are stopped, so the reconcile pass restarts
+        each replica under this manager on its recorded cores.
+        """
+        if self._adopted:
+            return
+        self._adopted = True
+        ours = {r.replica_id for r in await asyncio.to_thread(self.backend.list)}
+        for record in await self._call(self.store.list_replicas):
+            rid = record["replica_id"]
+            self.allocator.claim(rid, _owner(record["model_name"], str(record["model_version"])),
+                                 Placement(list(record["cpus"]), record.get("gpu")))
+            if rid not in ours and record.get("backend") == "process" and record.get("host") == self.host:
+                await asyncio.to_thread(_terminate_stray, record.get("pid"), rid, self.stop_timeout_s)
+            self._health.setdefault(rid, _Health(started_at=time.monotonic()))
+
+    def _merge(self, record: dict, row: dict | None) -> dict:
+        out = _public(record)
+        if row:
+            out["state"] = row.get("state", out["state"])
+            out["queue_depth"] = row.get("queue_depth", 0)
+            out["batches_done"] = row.get("batches_done", 0)
+            if row.get("last_heartbeat_s"):
+                out["last_heartbeat"] = _wall_time(float(row["last_heartbeat_s"]))
+        else:
+            out["queue_depth"] = 0
+            out["batches_done"] = 0
+            if out["state"] in _SERVING:  # the frontend no longer knows it
+                out["state"] = ReplicaState.STARTING.value
+        return out
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        """A blocking store call, off the event loop."""
+        return await asyncio.to_thread(fn, *args)
+
+
+def _owner(name: str, version: str) -> str:
+    return f"{name}:{version}"
+
+
+def _seq(record: dict) -> int:
+    return int(record.get("seq", 0))
+
+
+def _public(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in ("seq",)}
+
+
+def _wall_time(monotonic_s: float) -> float:
+    """A CLOCK_MONOTONIC instant of this host (shared by its processes) as wall-clock seconds."""
+    return time.time() - max(0.0, time.monotonic() - monotonic_s)
+
+
+def _terminate_stray(pid: Any, replica_id: str, timeout_s: float) -> None:
+    """SIGTERM a leftover local replica process, if ``pid`` still runs it."""
+    if not isinstance(pid, int) or pid <= 0:
+        return
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read().split(b"\0")
+    except OSError:
+        return
+    if b"containers.replica" not in cmdline or replica_id.encode() not in cmdline:
+        return
+    log.warning("stopping stray replica %s (pid %d) left by an earlier manager", replica_id, pid)
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+            time.sleep(0.1)
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
