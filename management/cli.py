@@ -1,0 +1,138 @@
+"""``schooner``: start a whole deployment in the foreground (``up``) or check one (``status``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Sequence
+
+import requests
+
+from frontend import defaults
+from management.allocator import parse_cpu_list
+from management.errors import ManagementError
+from management.stack import Stack
+
+log = logging.getLogger("schooner")
+
+
+def _cpus(text: str) -> list[int]:
+    try:
+        return parse_cpu_list(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``schooner`` argument parser (flags fall back to ``SCHOONER_<NAME>`` env vars)."""
+    parser = argparse.ArgumentParser(prog="schooner", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start Redis (embedded unless --redis-url), the frontend and the "
+                                   "management service; stop them all on Ctrl-C")
+    up.add_argument("--redis-url", default=None, help="use this Redis instead of an embedded one")
+    up.add_argument("--host", default=None, help=f"address to bind (default {defaults.HOST})")
+    up.add_argument("--client-port", type=int, default=None, help=f"ZMQ client port (default {defaults.CLIENT_PORT})")
+    up.add_argument("--replica-port", type=int, default=None,
+                    help=f"ZMQ replica port (default {defaults.REPLICA_PORT})")
+    up.add_argument("--http-port", type=int, default=None, help=f"frontend HTTP port (default {defaults.HTTP_PORT})")
+    up.add_argument("--management-port", type=int, default=None,
+                    help=f"management REST port (default {defaults.MANAGEMENT_PORT})")
+    up.add_argument("--free-ports", action="store_true", help="use free loopback ports instead of the defaults")
+    up.add_argument("--backend", choices=("process", "docker"), default=None, help="replica backend (default process)")
+    up.add_argument("--admin-token", default=None, help="token the management API's writes require")
+    up.add_argument("--state-dir", default=None, help=f"where embedded Redis and logs live "
+                                                       f"(default {defaults.STATE_DIR})")
+    up.add_argument("--frontend-cpus", type=_cpus, default=None, help="pin the frontend to these cpus, e.g. 0 or 0-1")
+    up.add_argument("--heartbeat-timeout-s", type=float, default=None, help="replica heartbeat timeout")
+
+    status = sub.add_parser("status", help="ping a running deployment")
+    status.add_argument("--management", default=None,
+                        help=f"management URL (default http://{defaults.HOST}:{defaults.MANAGEMENT_PORT})")
+    status.add_argument("--frontend", default=None,
+                        help=f"frontend URL (default http://{defaults.HOST}:{defaults.HTTP_PORT})")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def _port(flag: int | None, name: str, default: int, free: bool) -> int:
+    return defaults.resolve(flag, name, 0 if free else default, int)
+
+
+def up(args: argparse.Namespace) -> int:
+    """Run a Stack until SIGINT/SIGTERM."""
+    free = args.free_ports
+    stack = Stack(
+        redis_url=defaults.resolve(args.redis_url, "redis_url", defaults.REDIS_URL),
+        host=defaults.resolve(args.host, "host", defaults.HOST),
+        client_port=_port(args.client_port, "client_port", defaults.CLIENT_PORT, free),
+        replica_port=_port(args.replica_port, "replica_port", defaults.REPLICA_PORT, free),
+        http_port=_port(args.http_port, "http_port", defaults.HTTP_PORT, free),
+        management_port=_port(args.management_port, "management_port", defaults.MANAGEMENT_PORT, free),
+        backend=defaults.resolve(args.backend, "backend", "process"),
+        admin_token=defaults.resolve(args.admin_token, "admin_token", ""),
+        state_dir=defaults.resolve(args.state_dir, "state_dir", defaults.STATE_DIR),
+        frontend_cpus=args.frontend_cpus,
+        heartbeat_timeout_s=args.heartbeat_timeout_s,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("got %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+    except ManagementError as err:
+        log.error("schooner up failed: %s", err)
+        return 1
+    try:
+        print(json.dumps(stack.addresses(), indent=2), flush=True)
+        log.info("schooner is up; Ctrl-C stops it")
+        while not stop.wait(1.0):
+            for name, proc in (("frontend", stack.frontend), ("management", stack.management)):
+                if proc is not None and proc.poll() is not None:
+                    log.error("%s exited with %s (see %s); stopping", name, proc.returncode, stack.log_dir)
+                    return 1
+        return 0
+    finally:
+        stack.stop()
+        log.info("schooner stopped")
+
+
+def status(args: argparse.Namespace) -> int:
+    """Ping the management service and the frontend; exit 0 only if both answer."""
+    management = args.management or f"http://{defaults.HOST}:{defaults.MANAGEMENT_PORT}"
+    frontend = args.frontend or f"http://{defaults.HOST}:{defaults.HTTP_PORT}"
+    ok = True
+    for name, url in (("management", f"{management.rstrip('/')}/admin/ping"),
+                      ("frontend", f"{frontend.rstrip('/')}/health")):
+        try:
+            resp = requests.get(url, timeout=5)
+            up_ = resp.status_code == 200
+            print(f"{name}: {'up' if up_ else f'HTTP {resp.status_code}'} ({url})")
+        except requests.RequestException as err:
+            up_ = False
+            print(f"{name}: down ({url}: {err.__class__.__name__})")
+        ok = ok and up_
+    return 0 if ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``schooner`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "up":
+        return up(args)
+    return status(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

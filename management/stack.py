@@ -1,0 +1,315 @@
+"""A whole Schooner deployment on this machine: Redis, the query frontend and the management service.
+
+``Stack`` starts embedded Redis (unless a URL is given), ``python -m frontend``
+and ``python -m management`` as processes on given or free loopback ports, waits
+until they answer, and stops them in reverse order (management first, which
+drains its replicas) without leaving orphans, also when something fails half way.
+Used by ``schooner up``, the driver and the tests.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+
+from frontend import defaults
+from management.embedded_redis import EmbeddedRedis, free_port
+from management.errors import ManagementError
+
+log = logging.getLogger(__name__)
+
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
+_BACKENDS = ("process", "docker")
+_MANAGEMENT_STOP_S = 45.0  # the management service drains every replica before it exits
+_PROCESS_STOP_S = 15.0
+_START_ATTEMPTS = 2  # free ports are picked before binding: retry once if one was taken meanwhile
+
+
+class StackError(ManagementError):
+    """A process of the stack did not start (its log tail is in the message)."""
+
+    code = "stack_error"
+
+
+class Stack:
+    """Redis + frontend + management service as local processes; a context manager."""
+
+    def __init__(self, *, redis_url: str = "", host: str = defaults.HOST, client_port: int = 0,
+                 replica_port: int = 0, http_port: int = 0, management_port: int = 0, backend: str = "process",
+                 state_dir: str | os.PathLike | None = None, frontend_cpus: list[int] | None = None,
+                 admin_token: str = "", heartbeat_interval_s: float | None = None,
+                 heartbeat_timeout_s: float | None = None, env: dict[str, str] | None = None,
+                 log_dir: str | os.PathLike | None = None, python: str = sys.executable,
+                 reconcile_interval_s: float | None = None) -> None:
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(_BACKENDS)}, got {backend!r}")
+        for name, port in (("client_port", client_port), ("replica_port", replica_port),
+                           ("http_port", http_port), ("management_port", management_port)):
+            if not isinstance(port, int) or not 0 <= port < 65536:
+                raise ValueError(f"{name} must be 0 (a free port) or a port number, got {port!r}")
+        if frontend_cpus is not None and not all(isinstance(c, int) and c >= 0 for c in frontend_cpus):
+            raise ValueError(f"frontend_cpus must be a list of cpu ids, got {frontend_cpus!r}")
+        self.host = host
+        self._requested = {"client": client_port, "replica": replica_port, "http": http_port,
+                           "management": management_port}
+        self._ports: dict[str, int] = {}
+        self.backend = backend
+        self._own_state_dir = state_dir is None
+        self.state_dir = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="schooner-stack-"))
+        self.log_dir = Path(log_dir) if log_dir else self.state_dir / "logs"
+        self.frontend_cpus = list(frontend_cpus) if frontend_cpus else []
+        self.admin_token = admin_token
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.reconcile_interval_s = reconcile_interval_s
+        self.env = dict(env or {})
+        self.python = python
+        self._redis_url = redis_url
+        self._redis: EmbeddedRedis | None = None
+        self.frontend: subprocess.Popen | None = None
+        self.management: subprocess.Popen | None = None
+        self._started = False
+
+    # -- addresses ---------------------------------------------------------------------------
+
+    @property
+    def redis_url(self) -> str:
+        """The Redis the deployment keeps its state in."""
+        return self._redis_url
+
+    @property
+    def frontend_http_url(self) -> str:
+        """``http://host:port`` of the frontend (queries, /metrics, /health, /replicas)."""
+        return f"http://{self.host}:{self._port('http')}"
+
+    @property
+    def management_url(self) -> str:
+        """``http://host:port`` of the management REST API."""
+        return f"http://{self.host}:{self._port('management')}"
+
+    @property
+    def client_address(self) -> str:
+        """ZMQ address clients connect to."""
+        return f"tcp://{self.host}:{self._port('client')}"
+
+    @property
+    def replica_address(self) -> str:
+        """ZMQ address replicas connect to."""
+        return f"tcp://{self.host}:{self._port('replica')}"
+
+    def addresses(self) -> dict[str, str]:
+        """Every address of the running stack, by name."""
+        return {"frontend_http": self.frontend_http_url, "management": self.management_url,
+                "client": self.client_address, "replica_rpc": self.replica_address, "redis": self.redis_url,
+                "logs": str(self.log_dir)}
+
+    def _port(self, name: str) -> int:
+        if name not in self._ports:
+            raise RuntimeError("the stack has not been started")
+        return self._ports[name]
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 60.0) -> Stack:
+        """Start Redis, the frontend and the management service; wait until each answers."""
+        if self._started:
+            return self
+        self._started = True
+        atexit.register(self.stop)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if not self._redis_url:
+                self._redis = EmbeddedRedis(self.state_dir / "redis", host=self.host).start()
+                self._redis_url = self._redis.url
+            deadline = time.monotonic() + timeout_s
+            for attempt in range(1, _START_ATTEMPTS + 1):
+                self._pick_ports()
+                try:
+                    self._start_frontend(deadline)
+                    self._start_management(deadline)
+                    break
+                except StackError:
+                    if attempt == _START_ATTEMPTS or not self._retryable():
+                        raise
+                    log.warning("stack start failed (a port may have been taken); retrying on new ports")
+                    self._stop_processes()
+        except BaseException:
+            self.stop()
+            raise
+        log.info("stack up: %s", self.addresses())
+        return self
+
+    def stop(self) -> None:
+        """Stop management (and its replicas), frontend, Redis, in that order; idempotent."""
+        atexit.unregister(self.stop)
+        self._stop_processes()
+        if self._redis is not None:
+            self._redis.stop()
+            self._redis = None
+        if self._own_state_dir and self.state_dir.exists() and os.environ.get("SCHOONER_KEEP_STATE") != "1":
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+        self._started = False
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _retryable(self) -> bool:
+        return any(p == 0 for p in self._requested.values())
+
+    def _pick_ports(self) -> None:
+        chosen: set[int] = set()
+        for name, port in self._requested.items():
+            while port == 0 or port in chosen:
+                port = free_port(self.host)
+            chosen.add(port)
+            self._ports[name] = port
+
+    def _child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.env)
+        path = env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = _PROJECT_ROOT + (os.pathsep + path if path else "")
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _spawn(self, name: str, args: list[str], cpus: list[int] | None = None) -> subprocess.Popen:
+        cmd = [self.python, "-m", name, *args]
+        if cpus:
+            taskset = shutil.which("taskset")
+            if taskset is None:
+                raise StackError("frontend_cpus needs taskset (util-linux) on PATH")
+            cmd = [taskset, "-c", ",".join(str(c) for c in cpus), *cmd]
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "ab") as out:
+            out.write(f"--- start: {' '.join(cmd)}\n".encode())
+            out.flush()
+            # Own session: a Ctrl-C meant for `schooner up` must not hit the children
+            # before the stack stops them in order.
+            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    env=self._child_env(), cwd=_PROJECT_ROOT, start_new_session=True)
+
+    def _start_frontend(self, deadline: float) -> None:
+        args = ["--host", self.host, "--client-port", str(self._ports["client"]),
+                "--replica-port", str(self._ports["replica"]), "--http-port", str(self._ports["http"]),
+                "--redis-url", self._redis_url]
+        if self.heartbeat_interval_s is not None:
+            args += ["--heartbeat-interval-s", str(self.heartbeat_interval_s)]
+        if self.heartbeat_timeout_s is not None:
+            args += ["--heartbeat-timeout-s", str(self.heartbeat_timeout_s)]
+        self.frontend = self._spawn("frontend", args, self.frontend_cpus)
+        self._wait_http(self.frontend, "frontend", f"{self.frontend_http_url}/health", deadline)
+
+    def _start_management(self, deadline: float) -> None:
+        args = ["--host", self.host, "--port", str(self._ports["management"]), "--redis-url", self._redis_url,
+                "--frontend-http", self.frontend_http_url, "--frontend-rpc", self.replica_address,
+                "--backend", self.backend, "--state-dir", str(self.state_dir),
+                "--log-dir", str(self.log_dir / "replicas")]
+        if self.frontend_cpus:
+            args += ["--frontend-cpus", ",".join(str(c) for c in self.frontend_cpus)]
+        if self.admin_token:
+            args += ["--admin-token", self.admin_token]
+        if self.reconcile_interval_s is not None:
+            args += ["--reconcile-interval-s", str(self.reconcile_interval_s)]
+        self.management = self._spawn("management", args)
+        self._wait_http(self.management, "management", f"{self.management_url}/admin/ping", deadline)
+
+    def _wait_http(self, proc: subprocess.Popen, name: str, url: str, deadline: float) -> None:
+        while True:
+            code = proc.poll()
+            if code is not None:
+                raise StackError(f"{name} exited with {code} while starting:\n{self._tail(name)}")
+            try:
+                if requests.get(url, timeout=2.0).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() >= deadline:
+                raise StackError(f"{name} did not answer {url} in time:\n{self._tail(name)}")
+            time.sleep(0.1)
+
+    def _tail(self, name: str, lines: int = 30) -> str:
+        try:
+            with open(self.log_dir / f"{name}.log", encoding="utf-8", errors="replace") as fh:
+                return "".join(deque(fh, maxlen=lines))
+        except OSError:
+            return "(no log)"
+
+    def _stop_processes(self) -> None:
+        if self.management is not None:
+            # Replicas run in their own sessions: remember them, so none outlives its manager.
+            children = _descendants(self.management.pid)
+            _terminate(self.management, _MANAGEMENT_STOP_S, "management")
+            _reap(children)
+            self.management = None
+        if self.frontend is not None:
+            children = _descendants(self.frontend.pid)
+            _terminate(self.frontend, _PROCESS_STOP_S, "frontend")
+            _reap(children)
+            self.frontend = None
+        if self._ports:
+            # Replicas of a management process that was killed hard are nobody's children.
+            _reap(_replicas_of(self.replica_address))
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _replicas_of(frontend_address: str) -> list[psutil.Process]:
+    """Local replica processes connected to ``frontend_address``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if "containers.replica" in cmdline and frontend_address in cmdline:
+            found.append(proc)
+    return found
+
+
+def _terminate(proc: subprocess.Popen, timeout_s: float, name: str) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s (pid %d) did not stop in %.0fs: killing it", name, proc.pid, timeout_s)
+            proc.kill()
+            proc.wait()
+
+
+def _reap(processes: list[Any]) -> None:
+    """SIGTERM, then SIGKILL, whatever is left of ``processes``."""
+    alive = [p for p in processes if p.is_running()]
+    for p in alive:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, still = psutil.wait_procs(alive, timeout=_PROCESS_STOP_S)
+    for p in still:
+        try:
+            log.warning("killing orphan pid %d", p.pid)
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(still, timeout=5)
