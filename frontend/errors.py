@@ -65,6 +65,12 @@ class ShuttingDown(SchoonerError):
     code = "shutting_down"
 
 
+class QueryTimeout(SchoonerError, TimeoutError):
+    """No answer came within the client's timeout (raised by the client library, never sent)."""
+
+    code = "timeout"
+
+
 _BY_CODE = {cls.code: cls for cls in (ProtocolError, UnknownApp, NoModel, BadInput, Overloaded,
                                       ModelError, ReplicaLost, ShuttingDown)}
 
