@@ -1,0 +1,123 @@
+"""PNG plots of a results document (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import numpy as np  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def _load_label(nc: dict) -> str:
+    return (nc.get("load") or {}).get("label", "")
+
+
+def _batch_label(b: int) -> str:
+    return "adaptive" if b == -1 else str(b)
+
+
+def _series(doc: dict, x_key: str, group: Callable[[dict], str]) -> dict[str, list[tuple[int, dict]]]:
+    out: dict[str, list[tuple[int, dict]]] = defaultdict(list)
+    for run in doc["runs"]:
+        nc = run["node_config"]
+        out[group(nc)].append((nc[x_key], run["summary"]))
+    return out
+
+
+def _two_panel(doc: dict, x_key: str, xlabel: str, group: Callable[[dict], str], title: str,
+               path: Path, categorical: bool) -> Path:
+    series = _series(doc, x_key, group)
+    xs = sorted({x for pts in series.values() for x, _ in pts}, key=lambda b: (b == -1, b))
+    pos = {x: i for i, x in enumerate(xs)} if categorical else {x: x for x in xs}
+    fig, (ax_t, ax_p) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for label, pts in sorted(series.items()):
+        pts = sorted(pts, key=lambda p: pos[p[0]])
+        x = [pos[p[0]] for p in pts]
+        ax_t.plot(x, [p[1]["thruput_qps"] for p in pts], marker="o", label=label)
+        ax_p.plot(x, [p[1]["p99_ms"] if p[1]["p99_ms"] is not None else np.nan for p in pts],
+                  marker="o", label=label)
+    slo = doc.get("slo_ms")
+    if slo:
+        ax_p.axhline(slo, color="red", linestyle="--", linewidth=1, label=f"SLO {slo:g} ms")
+    for ax, ylabel in ((ax_t, "throughput (qps)"), (ax_p, "p99 latency (ms)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_xticks([pos[x] for x in xs])
+        ax.set_xticklabels([_batch_label(x) if x_key == "batch_size" else str(x) for x in xs])
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{doc.get('model')}: {title}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def best_run_index(doc: dict) -> int | None:
+    """The recommended run for the SLO, else the run with the most throughput."""
+    rec = (doc.get("recommendation") or {}).get("slo") or {}
+    if rec.get("run_index") is not None:
+        return int(rec["run_index"])
+    runs = doc.get("runs", [])
+    if not runs:
+        return None
+    return max(range(len(runs)), key=lambda i: runs[i]["summary"]["thruput_qps"])
+
+
+def latency_cdf(doc: dict, index: int, path: Path) -> Path:
+    """CDF of the raw measurement latencies of run ``index``."""
+    run = doc["runs"][index]
+    lat = np.sort(np.asarray(run.get("latencies_ms", []), dtype=np.float64))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    if lat.size:
+        ax.plot(lat, np.arange(1, lat.size + 1) / lat.size)
+    slo = doc.get("slo_ms")
+    if slo:
+        ax.axvline(slo, color="red", linestyle="--", linewidth=1, label=f"SLO {slo:g} ms")
+        ax.legend(fontsize="small")
+    nc = run["node_config"]
+    ax.set_title(f"{nc['model']}: {nc['num_replicas']} repl x {nc['cpus_per_replica']} cpu, "
+                 f"batch {_batch_label(nc['batch_size'])} {_load_label(nc)} (run {index})", fontsize="medium")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("fraction of queries")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def draw_all(doc: dict, out_dir: str | Path, name_stamp: str) -> list[Path]:
+    """Every plot for ``doc`` into ``out_dir``; returns the PNG paths (none when there are no runs)."""
+    runs = doc.get("runs", [])
+    if not runs:
+        return []
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [
+        _two_panel(doc, "batch_size", "batch size",
+                   lambda nc: f"r={nc['num_replicas']} p={nc['cpus_per_replica']} {_load_label(nc)}".strip(),
+                   "throughput and p99 vs batch size", out / f"batch-{name_stamp}.png", categorical=True),
+        _two_panel(doc, "num_replicas", "replicas",
+                   lambda nc: f"b={_batch_label(nc['batch_size'])} p={nc['cpus_per_replica']} "
+                              f"{_load_label(nc)}".strip(),
+                   "throughput and p99 vs replicas", out / f"replicas-{name_stamp}.png", categorical=False),
+    ]
+    if any(_load_label(r["node_config"]) for r in runs):
+        paths.append(_two_panel(
+            doc, "load_value", "load (concurrency or qps)",
+            lambda nc: f"r={nc['num_replicas']} p={nc['cpus_per_replica']} b={_batch_label(nc['batch_size'])}",
+            "throughput and p99 vs load", out / f"load-{name_stamp}.png", categorical=True))
+    best = best_run_index(doc)
+    if best is not None:
+        paths.append(latency_cdf(doc, best, out / f"cdf-{name_stamp}.png"))
+    log.info("plots written: %s", ", ".join(str(p) for p in paths))
+    return paths
