@@ -1,0 +1,310 @@
+"""ReplicaManager against real Redis, a real frontend process and real replica processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from frontend.types import AppSpec, ModelSpec
+from management.allocator import CpuAllocator
+from management.backends.local import LocalProcessBackend
+from management.embedded_redis import EmbeddedRedis, connect, free_port
+from management.errors import AllocationError, NotFound
+from management.manager import ReplicaManager
+from management.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+READY_S = 90.0  # a replica on a loaded 2-core machine: python start + imports + register
+CPUS = sorted(os.sched_getaffinity(0))
+TWO_CORES = pytest.mark.skipif(len(CPUS) < 2, reason="needs two cores")
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def store(redis_url):
+    client = connect(redis_url)
+    try:
+        yield Store(client)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def frontend(redis_url, tmp_path):
+    """A real `python -m frontend` following the Redis deployment; yields its addresses."""
+    ports = {name: free_port() for name in ("client", "replica", "http")}
+    log_file = open(tmp_path / "frontend.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "frontend", "--host", "127.0.0.1", "--client-port", str(ports["client"]),
+         "--replica-port", str(ports["replica"]), "--http-port", str(ports["http"]), "--redis-url", redis_url,
+         "--heartbeat-interval-s", "0.25", "--heartbeat-timeout-s", "3"],
+        cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    http = f"http://127.0.0.1:{ports['http']}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "frontend.log").read_text()
+            try:
+                if requests.get(f"{http}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, "frontend did not start"
+            time.sleep(0.1)
+        yield {"http": http, "rpc": f"tcp://127.0.0.1:{ports['replica']}"}
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log_file.close()
+
+
+@pytest.fixture
+def backend(tmp_path):
+    backend = LocalProcessBackend(log_dir=tmp_path / "replicas")
+    try:
+        yield backend
+    finally:
+        for replica in backend.list():
+            backend.stop(replica.replica_id, timeout_s=5.0)
+
+
+def make_manager(store, backend, frontend=None, **kwargs) -> ReplicaManager:
+    return ReplicaManager(store, backend, CpuAllocator(), frontend_rpc=frontend["rpc"] if frontend else
+                          "tcp://127.0.0.1:9", frontend_http_url=frontend["http"] if frontend else "",
+                          reconcile_interval_s=0.3, restart_backoff_s=(0.2, 2.0), stop_timeout_s=20.0,
+                          **kwargs)
+
+
+def add_noop(store: Store, app: str = "echo") -> None:
+    store.add_app(AppSpec(name=app, input_type="doubles", latency_slo_micros=20_000_000))
+    store.add_model(ModelSpec(name="noop", version="1", input_type="doubles", batch_size=4))
+    store.add_links(app, ["noop"])
+
+
+def cpus_allowed(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError("no Cpus_allowed_list")
+
+
+def predict(http: str, value: float, app: str = "echo") -> dict:
+    resp = requests.post(f"{http}/{app}/predict", json={"input": [value, 1.0]}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def frontend_rows(http: str) -> dict[str, dict]:
+    body = requests.get(f"{http}/replicas", timeout=10).json()
+    rows = body.get("replicas", []) if isinstance(body, dict) else body
+    return {r["replica_id"]: r for r in rows}
+
+
+async def wait_for(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await asyncio.to_thread(condition)
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+# -- refusals: fast, nothing may start ------------------------------------------------------------
+
+def test_impossible_allocations_are_refused_before_anything_starts(store, backend):
+    add_noop(store)
+    manager = make_manager(store, backend)
+    too_many = len(CpuAllocator().available) + 1
+
+    async def scenario():
+        with pytest.raises(AllocationError, match="need"):
+            await manager.set_num_replicas("noop", "1", too_many, cpus_per_replica=1)
+        with pytest.raises(AllocationError, match=r"\[9999\] do not exist"):
+            await manager.set_num_replicas("noop", "1", 1, model_cpus=[0, 9999])
+        with pytest.raises(AllocationError, match="gpu"):
+            await manager.set_num_replicas("noop", "1", 1, gpus=[4242])
+        with pytest.raises(AllocationError, match="cpus_per_replica"):
+            await manager.set_num_replicas("noop", "1", 1, cpus_per_replica=0)
+        with pytest.raises(NotFound):
+            await manager.set_num_replicas("nosuchmodel", None, 1)
+        await manager.shutdown()
+
+    asyncio.run(scenario())
+    assert backend.list() == []
+    assert store.list_replicas() == []
+    assert store.get_desired("noop", "1") is None
+
+
+def test_describe_of_unknown_model_is_not_found(store, backend):
+    manager = make_manager(store, backend)
+    with pytest.raises(NotFound):
+        asyncio.run(manager.describe("ghost", "1"))
+
+
+# -- real replicas ---------------------------------------------------------------------------------
+
+@TWO_CORES
+@pytest.mark.slow
+def test_two_replicas_are_pinned_to_their_own_cores_and_both_serve(store, backend, frontend):
+    add_noop(store)
+    manager = make_manager(store, backend, frontend)
+
+    async def scenario():
+        replicas = await manager.set_num_replicas("noop", "1", 2, model_cpus=CPUS[:2], wait_s=READY_S)
+        assert sorted(tuple(r["cpus"]) for r in replicas) == [(CPUS[0],), (CPUS[1],)]
+        for r in replicas:
+            assert r["state"] in ("ready", "busy")
+            assert cpus_allowed(r["pid"]) == str(r["cpus"][0])
+        assert store.get_desired("noop", "1")["num_replicas"] == 2
+        # Concurrent queries keep both replicas busy: each must take batches.
+        await asyncio.gather(*(asyncio.to_thread(lambda i=i: [predict(frontend["http"], float(i))
+                                                              for _ in range(15)]) for i in range(6)))
+        rows = await asyncio.to_thread(frontend_rows, frontend["http"])
+        assert all(rows[r["replica_id"]]["batches_done"] > 0 for r in replicas), rows
+        await manager.shutdown()
+
+    asyncio.run(scenario())
+    assert all(not r.alive for r in backend.list()) or backend.list() == []
+
+
+@TWO_CORES
+@pytest.mark.slow
+def test_scale_down_drains_the_newest_replica_without_failing_a_query(store, backend, frontend):
+    add_noop(store)
+    manager = make_manager(store, backend, frontend)
+    failures: list[str] = []
+    done = threading.Event()
+    answered = [0]
+
+    def load():
+        while not done.is_set():
+            try:
+                out = predict(frontend["http"], 3.0)
+                if out.get("default"):
+                    failures.append(f"default output: {out}")
+                answered[0] += 1
+            except AssertionError as err:
+                failures.append(str(err))
+            except requests.RequestException as err:
+                failures.append(repr(err))
+
+    async def scenario():
+        replicas = await manager.set_num_replicas("noop", "1", 2, model_cpus=CPUS[:2], wait_s=READY_S)
+        oldest, newest = sorted(replicas, key=lambda r: r["created_s"])
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            await asyncio.sleep(1.0)
+            after = await manager.set_num_replicas("noop", "1", 1, model_cpus=CPUS[:2])
+            await asyncio.sleep(1.0)
+        finally:
+            done.set()
+            for t in threads:
+                await asyncio.to_thread(t.join, 60)
+        assert [r["replica_id"] for r in after] == [oldest["replica_id"]]
+        assert not Path(f"/proc/{newest['pid']}").exists() or _is_zombie(newest["pid"])
+        assert [r["replica_id"] for r in store.list_replicas("noop", "1")] == [oldest["replica_id"]]
+        assert newest["replica_id"] not in {r.replica_id for r in backend.list()}
+        await manager.shutdown()
+
+    asyncio.run(scenario())
+    assert failures == []
+    assert answered[0] > 0
+
+
+@pytest.mark.slow
+def test_killed_replica_is_restarted_on_the_same_cores_and_serves(store, backend, frontend):
+    add_noop(store)
+    manager = make_manager(store, backend, frontend)
+
+    async def scenario():
+        stop = asyncio.Event()
+        loop_task = asyncio.create_task(manager.run(stop))
+        try:
+            [before] = await manager.set_num_replicas("noop", "1", 1, model_cpus=CPUS[-1:], wait_s=READY_S)
+            os.kill(before["pid"], signal.SIGKILL)
+
+            def restarted():
+                rec = store.get_replica("noop", "1", before["replica_id"])
+                return rec if rec and rec.get("pid") != before["pid"] and rec["restarts"] == 1 else None
+
+            after = await wait_for(restarted, 30, "the restart")
+            assert after["cpus"] == before["cpus"]
+            await manager.wait_ready("noop", "1", READY_S)
+            assert cpus_allowed(after["pid"]) == str(before["cpus"][0])
+            out = await asyncio.to_thread(predict, frontend["http"], 5.0)
+            assert not out.get("default"), out
+            [described] = await manager.describe("noop", "1")
+            assert described["restarts"] == 1 and described["pid"] == after["pid"]
+        finally:
+            stop.set()
+            await loop_task
+            await manager.shutdown()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.slow
+def test_reconcile_starts_missing_replicas_of_the_desired_state(store, backend, frontend):
+    add_noop(store)
+    store.set_desired("noop", "1", {"num_replicas": 1, "cpus_per_replica": 1, "model_cpus": [], "gpus": []})
+    manager = make_manager(store, backend, frontend)
+
+    async def scenario():
+        await manager.reconcile_once()
+        [record] = store.list_replicas("noop", "1")
+        assert [r.replica_id for r in backend.list()] == [record["replica_id"]]
+        await manager.wait_ready("noop", "1", READY_S)
+        await manager.shutdown()
+
+    asyncio.run(scenario())
+
+
+@TWO_CORES
+@pytest.mark.slow
+def test_scale_up_from_one_to_two_time_until_the_new_replica_serves(store, backend, frontend):
+    add_noop(store)
+    manager = make_manager(store, backend, frontend)
+
+    async def scenario():
+        await manager.set_num_replicas("noop", "1", 1, model_cpus=CPUS[:2], wait_s=READY_S)
+        start = time.monotonic()
+        replicas = await manager.set_num_replicas("noop", "1", 2, model_cpus=CPUS[:2], wait_s=READY_S)
+        elapsed = time.monotonic() - start
+        assert len(replicas) == 2 and all(r["state"] in ("ready", "busy") for r in replicas)
+        print(f"\nscale-up 1 -> 2 noop replicas: new replica serving after {elapsed:.2f}s")
+        await manager.shutdown()
+
+    asyncio.run(scenario())
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
