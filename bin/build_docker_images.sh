@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Build Schooner's replica images:
+#   schooner/replica          (Dockerfile.base:    numpy-only models: noop, sleep)
+#   schooner/replica-classic  (Dockerfile.classic: + scikit-learn, lightgbm)
+#   schooner/replica-torch    (Dockerfile.torch:   + torch, torchvision; only with --torch)
+#
+# Usage: bin/build_docker_images.sh [--base IMAGE] [--torch] [--no-classic] [--no-lightgbm]
+#   --base IMAGE   base image (default $SCHOONER_BASE_IMAGE or python:3.11-slim); with no
+#                  registry, build schooner/base-debian first (bin/build_local_base_image.sh)
+#                  and pass --base schooner/base-debian
+# The build context is a staged copy of only what a replica needs (the frontend
+# wire-protocol modules and the containers package), so builds are small and the
+# engine's layer cache makes an unchanged rebuild take seconds. Builds use the host
+# network so pip can reach PyPI where a layer needs it.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BASE="${SCHOONER_BASE_IMAGE:-python:3.11-slim}"
+TORCH=0
+CLASSIC=1
+LIGHTGBM=1
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --base) BASE="$2"; shift 2 ;;
+        --base=*) BASE="${1#*=}"; shift ;;
+        --torch) TORCH=1; shift ;;
+        --no-classic) CLASSIC=0; shift ;;
+        --no-lightgbm) LIGHTGBM=0; shift ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+
+# Without the buildx plugin the CLI needs the classic builder asked for explicitly.
+if ! docker buildx version >/dev/null 2>&1; then
+    export DOCKER_BUILDKIT=0
+fi
+
+CONTEXT="$(mktemp -d /tmp/schooner-docker-context.XXXXXX)"
+trap 'rm -rf "$CONTEXT"' EXIT
+mkdir -p "$CONTEXT/frontend" "$CONTEXT/containers"
+for f in __init__.py defaults.py errors.py protocol.py types.py; do
+    cp "$REPO/frontend/$f" "$CONTEXT/frontend/"
+done
+tar -C "$REPO" --exclude='__pycache__' --exclude='*.pyc' -c containers | tar -C "$CONTEXT" -x
+# Fixed mtimes keep the layer cache valid across checkouts of the same content.
+find "$CONTEXT" -exec touch -h -d '2000-01-01 00:00:00' {} +
+
+build() {
+    local tag="$1" dockerfile="$2"; shift 2
+    local start; start=$(date +%s)
+    echo "building $tag from $dockerfile on $BASE"
+    docker build --network=host --build-arg "BASE_IMAGE=$BASE" "$@" \
+        -f "$REPO/containers/docker/$dockerfile" -t "$tag" "$CONTEXT"
+    echo "built $tag in $(( $(date +%s) - start ))s"
+}
+
+# Download wheels on the host, whose pip already has network access and trusted
+# certificates (a TLS-intercepting proxy's CA is not in the image); the image's pip
+# installs from this wheelhouse first. Pinned to the host's version when it has one.
+stage_wheels() {
+    local wheels="$CONTEXT/containers/docker/wheels" dist version
+    mkdir -p "$wheels"
+    for dist in "$@"; do
+        version="$(python3 -c "import importlib.metadata as m; print(m.version('$dist'))" 2>/dev/null || true)"
+        python3 -m pip download -q --no-deps --only-binary=:all: -d "$wheels" "$dist${version:+==$version}" \
+            || echo "warning: could not download $dist on the host; the image build will ask the index" >&2
+    done
+}
+
+build schooner/replica:latest Dockerfile.base
+if [[ $CLASSIC -eq 1 ]]; then
+    [[ $LIGHTGBM -eq 1 ]] && stage_wheels lightgbm narwhals  # lightgbm and its one dependency Debian lacks
+    build schooner/replica-classic:latest Dockerfile.classic --build-arg "WITH_LIGHTGBM=$LIGHTGBM"
+fi
+if [[ $TORCH -eq 1 ]]; then
+    build schooner/replica-torch:latest Dockerfile.torch
+fi
