@@ -1,0 +1,97 @@
+"""Settings of the management service process: flag -> SCHOONER_<NAME> -> default."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from frontend import defaults
+
+BACKENDS = ("process", "docker")
+RECONCILE_INTERVAL_S = 1.0
+
+
+@dataclass
+class ServiceConfig:
+    """Everything ``python -m management`` needs; validated at construction."""
+
+    host: str = defaults.HOST
+    port: int = defaults.MANAGEMENT_PORT
+    redis_url: str = defaults.REDIS_URL  # empty: start an embedded Redis in state_dir
+    state_dir: str = defaults.STATE_DIR
+    frontend_http: str = f"http://{defaults.HOST}:{defaults.HTTP_PORT}"
+    frontend_rpc: str = f"tcp://{defaults.HOST}:{defaults.REPLICA_PORT}"
+    backend: str = "process"
+    admin_token: str = ""
+    log_dir: str = ""  # replica logs; empty: <state_dir>/logs/replicas
+    frontend_cpus: list[int] = field(default_factory=list)
+    reconcile_interval_s: float = RECONCILE_INTERVAL_S
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.port, int) or not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in 0..65535, got {self.port!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if not self.frontend_http.startswith(("http://", "https://")):
+            raise ValueError(f"frontend_http must be an http:// URL, got {self.frontend_http!r}")
+        if not self.frontend_rpc.startswith("tcp://"):
+            raise ValueError(f"frontend_rpc must be a tcp:// address, got {self.frontend_rpc!r}")
+        if self.reconcile_interval_s <= 0:
+            raise ValueError("reconcile_interval_s must be > 0")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis_url must be a redis:// URL, got {self.redis_url!r}")
+        if not self.log_dir:
+            self.log_dir = str(Path(self.state_dir) / "logs" / "replicas")
+
+    @property
+    def redis_state_dir(self) -> str:
+        """Where an embedded Redis keeps its data."""
+        return os.path.join(self.state_dir, "redis")
+
+
+def _cpu_list(text: str) -> list[int]:
+    from management.allocator import parse_cpu_list  # noqa: PLC0415 - keeps --help fast
+
+    return parse_cpu_list(text) if text.strip() else []
+
+
+def parse_args(argv: list[str] | None = None) -> ServiceConfig:
+    """Parse the command line (each flag also ``SCHOONER_<FLAG>``) into a ServiceConfig."""
+    parser = argparse.ArgumentParser(prog="python -m management",
+                                     description="Schooner management service: REST admin API and replica manager")
+    parser.add_argument("--host", help=f"bind address (default {defaults.HOST})")
+    parser.add_argument("--port", type=int, help=f"REST port (default {defaults.MANAGEMENT_PORT})")
+    parser.add_argument("--redis-url", help="Redis URL; empty starts an embedded Redis in --state-dir")
+    parser.add_argument("--state-dir", help=f"data of the embedded Redis, logs (default {defaults.STATE_DIR})")
+    parser.add_argument("--frontend-http", help="the query frontend's HTTP URL (metrics, replica states)")
+    parser.add_argument("--frontend-rpc", help="the frontend's replica address replicas connect to")
+    parser.add_argument("--backend", choices=BACKENDS, help="where replicas run (default process)")
+    parser.add_argument("--admin-token", help="when set, writes need 'Authorization: Bearer <token>'")
+    parser.add_argument("--log-dir", help="replica logs (default <state-dir>/logs/replicas)")
+    parser.add_argument("--frontend-cpus", help="cores the frontend is pinned to, kept free of replicas (0-1,4)")
+    parser.add_argument("--reconcile-interval-s", type=float, help="seconds between reconcile passes")
+    parser.add_argument("--log-level", default=os.environ.get("SCHOONER_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    base = ServiceConfig.__dataclass_fields__
+    try:
+        return ServiceConfig(
+            host=defaults.resolve(args.host, "host", defaults.HOST),
+            port=defaults.resolve(args.port, "management_port", defaults.MANAGEMENT_PORT, int),
+            redis_url=defaults.resolve(args.redis_url, "redis_url", defaults.REDIS_URL),
+            state_dir=defaults.resolve(args.state_dir, "state_dir", defaults.STATE_DIR),
+            frontend_http=defaults.resolve(args.frontend_http, "frontend_http", base["frontend_http"].default),
+            frontend_rpc=defaults.resolve(args.frontend_rpc, "frontend_rpc", base["frontend_rpc"].default),
+            backend=defaults.resolve(args.backend, "backend", "process"),
+            admin_token=defaults.resolve(args.admin_token, "admin_token", ""),
+            log_dir=defaults.resolve(args.log_dir, "log_dir", ""),
+            frontend_cpus=_cpu_list(defaults.resolve(args.frontend_cpus, "frontend_cpus", "")),
+            reconcile_interval_s=defaults.resolve(args.reconcile_interval_s, "reconcile_interval_s",
+                                                  RECONCILE_INTERVAL_S, float),
+            log_level=args.log_level.upper(),
+        )
+    except ValueError as err:
+        parser.error(str(err))
+        raise  # unreachable: parser.error exits

@@ -1,0 +1,75 @@
+"""The management service process: Redis (given or embedded), the store, the manager, the REST API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from management.api import make_app
+from management.config import ServiceConfig
+from management.embedded_redis import EmbeddedRedis, connect
+from management.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def build_manager(config: ServiceConfig, store: Store) -> Any:
+    """The ReplicaManager with the configured backend, on every online core."""
+    from management.allocator import CpuAllocator  # noqa: PLC0415 - the manager pulls in backends
+    from management.manager import ReplicaManager  # noqa: PLC0415
+
+    if config.backend == "docker":
+        from management.backends.docker import DockerBackend  # noqa: PLC0415 - needs the docker SDK
+
+        backend: Any = DockerBackend()
+    else:
+        from management.backends.local import LocalProcessBackend  # noqa: PLC0415
+
+        backend = LocalProcessBackend(log_dir=config.log_dir)
+    return ReplicaManager(store, backend, CpuAllocator(), frontend_rpc=config.frontend_rpc,
+                          frontend_http_url=config.frontend_http,
+                          reconcile_interval_s=config.reconcile_interval_s,
+                          frontend_cpus=config.frontend_cpus)
+
+
+async def serve(config: ServiceConfig, stop: asyncio.Event, *, manager: Any = "build") -> None:
+    """Run the service until ``stop`` is set; then stop the API, the replicas and an embedded Redis.
+
+    ``manager="build"`` builds the configured ReplicaManager; pass None to serve
+    only the registry endpoints.
+    """
+    embedded: EmbeddedRedis | None = None
+    redis_url = config.redis_url
+    if not redis_url:
+        embedded = EmbeddedRedis(config.redis_state_dir)
+        await asyncio.to_thread(embedded.start)
+        redis_url = embedded.url
+    runner: web.AppRunner | None = None
+    reconcile: asyncio.Task | None = None
+    try:
+        store = Store(connect(redis_url))
+        if manager == "build":
+            manager = build_manager(config, store)
+        app = make_app(store, manager, frontend_http_url=config.frontend_http, admin_token=config.admin_token)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, config.host, config.port).start()
+        log.info("management service on http://%s:%s (redis %s, backend %s)", config.host, config.port,
+                 redis_url, config.backend if manager is not None else "none")
+        if manager is not None:
+            reconcile = asyncio.create_task(manager.run(stop), name="reconcile")
+        await stop.wait()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        if reconcile is not None:
+            await reconcile
+        if manager is not None and manager != "build":
+            log.info("stopping replicas")
+            await manager.shutdown()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        log.info("management service stopped")
