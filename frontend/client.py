@@ -1,0 +1,346 @@
+"""Client library: send queries to the frontend's ZMQ client port.
+
+:class:`Client` is blocking, :class:`AsyncClient` its asyncio twin; both speak
+the wire protocol of :mod:`frontend.protocol` over one DEALER socket. Numpy
+inputs travel zero-copy; lists are converted to the app's dtype (``dtype``:
+an :class:`~frontend.types.InputType` name or a numpy dtype; without one,
+integers become int32 and other numbers float32). An ERROR reply raises the
+named error of :mod:`frontend.errors`; no reply within ``timeout_s`` raises
+:class:`~frontend.errors.QueryTimeout` (a :class:`TimeoutError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence, Union
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from frontend import defaults, protocol
+from frontend.errors import Overloaded, ProtocolError, QueryTimeout, SchoonerError, from_code
+from frontend.protocol import MsgType
+from frontend.types import InputType
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ADDRESS = f"tcp://{defaults.HOST}:{defaults.CLIENT_PORT}"
+DTypeLike = Union[InputType, str, np.dtype, type, None]
+
+
+@dataclass
+class Prediction:
+    """One output: the frontend's query id, the output, whether it is the app's default, latency."""
+
+    query_id: int | None
+    output: Any
+    default: bool
+    default_explanation: str | None
+    latency_s: float  # measured by the client: send to reply
+
+
+def _dtype(dtype: DTypeLike) -> np.dtype | None:
+    if dtype is None:
+        return None
+    if isinstance(dtype, InputType) or (isinstance(dtype, str) and dtype in InputType._value2member_map_):
+        return InputType.parse(dtype).dtype
+    try:
+        return np.dtype(dtype)
+    except TypeError as err:
+        raise ValueError(f"dtype must be an input type name or a numpy dtype, got {dtype!r}") from err
+
+
+def _pick(dtype: DTypeLike, fallback: np.dtype | None) -> np.dtype | None:
+    # Not ``or``: a plain numpy dtype is falsy (it has no fields).
+    return fallback if dtype is None else _dtype(dtype)
+
+
+def _item(value: Any, dtype: np.dtype | None) -> protocol.Item:
+    """One input as the protocol sends it."""
+    if isinstance(value, np.ndarray):
+        return value if dtype is None or value.dtype == dtype else value.astype(dtype)
+    if isinstance(value, (bytes, bytearray, memoryview, str)):
+        return value
+    arr = np.asarray(value, dtype=dtype)
+    if dtype is None:
+        if arr.dtype.kind in "iub":
+            arr = arr.astype(np.int32)
+        elif arr.dtype.kind == "f":
+            arr = arr.astype(np.float32)
+        else:
+            raise TypeError(f"cannot send an input of type {type(value).__name__}")
+    return arr
+
+
+def _encode_one(value: Any, dtype: np.dtype | None) -> tuple[dict, list]:
+    item = _item(value, dtype)
+    if isinstance(item, np.ndarray) and item.ndim > 0:
+        return protocol.encode_items(item[np.newaxis])  # one zero-copy frame
+    return protocol.encode_items([item])
+
+
+def _encode_many(values: Any, dtype: np.dtype | None) -> tuple[dict, list]:
+    if isinstance(values, np.ndarray):
+        arr = values if dtype is None or values.dtype == dtype else values.astype(dtype)
+        return protocol.encode_items(arr)
+    return protocol.encode_items([_item(v, dtype) for v in values])
+
+
+def _query(app: str, qid: int, meta: dict, frames: list) -> list:
+    return protocol.pack(protocol.header(MsgType.QUERY, id=qid, app=app, items=meta), frames)
+
+
+def _raise_error(hdr: dict) -> None:
+    if hdr["type"] == MsgType.ERROR.value:
+        err = from_code(str(hdr.get("code")), str(hdr.get("message", "")))
+        if isinstance(err, Overloaded) and isinstance(hdr.get("retry_after_s"), (int, float)):
+            err.retry_after_s = float(hdr["retry_after_s"])
+        raise err
+    if hdr["type"] != MsgType.REPLY.value:
+        raise ProtocolError(f"expected a reply, got {hdr['type']!r}")
+
+
+def _predictions(hdr: dict, payload: list, latency_s: float, expected: int) -> list[Prediction]:
+    """Predictions of a REPLY (or raise the error of an ERROR)."""
+    _raise_error(hdr)
+    outputs = protocol.decode_items(hdr.get("items"), payload)
+    if len(outputs) != expected:
+        raise ProtocolError(f"reply holds {len(outputs)} outputs for {expected} inputs")
+    flags = hdr.get("defaults")
+    if not isinstance(flags, list) or len(flags) != expected:
+        flags = [bool(hdr.get("default", False))] * expected
+    explanation = hdr.get("default_explanation")
+    qid = hdr.get("query_id")
+    return [Prediction(qid, out, bool(flag), explanation if flag else None, latency_s)
+            for out, flag in zip(outputs, flags)]
+
+
+def _check_args(timeout_s: float, concurrency: int = 1) -> None:
+    if not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+    if not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
+
+
+class Client:
+    """Blocking client over one DEALER socket; not thread-safe (one per thread)."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float = 30.0,
+                 ctx: zmq.Context | None = None, input_type: DTypeLike = None) -> None:
+        _check_args(timeout_s)
+        self.address = address
+        self.timeout_s = float(timeout_s)
+        self._dtype = _dtype(input_type)
+        self._own_ctx = ctx is None
+        self._ctx = zmq.Context() if ctx is None else ctx
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(address)
+        self._ids = itertools.count(1)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the socket (and the context if this client made it)."""
+        if not self._sock.closed:
+            self._sock.close(linger=0)
+            if self._own_ctx:
+                self._ctx.term()
+
+    def _send(self, app: str, meta: dict, frames: list) -> int:
+        qid = next(self._ids)
+        self._sock.send_multipart(_query(app, qid, meta, frames), copy=False)
+        return qid
+
+    def _recv(self, deadline: float) -> tuple[dict, list] | None:
+        """The next message, or None at the deadline."""
+        remaining_ms = (deadline - time.monotonic()) * 1000
+        if remaining_ms <= 0 or not self._sock.poll(remaining_ms, zmq.POLLIN):
+            return None
+        return protocol.unpack(self._sock.recv_multipart(copy=False))
+
+    def _wait(self, qid: int, started: float) -> tuple[dict, list, float]:
+        deadline = started + self.timeout_s
+        while True:
+            msg = self._recv(deadline)
+            if msg is None:
+                raise QueryTimeout(f"no reply to query {qid} within {self.timeout_s} s")
+            if msg[0].get("id") == qid:
+                return msg[0], msg[1], time.monotonic() - started
+            log.debug("dropping a late reply to query %s", msg[0].get("id"))
+
+    def predict(self, app: str, input: Any, dtype: DTypeLike = None) -> Prediction:
+        """Query ``app`` with one input; the output or a named error."""
+        meta, frames = _encode_one(input, _pick(dtype, self._dtype))
+        started = time.monotonic()
+        hdr, payload, latency = self._wait(self._send(app, meta, frames), started)
+        return _predictions(hdr, payload, latency, 1)[0]
+
+    def predict_batch(self, app: str, inputs: Sequence[Any] | np.ndarray,
+                      dtype: DTypeLike = None) -> list[Prediction]:
+        """Query ``app`` with several inputs in one message; outputs in input order."""
+        meta, frames = _encode_many(inputs, _pick(dtype, self._dtype))
+        started = time.monotonic()
+        hdr, payload, latency = self._wait(self._send(app, meta, frames), started)
+        return _predictions(hdr, payload, latency, len(inputs))
+
+    def predict_many(self, app: str, inputs: Sequence[Any], concurrency: int = 64,
+                     dtype: DTypeLike = None) -> list[Prediction | SchoonerError]:
+        """One query per input, ``concurrency`` in flight; a Prediction or the error, in input order."""
+        _check_args(self.timeout_s, concurrency)
+        dt = _pick(dtype, self._dtype)
+        results: list[Prediction | SchoonerError | None] = [None] * len(inputs)
+        inflight: dict[int, tuple[int, float]] = {}  # query id -> (input index, sent at)
+        next_index = 0
+        while next_index < len(inputs) or inflight:
+            while next_index < len(inputs) and len(inflight) < concurrency:
+                meta, frames = _encode_one(inputs[next_index], dt)
+                inflight[self._send(app, meta, frames)] = (next_index, time.monotonic())
+                next_index += 1
+            oldest = min(sent for _, sent in inflight.values())
+            msg = self._recv(oldest + self.timeout_s)
+            if msg is None:
+                self._expire(inflight, results)
+                continue
+            hdr, payload = msg
+            entry = inflight.pop(hdr.get("id"), None)  # type: ignore[arg-type]
+            if entry is None:
+                log.debug("dropping a late reply to query %s", hdr.get("id"))
+                continue
+            index, sent = entry
+            try:
+                results[index] = _predictions(hdr, payload, time.monotonic() - sent, 1)[0]
+            except SchoonerError as err:
+                results[index] = err
+        return results  # type: ignore[return-value]
+
+    def _expire(self, inflight: dict[int, tuple[int, float]], results: list) -> None:
+        now = time.monotonic()
+        for qid, (index, sent) in list(inflight.items()):
+            if now - sent >= self.timeout_s:
+                del inflight[qid]
+                results[index] = QueryTimeout(f"no reply to query {qid} within {self.timeout_s} s")
+
+
+class AsyncClient:
+    """asyncio client: one DEALER socket, one reader task handing replies to futures by id."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float = 30.0,
+                 ctx: zmq.Context | None = None, input_type: DTypeLike = None) -> None:
+        _check_args(timeout_s)
+        self.address = address
+        self.timeout_s = float(timeout_s)
+        self._dtype = _dtype(input_type)
+        self._own_ctx = ctx is None
+        if ctx is None:
+            self._ctx: zmq.asyncio.Context = zmq.asyncio.Context()
+        elif isinstance(ctx, zmq.asyncio.Context):
+            self._ctx = ctx
+        else:
+            self._ctx = zmq.asyncio.Context.shadow(ctx)
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(address)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._reader: asyncio.Task | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the reader, fail pending queries, close the socket (and own context)."""
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._reader = None
+        self._fail_pending(QueryTimeout("client closed"))
+        if not self._sock.closed:
+            self._sock.close(linger=0)
+            if self._own_ctx:
+                self._ctx.term()
+
+    def _fail_pending(self, err: Exception) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self._pending.clear()
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                frames = await self._sock.recv_multipart(copy=False)
+                try:
+                    hdr, payload = protocol.unpack(frames)
+                except ProtocolError as err:
+                    log.warning("malformed message from the frontend: %s", err)
+                    continue
+                fut = self._pending.pop(hdr.get("id"), None)  # type: ignore[arg-type]
+                if fut is None or fut.done():
+                    log.debug("dropping a late reply to query %s", hdr.get("id"))
+                    continue
+                fut.set_result((hdr, payload, time.monotonic()))
+        except zmq.ZMQError as err:
+            self._fail_pending(SchoonerError(f"client socket failed: {err}"))
+
+    async def _request(self, app: str, meta: dict, frames: list) -> tuple[dict, list, float]:
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+        qid = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[qid] = fut
+        started = time.monotonic()
+        try:
+            await self._sock.send_multipart(_query(app, qid, meta, frames), copy=False)
+            hdr, payload, done = await asyncio.wait_for(fut, self.timeout_s)
+        except asyncio.TimeoutError:
+            raise QueryTimeout(f"no reply to query {qid} within {self.timeout_s} s") from None
+        finally:
+            self._pending.pop(qid, None)
+        return hdr, payload, done - started
+
+    async def predict(self, app: str, input: Any, dtype: DTypeLike = None) -> Prediction:
+        """Query ``app`` with one input; the output or a named error."""
+        meta, frames = _encode_one(input, _pick(dtype, self._dtype))
+        hdr, payload, latency = await self._request(app, meta, frames)
+        return _predictions(hdr, payload, latency, 1)[0]
+
+    async def predict_batch(self, app: str, inputs: Sequence[Any] | np.ndarray,
+                            dtype: DTypeLike = None) -> list[Prediction]:
+        """Query ``app`` with several inputs in one message; outputs in input order."""
+        meta, frames = _encode_many(inputs, _pick(dtype, self._dtype))
+        hdr, payload, latency = await self._request(app, meta, frames)
+        return _predictions(hdr, payload, latency, len(inputs))
+
+    async def predict_many(self, app: str, inputs: Sequence[Any], concurrency: int = 64,
+                           dtype: DTypeLike = None) -> list[Prediction | SchoonerError]:
+        """One query per input, at most ``concurrency`` in flight; Predictions or errors, in input order."""
+        _check_args(self.timeout_s, concurrency)
+        dt = _pick(dtype, self._dtype)
+        results: list[Prediction | SchoonerError | None] = [None] * len(inputs)
+        indices = iter(range(len(inputs)))
+
+        async def lane() -> None:
+            for i in indices:  # shared iterator: each index is taken by one lane
+                try:
+                    results[i] = await self.predict(app, inputs[i], dt)
+                except SchoonerError as err:
+                    results[i] = err
+
+        await asyncio.gather(*(lane() for _ in range(min(concurrency, len(inputs)))))
+        return results  # type: ignore[return-value]
