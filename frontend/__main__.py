@@ -1,0 +1,92 @@
+"""``python -m frontend``: run the query frontend (flags, else SCHOONER_* env vars, else defaults)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+import zmq.asyncio
+
+from frontend import defaults
+from frontend.config import FrontendConfig, load_state_file
+from frontend.server import Frontend
+
+log = logging.getLogger("frontend")
+
+
+def _port(raw: str) -> int:
+    return int(raw)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags; unset ones resolve from the environment later."""
+    p = argparse.ArgumentParser(prog="python -m frontend", description=__doc__)
+    p.add_argument("--host")
+    p.add_argument("--client-port", type=_port)
+    p.add_argument("--replica-port", type=_port)
+    p.add_argument("--http-port", type=_port, help="0 = a free port; -1 = no HTTP endpoint")
+    p.add_argument("--heartbeat-interval-s", type=float)
+    p.add_argument("--heartbeat-timeout-s", type=float)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--config", help="DeploymentState JSON file to serve")
+    source.add_argument("--redis-url", help="follow the deployment kept in this Redis")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> FrontendConfig:
+    """FrontendConfig from flags -> SCHOONER_<NAME> -> defaults."""
+    http_port = defaults.resolve(args.http_port, "http_port", defaults.HTTP_PORT, int)
+    return FrontendConfig(
+        host=defaults.resolve(args.host, "host", defaults.HOST),
+        client_port=defaults.resolve(args.client_port, "client_port", defaults.CLIENT_PORT, int),
+        replica_port=defaults.resolve(args.replica_port, "replica_port", defaults.REPLICA_PORT, int),
+        http_port=None if http_port == -1 else http_port,
+        heartbeat_interval_s=defaults.resolve(args.heartbeat_interval_s, "heartbeat_interval_s",
+                                              defaults.HEARTBEAT_INTERVAL_S, float),
+        heartbeat_timeout_s=defaults.resolve(args.heartbeat_timeout_s, "heartbeat_timeout_s",
+                                             defaults.HEARTBEAT_TIMEOUT_S, float),
+    )
+
+
+async def run(config: FrontendConfig, config_file: str | None, redis_url: str | None) -> None:
+    """Serve until SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    ctx = zmq.asyncio.Context()
+    fe = Frontend(config, ctx=ctx)
+    if config_file:
+        fe.apply_state(load_state_file(config_file))
+    await fe.start()
+    follower = None
+    if redis_url:
+        from management import follower as follower_mod  # only the Redis-backed deployment needs it
+
+        follower = loop.create_task(follower_mod.follow(fe, redis_url, stop))
+    try:
+        await stop.wait()
+    finally:
+        if follower is not None:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+        await fe.stop()
+        ctx.term()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m frontend`` and ``schooner-frontend``."""
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    redis_url = args.redis_url if args.redis_url is not None else (defaults.resolve(None, "redis_url", "") or None)
+    config_file = args.config or defaults.resolve(None, "config", "") or None
+    if config_file and args.redis_url is None:
+        redis_url = None
+    asyncio.run(run(build_config(args), config_file, redis_url))
+
+
+if __name__ == "__main__":
+    main()

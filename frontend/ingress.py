@@ -1,0 +1,121 @@
+"""ZMQ client queries in, replies out: the client ROUTER's burst handler."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import msgpack
+
+from frontend import protocol
+from frontend.admission import nbytes, split_items, validate_items
+from frontend.config import FrontendConfig
+from frontend.dispatch import Dispatcher
+from frontend.errors import BadInput, NoModel, Overloaded, ProtocolError, SchoonerError, UnknownApp
+from frontend.protocol import ErrorCode, MsgType
+from frontend.queries import Query
+
+log = logging.getLogger(__name__)
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+_unpackb = msgpack.unpackb
+_V = protocol.PROTOCOL_VERSION
+
+
+def error_frames(err: SchoonerError, request_id: Any, retry_after_s: float | None = None) -> list:
+    """Frames of an ERROR reply for ``err`` (an unknown code travels as ``internal``)."""
+    try:
+        code = ErrorCode(err.code)
+    except ValueError:
+        code = ErrorCode.INTERNAL
+    extra = {"retry_after_s": retry_after_s} if retry_after_s is not None else {}
+    return protocol.error(code, str(err), id=request_id, **extra)
+
+
+class ClientIngress:
+    """Parses and validates QUERY messages, submits them, and sends each REPLY or ERROR."""
+
+    def __init__(self, dispatcher: Dispatcher, config: FrontendConfig, send: Callable[[list], None]) -> None:
+        self.dispatcher = dispatcher
+        self.config = config
+        self.send = send
+
+    def on_burst(self, burst: list[list[Any]]) -> None:
+        """Handle a burst of client messages, then dispatch the queues they filled."""
+        now = time.monotonic()
+        for frames in burst:
+            try:
+                self._handle(frames, now)
+            except ProtocolError as err:
+                log.warning("client %r sent a bad message: %s", frames[0].bytes, err)
+                self.send([frames[0], *error_frames(err, self._id_of(frames))])
+            except Overloaded as err:
+                self.send([frames[0], *error_frames(err, self._id_of(frames), err.retry_after_s)])
+            except SchoonerError as err:
+                log.debug("query rejected: %s", err)
+                self.send([frames[0], *error_frames(err, self._id_of(frames))])
+        self.dispatcher.pump_dirty()
+
+    @staticmethod
+    def _id_of(frames: list) -> Any:
+        try:
+            return _unpackb(frames[1].buffer).get("id")
+        except Exception:  # only used to address an error reply
+            return None
+
+    def _handle(self, frames: list, now: float) -> None:
+        if len(frames) < 2:
+            raise ProtocolError("empty message")
+        try:
+            hdr = _unpackb(frames[1].buffer)
+        except Exception as err:  # msgpack raises several unrelated types
+            raise ProtocolError(f"header is not valid msgpack: {err}") from err
+        if not isinstance(hdr, dict):
+            raise ProtocolError("header must be a msgpack map")
+        if hdr.get("v") != _V or hdr.get("type") != "query":
+            self._not_a_query(frames)
+            return
+        request_id = hdr.get("id")
+        total = 0
+        for frame in frames[1:]:
+            total += nbytes(frame)
+        if total > self.config.max_message_bytes:
+            raise BadInput(f"message of {total} bytes is larger than the limit of {self.config.max_message_bytes}")
+        app = hdr.get("app")
+        route = self.dispatcher.routes.get(app) if isinstance(app, str) else None
+        if route is None:
+            raise UnknownApp(f"no app named {app!r}")
+        mq = route.queue
+        if mq is None:
+            raise NoModel(route.problem)
+        metas, payload = split_items(hdr.get("items"), frames[2:])
+        if not metas:
+            raise BadInput("query has no items")
+        validate_items(metas, payload, mq.spec.input_type, mq.input_shape, self.config.max_input_bytes)
+        query = Query(self.dispatcher.next_query_id(), route.app, len(metas), now, self._reply)
+        query.client_id = request_id
+        query.peer = frames[0]
+        self.dispatcher.submit(route, query, metas, payload, now)
+
+    def _not_a_query(self, frames: list) -> None:
+        hdr, _ = protocol.unpack(frames[1:])  # raises ProtocolError naming the version or type problem
+        if hdr["type"] == MsgType.HEARTBEAT.value:
+            self.send([frames[0], _packb(protocol.header(MsgType.HEARTBEAT))])
+            return
+        raise ProtocolError(f"clients may send only query or heartbeat messages, not {hdr['type']!r}")
+
+    def _reply(self, query: Query, err: SchoonerError | None) -> None:
+        self.dispatcher.record(query, err)
+        if err is not None:
+            self.send([query.peer, *error_frames(err, query.client_id)])
+            return
+        hdr = {"v": _V, "type": "reply", "id": query.client_id, "query_id": query.query_id,
+               "items": {"list": query.metas}, "default": query.n_defaults > 0}
+        if query.n > 1:
+            hdr["defaults"] = query.defaults
+        if query.n_defaults:
+            hdr["default_explanation"] = query.explanation
+        frames = [query.peer, _packb(hdr)]
+        frames.extend(query.frames)
+        self.send(frames)

@@ -1,0 +1,113 @@
+"""A client query in flight: its items, their outputs, and the one completion it always gets.
+
+A query (one ZMQ QUERY or one HTTP request) holds ``n`` items; each item becomes
+one :class:`Entry` in its model's queue. The query completes exactly once: when
+every item has an output (real or default), when its deadline passes (missing
+items get the app's default output), or with a named error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from frontend.errors import SchoonerError
+
+# An item on the wire: its ``[kind, dtype, shape]`` meta and its payload frame.
+STRING_META = ["s", None, None]
+
+
+class AppRoute:
+    """What the hot path needs about an app: its spec, default output and metrics."""
+
+    __slots__ = ("spec", "default_frame", "explanation", "latency", "throughput", "num_predictions",
+                 "default_ratio")
+
+    def __init__(self, spec: Any, metrics: Any) -> None:
+        self.spec = spec
+        self.default_frame = spec.default_output.encode("utf-8")
+        self.explanation = (f"no output within the app's latency objective of "
+                            f"{spec.latency_slo_micros} microseconds")
+        prefix = f"app:{spec.name}:"
+        self.latency = metrics.histogram(prefix + "prediction_latency", "microseconds")
+        self.throughput = metrics.meter(prefix + "prediction_throughput")
+        self.num_predictions = metrics.counter(prefix + "num_predictions")
+        self.default_ratio = metrics.ratio_counter(prefix + "default_prediction_ratio")
+
+
+class Query:
+    """One client request of ``n`` items; ``on_done(query, error)`` is called exactly once."""
+
+    __slots__ = ("query_id", "app", "n", "metas", "frames", "defaults", "remaining", "done", "arrival",
+                 "deadline", "timer", "on_done", "client_id", "peer", "n_defaults", "explanation")
+
+    def __init__(self, query_id: int, app: AppRoute, n: int, arrival: float,
+                 on_done: Callable[[Query, SchoonerError | None], None]) -> None:
+        self.query_id = query_id
+        self.app = app
+        self.n = n
+        self.metas: list[Any] = [None] * n
+        self.frames: list[Any] = [None] * n
+        self.defaults: list[bool] = [False] * n
+        self.remaining = n
+        self.done = False
+        self.arrival = arrival
+        self.deadline = arrival + app.spec.latency_slo_micros * 1e-6
+        self.timer: Any = None
+        self.on_done = on_done
+        self.client_id: Any = None  # ZMQ: the client's request id
+        self.peer: Any = None  # ZMQ: the ROUTER identity frame; HTTP: the future
+        self.n_defaults = 0
+        self.explanation = ""
+
+    def set_output(self, index: int, meta: Any, frame: Any) -> bool:
+        """Record item ``index``'s output; False if the query was already answered (a late output)."""
+        if self.done:
+            return False
+        if self.metas[index] is None:
+            self.metas[index] = meta
+            self.frames[index] = frame
+            self.remaining -= 1
+            if self.remaining == 0:
+                self._finish(None)
+        return True
+
+    def expire(self, explanation: str = "") -> None:
+        """Answer every item still missing with the app's default output."""
+        if self.done:
+            return
+        default = self.app.default_frame
+        for i in range(self.n):
+            if self.metas[i] is None:
+                self.metas[i] = STRING_META
+                self.frames[i] = default
+                self.defaults[i] = True
+                self.n_defaults += 1
+        self.remaining = 0
+        self.explanation = explanation or self.app.explanation
+        self._finish(None)
+
+    def fail(self, error: SchoonerError) -> None:
+        """Answer the whole query with ``error`` (no-op once answered)."""
+        if not self.done:
+            self._finish(error)
+
+    def _finish(self, error: SchoonerError | None) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.on_done(self, error)
+
+
+class Entry:
+    """One item of a query waiting in (or dispatched from) a model queue."""
+
+    __slots__ = ("query", "index", "meta", "frame", "enqueued", "retries")
+
+    def __init__(self, query: Query, index: int, meta: Any, frame: Any, enqueued: float) -> None:
+        self.query = query
+        self.index = index
+        self.meta = meta
+        self.frame = frame
+        self.enqueued = enqueued
+        self.retries = 0

@@ -1,0 +1,184 @@
+"""The replica pool: registration, liveness, and the one batch each replica may have in flight."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from frontend.errors import ProtocolError
+from frontend.queries import Entry
+from frontend.types import InputType, ReplicaInfo, ReplicaState
+
+log = logging.getLogger(__name__)
+
+LIVE_STATES = (ReplicaState.READY, ReplicaState.BUSY, ReplicaState.DRAINING)
+
+
+def own_pidns() -> str:
+    """This process's PID namespace (``/proc/self/ns/pid`` link text), "" where unknown."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` names a running (not zombie) process in our PID namespace."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    state = stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3]
+    return state not in (b"Z", b"X")
+
+
+class Replica:
+    """A registered replica: its ROUTER identity, what it said in HELLO, and its batch."""
+
+    __slots__ = ("identity", "info", "check_pid", "batch", "last_seen")
+
+    def __init__(self, identity: bytes, info: ReplicaInfo, check_pid: bool, now: float) -> None:
+        self.identity = identity
+        self.info = info
+        self.check_pid = check_pid
+        self.batch: Batch | None = None
+        self.last_seen = now
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(model name, version) this replica serves."""
+        return (self.info.model_name, self.info.model_version)
+
+    @property
+    def state(self) -> ReplicaState:
+        """The replica's state as the frontend sees it."""
+        return self.info.state
+
+
+class Batch:
+    """A batch sent to one replica, waiting for its RESULT."""
+
+    __slots__ = ("batch_id", "replica", "queue", "entries", "sent_at")
+
+    def __init__(self, batch_id: int, replica: Replica, queue: Any, entries: list[Entry], sent_at: float) -> None:
+        self.batch_id = batch_id
+        self.replica = replica
+        self.queue = queue
+        self.entries = entries
+        self.sent_at = sent_at
+
+
+def _field(hdr: dict, name: str, types: tuple, required: bool = True) -> Any:
+    value = hdr.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, types) or isinstance(value, bool):
+        raise ProtocolError(f"HELLO field {name!r} must be {'/'.join(t.__name__ for t in types)}, got {value!r}")
+    return value
+
+
+def info_from_hello(hdr: dict, now: float) -> ReplicaInfo:
+    """A ReplicaInfo from a HELLO header; ProtocolError names the bad field."""
+    try:
+        input_type = InputType.parse(_field(hdr, "input_type", (str,)))
+    except ValueError as err:
+        raise ProtocolError(f"HELLO field 'input_type': {err}") from err
+    cpus = hdr.get("cpus") or []
+    shape = hdr.get("input_shape")
+    if not isinstance(cpus, list) or not all(isinstance(c, int) for c in cpus):
+        raise ProtocolError("HELLO field 'cpus' must be a list of integers")
+    if shape is not None and (not isinstance(shape, list) or not all(isinstance(d, int) for d in shape)):
+        raise ProtocolError("HELLO field 'input_shape' must be a list of integers or null")
+    return ReplicaInfo(
+        replica_id=str(_field(hdr, "replica_id", (str, int))),
+        model_name=_field(hdr, "model", (str,)),
+        model_version=str(_field(hdr, "version", (str, int))),
+        input_type=input_type,
+        pid=int(hdr.get("pid") or 0),
+        cpus=cpus,
+        gpu=_field(hdr, "gpu", (int,), required=False),
+        input_shape=shape,
+        host=str(hdr.get("host") or ""),
+        state=ReplicaState.READY,
+        last_heartbeat_s=now,
+    )
+
+
+class ReplicaPool:
+    """Every replica that registered, by ROUTER identity, and the batches in flight."""
+
+    def __init__(self, pidns: str | None = None) -> None:
+        self.pidns = own_pidns() if pidns is None else pidns
+        self.by_identity: dict[bytes, Replica] = {}
+        self.batches: dict[int, Batch] = {}
+        self._next_batch_id = 1
+
+    def register(self, identity: bytes, hdr: dict, now: float) -> tuple[Replica, Replica | None]:
+        """Register (or re-register) a replica from HELLO; returns (replica, the one it replaced)."""
+        info = info_from_hello(hdr, now)
+        check_pid = bool(self.pidns) and hdr.get("pidns") == self.pidns and info.pid > 0
+        old = self.by_identity.get(identity)
+        replica = Replica(identity, info, check_pid, now)
+        self.by_identity[identity] = replica
+        return replica, old
+
+    def get(self, identity: bytes) -> Replica | None:
+        """The replica behind a ROUTER identity."""
+        return self.by_identity.get(identity)
+
+    def of_model(self, key: tuple[str, str]) -> list[Replica]:
+        """Live replicas of a model version."""
+        return [r for r in self.by_identity.values() if r.key == key and r.state in LIVE_STATES]
+
+    def live(self) -> list[Replica]:
+        """Every replica not dead or stopped."""
+        return [r for r in self.by_identity.values() if r.state in LIVE_STATES]
+
+    def infos(self) -> list[ReplicaInfo]:
+        """ReplicaInfo of every replica, dead ones included."""
+        return [r.info for r in self.by_identity.values()]
+
+    def lost(self, now: float, timeout_s: float) -> list[Replica]:
+        """Live replicas silent for ``timeout_s`` or whose process is gone."""
+        out = []
+        for replica in self.live():
+            if now - replica.last_seen > timeout_s or (replica.check_pid and not pid_alive(replica.info.pid)):
+                out.append(replica)
+        return out
+
+    def start_batch(self, replica: Replica, queue: Any, entries: list[Entry], now: float) -> Batch:
+        """Record ``entries`` as ``replica``'s batch in flight."""
+        batch = Batch(self._next_batch_id, replica, queue, entries, now)
+        self._next_batch_id += 1
+        self.batches[batch.batch_id] = batch
+        replica.batch = batch
+        replica.info.state = ReplicaState.BUSY
+        return batch
+
+    def finish_batch(self, replica: Replica, batch_id: Any) -> Batch | None:
+        """The batch ``batch_id`` of ``replica``, now finished; None if unknown or not its own."""
+        batch = self.batches.get(batch_id)
+        if batch is None or batch.replica is not replica:
+            return None
+        del self.batches[batch_id]
+        replica.batch = None
+        replica.info.batches_done += 1
+        if replica.info.state == ReplicaState.BUSY:
+            replica.info.state = ReplicaState.READY
+        return batch
+
+    def mark_gone(self, replica: Replica, state: ReplicaState) -> Batch | None:
+        """Mark a replica dead or stopped; return the batch it had in flight (to requeue)."""
+        replica.info.state = state
+        batch = replica.batch
+        replica.batch = None
+        if batch is not None:
+            self.batches.pop(batch.batch_id, None)
+        return batch
+
+    def forget(self, replica: Replica) -> None:
+        """Drop a replica from the pool entirely."""
+        if self.by_identity.get(replica.identity) is replica:
+            del self.by_identity[replica.identity]

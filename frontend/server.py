@@ -1,0 +1,228 @@
+"""The query frontend: ZMQ client and replica endpoints, HTTP, and the deployment it serves."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from frontend.config import FrontendConfig
+from frontend.dispatch import Dispatcher
+from frontend.errors import ShuttingDown
+from frontend.ingress import ClientIngress
+from frontend.metrics import MetricsRegistry
+from frontend.types import AppSpec, DeploymentState, ModelSpec, ReplicaInfo
+from frontend.zmq_endpoints import RouterEndpoint
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Frontend", "FrontendConfig"]
+
+PID_CHECK_INTERVAL_S = 0.25  # how often replica processes are checked for having vanished
+
+
+class Frontend:
+    """Serves queries for the apps and models of a :class:`DeploymentState`.
+
+    All methods run on the event loop thread that called :meth:`start`; the
+    deployment may be set before ``start()``.
+    """
+
+    def __init__(self, config: FrontendConfig | None = None, ctx: zmq.asyncio.Context | None = None,
+                 metrics: MetricsRegistry | None = None) -> None:
+        self.config = config or FrontendConfig()
+        self._own_ctx = ctx is None
+        self.ctx = ctx if ctx is not None else zmq.asyncio.Context()
+        self.metrics = metrics if metrics is not None else MetricsRegistry()
+        self.state = DeploymentState()
+        self.dispatcher = Dispatcher(self.config, self.metrics)
+        self.client_port = 0
+        self.replica_port = 0
+        self.http_port: int | None = None
+        self._client: RouterEndpoint | None = None
+        self._replica: RouterEndpoint | None = None
+        self._http_runner: Any = None
+        self._liveness: asyncio.Task | None = None
+        self._started = False
+
+    # ---- addresses --------------------------------------------------------------------------
+
+    @property
+    def client_address(self) -> str:
+        """ZMQ address clients connect to."""
+        return f"tcp://{self.config.host}:{self.client_port}"
+
+    @property
+    def replica_address(self) -> str:
+        """ZMQ address replicas connect to."""
+        return f"tcp://{self.config.host}:{self.replica_port}"
+
+    @property
+    def http_url(self) -> str | None:
+        """Base URL of the HTTP endpoint, None when it is off."""
+        return None if self.http_port is None else f"http://{self.config.host}:{self.http_port}"
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the sockets and HTTP port and start serving."""
+        if self._started:
+            raise RuntimeError("frontend already started")
+        loop = asyncio.get_running_loop()
+        sync_ctx = zmq.Context.shadow(self.ctx.underlying)
+        cfg = self.config
+        self._replica = RouterEndpoint(sync_ctx, loop, "replica-router", self.dispatcher.on_replica_burst,
+                                       on_unreachable=self.dispatcher.on_unreachable)
+        self.dispatcher.attach(loop, self._replica.send)
+        ingress = ClientIngress(self.dispatcher, cfg, send=lambda frames: self._client.send(frames))
+        self._client = RouterEndpoint(sync_ctx, loop, "client-router", ingress.on_burst)
+        try:
+            self.replica_port = self._replica.bind(cfg.host, cfg.replica_port)
+            self.client_port = self._client.bind(cfg.host, cfg.client_port)
+        except zmq.ZMQError as err:
+            self._replica.close()
+            self._client.close()
+            raise OSError(f"cannot bind the frontend's ZMQ ports on {cfg.host}: {err}") from err
+        if cfg.http_port is not None:
+            await self._start_http()
+        self._replica.start()
+        self._client.start()
+        self._liveness = loop.create_task(self._watch_replicas())
+        self._started = True
+        self.dispatcher.pump_dirty()
+        log.info("frontend serving: clients %s, replicas %s, http %s", self.client_address,
+                 self.replica_address, self.http_url)
+
+    async def _start_http(self) -> None:
+        from aiohttp import web
+
+        from frontend.http import HttpApi
+
+        runner = web.AppRunner(HttpApi(self).app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.http_port)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            self._replica.close()
+            self._client.close()
+            raise
+        self._http_runner = runner
+        self.http_port = runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        """Answer pending queries with ShuttingDown, then close every endpoint."""
+        if not self._started:
+            if self._own_ctx:
+                self.ctx.term()
+            return
+        self._started = False
+        if self._liveness is not None:
+            self._liveness.cancel()
+            try:
+                await self._liveness
+            except asyncio.CancelledError:
+                pass
+        self.dispatcher.fail_all(ShuttingDown("the frontend is shutting down"))
+        self._client.flush()
+        await asyncio.sleep(0.05)  # let aiohttp handlers write their responses
+        if self._http_runner is not None:
+            await self._http_runner.cleanup()
+        self._client.close()
+        self._replica.close()
+        if self._own_ctx:
+            self.ctx.term()
+        log.info("frontend stopped")
+
+    async def __aenter__(self) -> Frontend:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    async def _watch_replicas(self) -> None:
+        interval = min(PID_CHECK_INTERVAL_S, self.config.heartbeat_interval_s)
+        loop = asyncio.get_running_loop()
+        next_heartbeat = loop.time()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            beat = now >= next_heartbeat
+            if beat:
+                next_heartbeat = now + self.config.heartbeat_interval_s
+            try:
+                self.dispatcher.check_replicas(send_heartbeats=beat)
+            except Exception:  # the watcher must outlive a bug in one round
+                log.exception("replica liveness check failed")
+
+    # ---- deployment -------------------------------------------------------------------------
+
+    def apply_state(self, state: DeploymentState) -> None:
+        """Replace apps, models, links and versions; queues of kept model versions survive."""
+        self.state = copy.deepcopy(state)
+        self._sync()
+
+    def add_app(self, app: AppSpec) -> None:
+        """Add or replace an app."""
+        self.state.apps[app.name] = app
+        self._sync()
+
+    def remove_app(self, name: str) -> None:
+        """Remove an app and its links."""
+        self.state.apps.pop(name, None)
+        self.state.links.pop(name, None)
+        self._sync()
+
+    def add_model(self, model: ModelSpec) -> None:
+        """Add a model version, or update its batching; the first version becomes current."""
+        self.state.models[model.key] = model
+        self.state.current_versions.setdefault(model.name, model.version)
+        self._sync()
+
+    def remove_model(self, name: str, version: str) -> None:
+        """Remove a model version; its queued queries get NoModel."""
+        self.state.models.pop((name, str(version)), None)
+        if self.state.current_versions.get(name) == str(version):
+            del self.state.current_versions[name]
+        self._sync()
+
+    def link(self, app: str, model_name: str) -> None:
+        """Route ``app``'s queries to ``model_name`` (Clipper links one model per app)."""
+        if app not in self.state.apps:
+            raise ValueError(f"app {app!r} does not exist")
+        self.state.links[app] = [model_name]
+        self._sync()
+
+    def unlink(self, app: str, model_name: str) -> None:
+        """Remove the link from ``app`` to ``model_name``."""
+        models = [m for m in self.state.links.get(app, []) if m != model_name]
+        if models:
+            self.state.links[app] = models
+        else:
+            self.state.links.pop(app, None)
+        self._sync()
+
+    def set_current_version(self, model_name: str, version: str) -> None:
+        """Send ``model_name``'s queries to ``version`` from now on."""
+        self.state.current_versions[model_name] = str(version)
+        self._sync()
+
+    def _sync(self) -> None:
+        self.dispatcher.sync(self.state)
+
+    # ---- introspection ----------------------------------------------------------------------
+
+    def replicas(self) -> list[ReplicaInfo]:
+        """Every registered replica, with its state."""
+        return self.dispatcher.pool.infos()
+
+    def queue_depth(self, name: str, version: str) -> int:
+        """Queries waiting in a model version's queue (0 for an unknown version)."""
+        mq = self.dispatcher.queues.get((name, str(version)))
+        return 0 if mq is None else sum(1 for e in mq.entries if not e.query.done)
