@@ -43,11 +43,11 @@ class Admin:
             raise DeployError(f"{path}: cannot reach the management service at {self.base_url}: {err}") from err
         try:
             return json.loads(raw) if raw else {}
-        except ValueError as err:
-            raise DeployError(f"{path}: answer is not JSON: {raw[:200]!r}") from err
+        except ValueError:
+            return raw.decode(errors="replace")  # Clipper's write endpoints answer plain "Success!"
 
     def post(self, path: str, body: dict, timeout_s: float | None = None) -> Any:
-        """POST JSON to ``path``; the decoded answer."""
+        """POST JSON to ``path``; the decoded JSON answer, or its text."""
         return self._call("POST", path, body, timeout_s)
 
     def get(self, path: str, timeout_s: float | None = None) -> Any:
