@@ -90,8 +90,10 @@ class ReplicaConfig:
 class Replica:
     """Serves ``model`` to the frontend named in ``config`` until :meth:`stop`."""
 
-    def __init__(self, config: ReplicaConfig, model: Model, ctx: zmq.Context, cpus: list[int]) -> None:
+    def __init__(self, config: ReplicaConfig, model: Model, ctx: zmq.Context, cpus: list[int],
+                 num_threads: int | None = None) -> None:
         self.config = config
+        self.num_threads = num_threads  # thread cap for the predict thread; None leaves it alone
         self.model = model
         self.cpus = cpus
         self.input_type = config.input_type or getattr(model, "input_type", None) or InputType.FLOATS
@@ -122,8 +124,11 @@ class Replica:
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         sock.connect(self.config.frontend)
+        # Some thread-count settings (OpenMP's) are per thread, so the predict thread sets its own.
         worker = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="predict", initializer=pinning.limit_threads, initargs=(len(self.cpus),))
+            1, thread_name_prefix="predict",
+            initializer=pinning.limit_threads if self.num_threads else None,
+            initargs=(self.num_threads,) if self.num_threads else ())
         try:
             self._serve(sock, worker)
         finally:
@@ -347,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.cpus:
         pinning.limit_threads(len(cpus))  # again: the model may have imported torch or a BLAS
     ctx = zmq.Context()
-    replica = Replica(config, model, ctx, cpus)
+    replica = Replica(config, model, ctx, cpus, num_threads=len(cpus) if config.cpus else None)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _s, _f: replica.stop())
     log.info("replica %s serving %s:%s (cpus %s, gpu %s) to %s", config.replica_id, config.name,
