@@ -1,0 +1,121 @@
+"""Wire protocol: round trips over real ZMQ sockets, zero-copy decoding, malformed messages."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from frontend import errors, protocol
+from frontend.defaults import PROTOCOL_VERSION
+from frontend.errors import ProtocolError
+from frontend.protocol import ErrorCode, MsgType
+
+
+@pytest.fixture
+def pair():
+    """A DEALER connected to a ROUTER on a free loopback port; yields a send-then-receive function."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    dealer = ctx.socket(zmq.DEALER)
+    for sock in (router, dealer):
+        sock.setsockopt(zmq.LINGER, 0)
+    dealer.connect(f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}")
+
+    def transfer(frames: list) -> list[zmq.Frame]:
+        dealer.send_multipart(frames, copy=False)
+        assert router.poll(30_000), "message did not arrive"
+        return router.recv_multipart(copy=False)[1:]  # drop the identity frame
+
+    yield transfer
+    router.close(linger=0)
+    dealer.close(linger=0)
+    ctx.term()
+
+
+def test_stacked_batch_round_trips_as_zero_copy_views(pair):
+    batch = np.arange(24, dtype=np.float32).reshape(4, 2, 3)
+    meta, frames = protocol.encode_items(batch)
+    assert len(frames) == 1
+    hdr, payload = protocol.unpack(pair(protocol.pack(protocol.header(MsgType.PREDICT, batch_id=3, items=meta),
+                                                      frames)))
+    assert hdr["type"] == "predict" and hdr["batch_id"] == 3 and hdr["v"] == PROTOCOL_VERSION
+    items = protocol.decode_items(hdr["items"], payload)
+    assert len(items) == 4
+    for i, item in enumerate(items):
+        np.testing.assert_array_equal(item, batch[i])
+        assert np.shares_memory(item, np.frombuffer(payload[0].buffer, dtype=np.uint8))  # no copy
+
+
+def test_mixed_list_round_trips(pair):
+    values = [np.array([1, 2, 3], dtype=np.int32), b"\x00raw\xff", "ünïcode", np.float64(2.5), [1.0, 2.0]]
+    meta, frames = protocol.encode_items(values)
+    hdr, payload = protocol.unpack(pair(protocol.pack(protocol.header(MsgType.QUERY, id=1, app="a", items=meta),
+                                                      frames)))
+    out = protocol.decode_items(hdr["items"], payload)
+    np.testing.assert_array_equal(out[0], values[0])
+    assert out[0].dtype == np.int32
+    assert out[1] == b"\x00raw\xff" and out[2] == "ünïcode"
+    assert out[3].shape == () and float(out[3]) == 2.5
+    np.testing.assert_array_equal(out[4], [1.0, 2.0])
+
+
+def test_non_contiguous_arrays_are_sent_contiguous():
+    arr = np.arange(12, dtype=np.float64).reshape(3, 4)[:, ::2]
+    meta, frames = protocol.encode_items([arr])
+    out = protocol.decode_items(meta, [np.asarray(frames[0]).tobytes()])
+    np.testing.assert_array_equal(out[0], arr)
+
+
+def test_error_message_carries_code_message_and_ids():
+    hdr, payload = protocol.unpack(protocol.error(ErrorCode.MODEL_ERROR, "boom", batch_id=9))
+    assert hdr == {"v": PROTOCOL_VERSION, "type": "error", "code": "model_error", "message": "boom",
+                   "batch_id": 9}
+    assert payload == []
+
+
+def test_error_codes_map_to_named_errors():
+    for code in ErrorCode:
+        err = errors.from_code(code.value, "msg")
+        assert isinstance(err, errors.SchoonerError) and str(err) == "msg"
+        assert err.code == code.value
+    assert type(errors.from_code("unheard_of", "x")) is errors.SchoonerError
+
+
+@pytest.mark.parametrize("frames, message", [
+    ([], "empty"),
+    ([b"\xc1"], "msgpack"),
+    ([msgpack.packb([1, 2])], "map"),
+    ([msgpack.packb({"v": PROTOCOL_VERSION + 1, "type": "query"})], "version"),
+    ([msgpack.packb({"v": PROTOCOL_VERSION})], "type"),
+    ([msgpack.packb({"v": PROTOCOL_VERSION, "type": "launch_missiles"})], "type"),
+])
+def test_malformed_headers_raise_protocol_error(frames, message):
+    with pytest.raises(ProtocolError, match=message):
+        protocol.unpack(frames)
+
+
+@pytest.mark.parametrize("meta, frames, message", [
+    ({"stack": ["<f4", [2, 2]]}, [b"\x00" * 4], "does not match"),
+    ({"stack": ["<f4", [1]]}, [b"\x00" * 4, b"\x00" * 4], "one frame"),
+    ({"stack": 5}, [b"\x00" * 4], "stack meta"),
+    ({"stack": ["not-a-dtype", [1]]}, [b"\x00" * 4], "does not match"),
+    ({"stack": ["|O", [1]]}, [b"\x00" * 8], "does not match"),
+    ({"list": [["a", "<f4", [1]]]}, [], "1 items but 0 frames"),
+    ({"list": [["x", None, None]]}, [b"a"], "kind"),
+    ({"list": [["a", "<f4"]]}, [b"abcd"], "kind, dtype, shape"),
+    ({"list": [["s", None, None]]}, [b"\xff\xfe"], "UTF-8"),
+    ({"tuple": []}, [], "items must be"),
+    (None, [], "items must be"),
+])
+def test_malformed_items_raise_protocol_error(meta, frames, message):
+    with pytest.raises(ProtocolError, match=message):
+        protocol.decode_items(meta, frames)
+
+
+def test_unencodable_items_are_refused():
+    with pytest.raises(ValueError, match="axis"):
+        protocol.encode_items(np.array(1.0, dtype=np.float32))
+    with pytest.raises(TypeError):
+        protocol.encode_items([object()])
