@@ -14,10 +14,10 @@ Weights are a deterministic random init (seed 0, ``weights=None``) unless
 of the full torchvision model; the dropped head's keys and Inception's
 ``AuxLogits`` may be absent or present). No weights are downloaded.
 
-GPU: ``gpu=N`` runs on CUDA device N. When ``CUDA_VISIBLE_DEVICES`` is set (as
-the replica runtime does to pin a GPU), the process sees only those devices,
-renumbered from 0, so N is looked up in that list: ``CUDA_VISIBLE_DEVICES=3``
-with ``gpu=3`` runs on ``cuda:0``.
+GPU: ``gpu=N`` runs on ``cuda:N``, N being the index inside this process. The
+replica runtime pins a GPU by setting ``CUDA_VISIBLE_DEVICES=<gpu>`` and passes
+0 (``pinning.select_gpu``), so a replica of GPU 3 runs on ``cuda:0``. Asking for
+a GPU where CUDA is absent, or an index past the visible devices, is an error.
 """
 
 from __future__ import annotations
@@ -99,20 +99,18 @@ class TorchModel:
 
 
 def torch_device(gpu: int | None) -> torch.device:
-    """The torch device for ``gpu`` (None = CPU), honouring CUDA_VISIBLE_DEVICES renumbering."""
+    """The torch device for in-process CUDA index ``gpu`` (None = CPU)."""
     if gpu is None:
         return torch.device("cpu")
     if not isinstance(gpu, int) or gpu < 0:
         raise ValueError(f"gpu must be a non-negative integer or None, got {gpu!r}")
     if not torch.cuda.is_available():
         raise RuntimeError(f"gpu {gpu} was asked for but CUDA is not available on this machine")
-    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    index = visible.index(str(gpu)) if str(gpu) in visible else gpu
-    if index >= torch.cuda.device_count():
+    if gpu >= torch.cuda.device_count():
         raise RuntimeError(
             f"gpu {gpu} was asked for but only {torch.cuda.device_count()} CUDA device(s) are visible "
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r})")
-    return torch.device(f"cuda:{index}")
+    return torch.device(f"cuda:{gpu}")
 
 
 def _build(arch: _Arch) -> nn.Module:
