@@ -177,9 +177,9 @@ def encode_items(items: np.ndarray | Sequence[Item]) -> tuple[dict, list[FrameLi
     only when they are not already).
     """
     if isinstance(items, np.ndarray):
-        arr = np.ascontiguousarray(items)
-        if arr.ndim == 0:
+        if items.ndim == 0:  # checked first: ascontiguousarray would make it 1-d
             raise ValueError("a stacked batch needs at least one axis")
+        arr = np.ascontiguousarray(items)
         return {"stack": [arr.dtype.str, list(arr.shape)]}, [arr]
     metas: list[list] = []
     frames: list[FrameLike] = []
