@@ -8,6 +8,8 @@ import time
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from conftest_redis import redis_server, store  # noqa: F401 - fixtures
 from frontend.types import AppSpec, InputType, ModelSpec
@@ -267,7 +269,8 @@ def test_store_refuses_a_client_that_is_not_redis() -> None:
 
 
 def test_store_calls_raise_store_unavailable_when_redis_is_unreachable() -> None:
-    dead = Store(redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1))
+    dead = Store(redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1,
+                             retry=Retry(NoBackoff(), 0)))
     with pytest.raises(StoreUnavailable) as info:
         dead.add_app(AppSpec("app", "floats"))
     assert isinstance(info.value.__cause__, redis.ConnectionError)
