@@ -1,0 +1,89 @@
+"""Batching in the frontend: fixed sizes, Nagle-style waits, AIMD, against real replica processes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from frontend_support import FrontendThread, metric, start_replica, stop_process
+
+from frontend.client import Client
+from frontend.types import AppSpec, ModelSpec
+
+
+@pytest.fixture
+def frontend():
+    ft = FrontendThread().start()
+    yield ft
+    ft.stop()
+
+
+@pytest.fixture
+def procs():
+    started: list = []
+    yield started
+    for proc in started:
+        stop_process(proc)
+
+
+def _inputs(n: int) -> list[np.ndarray]:
+    return [np.full(4, i, dtype=np.float32) for i in range(n)]
+
+
+def test_fixed_batch_size_yields_full_batches_under_load(frontend, procs):
+    frontend.deploy([AppSpec("app", "floats", latency_slo_micros=20_000_000)],
+                    [ModelSpec("sleep", "1", "floats", batch_size=4)], {"app": ["sleep"]})
+    procs.append(start_replica(frontend.replica_address, "sleep", opts={"a_ms": 20, "b_ms": 0}))
+    frontend.wait_ready(1)
+    with Client(frontend.client_address, timeout_s=60) as client:
+        results = client.predict_many("app", _inputs(48), concurrency=48)
+    assert all(not r.default for r in results)
+    dump = frontend.metrics()
+    sizes = metric(dump, "histograms", "model:sleep:1:batch_size")
+    assert sizes["max"] == 4
+    assert sizes["p50"] == 4
+    assert int(metric(dump, "counters", "model:sleep:1:batch_fired_full")["count"]) >= 8
+    assert int(metric(dump, "counters", "model:sleep:1:num_predictions")["count"]) == 48
+
+
+def test_wait_timeout_sends_a_partial_batch(frontend, procs):
+    frontend.deploy([AppSpec("app", "floats", latency_slo_micros=20_000_000)],
+                    [ModelSpec("noop", "1", "floats", batch_size=8, batch_wait_timeout_micros=100_000)],
+                    {"app": ["noop"]})
+    procs.append(start_replica(frontend.replica_address, "noop"))
+    frontend.wait_ready(1)
+    with Client(frontend.client_address, timeout_s=60) as client:
+        results = client.predict_batch("app", np.ones((3, 4), dtype=np.float32))
+    assert len(results) == 3 and not any(r.default for r in results)
+    assert results[0].latency_s >= 0.09  # it waited for a fuller batch before sending
+    dump = frontend.metrics()
+    assert int(metric(dump, "counters", "model:noop:1:batch_fired_timeout")["count"]) == 1
+    assert int(metric(dump, "counters", "model:noop:1:batch_fired_full")["count"]) == 0
+    assert metric(dump, "histograms", "model:noop:1:batch_size")["max"] == 3
+
+
+def test_idle_replica_takes_a_partial_batch_without_wait(frontend, procs):
+    frontend.deploy([AppSpec("app", "floats", latency_slo_micros=20_000_000)],
+                    [ModelSpec("noop", "1", "floats", batch_size=8)], {"app": ["noop"]})
+    procs.append(start_replica(frontend.replica_address, "noop"))
+    frontend.wait_ready(1)
+    with Client(frontend.client_address, timeout_s=60) as client:
+        result = client.predict("app", np.ones(4, dtype=np.float32))
+    assert not result.default
+    dump = frontend.metrics()
+    assert int(metric(dump, "counters", "model:noop:1:batch_fired_idle")["count"]) == 1
+
+
+@pytest.mark.slow
+def test_aimd_converges_near_the_largest_batch_within_the_objective(frontend, procs):
+    # sleep costs 5 + 2n ms, so the objective of 40 ms allows at most n = 17.
+    frontend.deploy([AppSpec("app", "floats", latency_slo_micros=40_000)],
+                    [ModelSpec("sleep", "1", "floats", batch_size=-1, max_batch_size=64)], {"app": ["sleep"]})
+    procs.append(start_replica(frontend.replica_address, "sleep", opts={"a_ms": 5, "b_ms": 2}))
+    frontend.wait_ready(1)
+    with Client(frontend.client_address, timeout_s=60) as client:
+        client.predict_many("app", _inputs(1500), concurrency=40)
+    target = frontend.call(lambda: frontend.fe.dispatcher.queues[("sleep", "1")].controller.target)
+    assert 9 <= target <= 18
+    sizes = metric(frontend.metrics(), "histograms", "model:sleep:1:batch_size")
+    assert sizes["max"] <= 19
+    assert sizes["p95"] >= 9
