@@ -162,11 +162,14 @@ class Client:
         return qid
 
     def _recv(self, deadline: float) -> tuple[dict, list] | None:
-        """The next message, or None at the deadline."""
-        remaining_ms = (deadline - time.monotonic()) * 1000
-        if remaining_ms <= 0 or not self._sock.poll(remaining_ms, zmq.POLLIN):
-            return None
-        return protocol.unpack(self._sock.recv_multipart(copy=False))
+        """The next well-formed message, or None at the deadline."""
+        while True:
+            remaining_ms = (deadline - time.monotonic()) * 1000
+            if remaining_ms <= 0 or not self._sock.poll(remaining_ms, zmq.POLLIN):
+                return None
+            msg = self._recv_nowait()
+            if msg is not None:
+                return msg
 
     def _wait(self, qid: int, started: float) -> tuple[dict, list, float]:
         deadline = started + self.timeout_s
@@ -206,22 +209,40 @@ class Client:
                 meta, frames = _encode_one(inputs[next_index], dt)
                 inflight[self._send(app, meta, frames)] = (next_index, time.monotonic())
                 next_index += 1
-            oldest = min(sent for _, sent in inflight.values())
+            oldest = next(iter(inflight.values()))[1]  # dicts keep send order
             msg = self._recv(oldest + self.timeout_s)
             if msg is None:
                 self._expire(inflight, results)
                 continue
-            hdr, payload = msg
-            entry = inflight.pop(hdr.get("id"), None)  # type: ignore[arg-type]
-            if entry is None:
-                log.debug("dropping a late reply to query %s", hdr.get("id"))
-                continue
-            index, sent = entry
-            try:
-                results[index] = _predictions(hdr, payload, time.monotonic() - sent, 1)[0]
-            except SchoonerError as err:
-                results[index] = err
+            while msg is not None:  # take every reply already here before sending more
+                self._settle(msg, inflight, results)
+                msg = self._recv_nowait()
         return results  # type: ignore[return-value]
+
+    def _recv_nowait(self) -> tuple[dict, list] | None:
+        """A message already here (malformed ones are logged and skipped), else None."""
+        while True:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return None
+            try:
+                return protocol.unpack(frames)
+            except ProtocolError as err:
+                log.warning("malformed message from the frontend: %s", err)
+
+    @staticmethod
+    def _settle(msg: tuple[dict, list], inflight: dict[int, tuple[int, float]], results: list) -> None:
+        hdr, payload = msg
+        entry = inflight.pop(hdr.get("id"), None)  # type: ignore[arg-type]
+        if entry is None:
+            log.debug("dropping a late reply to query %s", hdr.get("id"))
+            return
+        index, sent = entry
+        try:
+            results[index] = _predictions(hdr, payload, time.monotonic() - sent, 1)[0]
+        except SchoonerError as err:
+            results[index] = err
 
     def _expire(self, inflight: dict[int, tuple[int, float]], results: list) -> None:
         now = time.monotonic()

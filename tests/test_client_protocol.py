@@ -277,3 +277,14 @@ def test_async_predict_many_keeps_concurrency_in_flight(frontend_factory):
     results = asyncio.run(scenario())
     assert [float(r.output[0]) for r in results] == [float(i) for i in range(40)]
     assert fe.max_pending == 5
+
+
+def test_malformed_messages_from_the_frontend_are_skipped(frontend_factory):
+    def handler(fe, ident, hdr, payload):
+        fe.reply(ident, [b"\xc1 garbage"])
+        echo(fe, ident, hdr, payload)
+
+    fe = frontend_factory(handler)
+    with Client(fe.address, timeout_s=20) as client:
+        assert client.predict("app", [3.0]).output[0] == 3.0
+        assert [float(r.output[0]) for r in client.predict_many("app", [[1.0], [2.0]])] == [1.0, 2.0]
