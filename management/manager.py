@@ -341,7 +341,8 @@ class ReplicaManager:
         except Exception as err:
             record["state"] = ReplicaState.DEAD.value
             await self._call(self.store.put_replica, record)
-            self._health[rid] = _Health(started_at=time.monotonic(), failures=1)
+            failures = self._health[rid].failures if rid in self._health else 0
+            self._health[rid] = _Health(started_at=time.monotonic(), failures=max(1, failures))
             raise err if isinstance(err, BackendError) else BackendError(f"{rid}: {err}") from err
         record["handle"] = running.handle
         record.pop("pid", None)

@@ -270,7 +270,7 @@ def test_killed_replica_is_restarted_on_the_same_cores_and_serves(store, backend
 
 
 @pytest.mark.slow
-def test_reconcile_starts_missing_replicas_of_the_desired_state(store, backend, frontend):
+def test_reconcile_starts_missing_replicas_and_delete_model_stops_them(store, backend, frontend):
     add_noop(store)
     store.set_desired("noop", "1", {"num_replicas": 1, "cpus_per_replica": 1, "model_cpus": [], "gpus": []})
     manager = make_manager(store, backend, frontend)
@@ -280,7 +280,43 @@ def test_reconcile_starts_missing_replicas_of_the_desired_state(store, backend, 
         [record] = store.list_replicas("noop", "1")
         assert [r.replica_id for r in backend.list()] == [record["replica_id"]]
         await manager.wait_ready("noop", "1", READY_S)
+        await manager.delete_model("noop", "1")
+        assert backend.list() == [] and store.list_replicas() == []
+        assert store.get_desired("noop", "1") is None
+        assert not Path(f"/proc/{record['pid']}").exists() or _is_zombie(record["pid"])
         await manager.shutdown()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.slow
+def test_crash_looping_replica_is_restarted_with_growing_delays(store, backend, frontend):
+    store.add_model(ModelSpec(name="broken", version="1", input_type="doubles", launcher="no-such-zoo-model"))
+    manager = ReplicaManager(store, backend, CpuAllocator(), frontend_rpc=frontend["rpc"],
+                             frontend_http_url=frontend["http"], reconcile_interval_s=0.1,
+                             restart_backoff_s=(0.3, 30.0))
+
+    async def scenario():
+        stop = asyncio.Event()
+        loop_task = asyncio.create_task(manager.run(stop))
+        seen: list[float] = []
+        try:
+            [replica] = await manager.set_num_replicas("broken", "1", 1)
+            deadline = time.monotonic() + 60
+            while len(seen) < 4 and time.monotonic() < deadline:
+                rec = await asyncio.to_thread(store.get_replica, "broken", "1", replica["replica_id"])
+                if rec["restarts"] > len(seen):
+                    seen.append(time.monotonic())
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await loop_task
+            await manager.shutdown()
+        assert len(seen) == 4, "the crashing replica was not restarted 4 times"
+        gaps = [b - a for a, b in zip(seen, seen[1:])]
+        # Backoff 0.3, 0.6, 1.2, 2.4 s on top of the (noisy) time the process takes to die.
+        assert gaps[-1] > gaps[0] + 0.8, gaps
+        assert "no-such-zoo-model" in backend.logs(replica["replica_id"], tail=50)
 
     asyncio.run(scenario())
 
