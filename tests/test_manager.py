@@ -165,6 +165,24 @@ def test_describe_of_unknown_model_is_not_found(store, backend):
         asyncio.run(manager.describe("ghost", "1"))
 
 
+@TWO_CORES
+def test_replica_is_pinned_to_its_cores_even_when_the_manager_is_not(backend):
+    from management.backends.base import LaunchSpec
+
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {CPUS[0]})  # like `numactl -C 0 schooner up`
+    try:
+        running = backend.start(LaunchSpec(replica_id="pin-1", model_name="noop", model_version="1", model="noop",
+                                           frontend_address="tcp://127.0.0.1:9", cpus=[CPUS[1]]))
+    finally:
+        os.sched_setaffinity(0, before)
+    assert cpus_allowed(int(running.handle)) == str(CPUS[1])
+    assert [r.alive for r in backend.list()] == [True]
+    backend.stop("pin-1", timeout_s=20)
+    assert backend.list() == []
+    assert "--replica-id pin-1" in backend.logs("pin-1")
+
+
 # -- real replicas ---------------------------------------------------------------------------------
 
 @TWO_CORES

@@ -54,13 +54,18 @@ def wait_gone(pids: list[int], timeout_s: float = 30) -> list[int]:
 
 @pytest.mark.slow
 def test_stack_serves_queries_and_stop_leaves_no_process_behind(tmp_path):
-    with Stack(state_dir=tmp_path / "state", heartbeat_interval_s=0.25) as stack:
+    cpus = sorted(os.sched_getaffinity(0))
+    frontend_cpus = cpus[:1] if len(cpus) >= 2 else None
+    with Stack(state_dir=tmp_path / "state", heartbeat_interval_s=0.25, frontend_cpus=frontend_cpus) as stack:
         assert requests.get(f"{stack.frontend_http_url}/health", timeout=5).status_code == 200
         assert requests.get(f"{stack.management_url}/admin/ping", timeout=5).status_code == 200
         assert stack.redis_url.startswith("redis://127.0.0.1:")
         assert stack.client_address.startswith("tcp://127.0.0.1:")
         [replica] = deploy_noop(stack.management_url)
         assert replica["state"] in ("ready", "busy")
+        if frontend_cpus:  # the frontend is pinned and its core is kept free of replicas
+            assert _cpus_allowed(stack.frontend.pid) == str(cpus[0])
+            assert cpus[0] not in replica["cpus"]
         resp = requests.post(f"{stack.frontend_http_url}/echo/predict", json={"input": [1.0, 2.0]}, timeout=30)
         assert resp.status_code == 200 and not resp.json()["default"], resp.text
         pids = [stack.frontend.pid, stack.management.pid, replica["pid"], stack._redis.pid]
@@ -139,6 +144,13 @@ def test_schooner_status_fails_when_nothing_runs():
                              "--frontend", url], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "management: down" in result.stdout
+
+
+def _cpus_allowed(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError("no Cpus_allowed_list")
 
 
 def _free() -> int:

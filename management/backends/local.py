@@ -96,6 +96,12 @@ class LocalProcessBackend:
                                          preexec_fn=preexec)
         except OSError as err:
             raise BackendError(f"could not start replica {spec.replica_id}: {err}") from err
+        try:
+            # taskset pins before it execs python; pinning from here too means the
+            # replica is on its cores by the time start() returns, whatever ran first.
+            os.sched_setaffinity(popen.pid, set(spec.cpus))
+        except OSError:
+            pass  # exited already: list() reports it dead
         with self._lock:
             self._procs[spec.replica_id] = _Proc(spec, popen, log_path)
         log.info("started replica %s (pid %d) on cpus %s gpu %s", spec.replica_id, popen.pid, cpu_list, spec.gpu)
