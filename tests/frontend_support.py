@@ -61,9 +61,10 @@ class FrontendThread:
             asyncio.run_coroutine_threadsafe(self.fe.stop(), self.loop).result(30)
             self.ctx.term()
             self.fe = None
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
 
     @property
     def client_address(self) -> str:

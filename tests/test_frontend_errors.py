@@ -1,0 +1,151 @@
+"""Validation at the edge: every bad query gets its named error, and the frontend keeps serving."""
+
+from __future__ import annotations
+
+import threading
+
+import msgpack
+import numpy as np
+import pytest
+import requests
+import zmq
+from frontend_support import FrontendThread, start_replica, stop_process
+
+from frontend import protocol
+from frontend.client import Client
+from frontend.errors import BadInput, NoModel, Overloaded, UnknownApp
+from frontend.protocol import MsgType
+from frontend.types import AppSpec, ModelSpec
+
+
+@pytest.fixture(scope="module")
+def frontend():
+    ft = FrontendThread(max_input_bytes=1024, max_message_bytes=4096).start()
+    ft.deploy([AppSpec("app", "floats", latency_slo_micros=20_000_000),
+               AppSpec("orphan", "floats"),
+               AppSpec("jam", "floats", latency_slo_micros=3_000_000)],
+              [ModelSpec("noop", "1", "floats", batch_size=4, input_shape=[4]),
+               ModelSpec("nobody", "1", "floats", max_queue_size=2)],
+              {"app": ["noop"], "jam": ["nobody"]})
+    proc = start_replica(ft.replica_address, "noop")
+    ft.wait_ready(1)
+    yield ft
+    stop_process(proc)
+    ft.stop()
+
+
+@pytest.fixture(scope="module")
+def client(frontend):
+    with Client(frontend.client_address, timeout_s=30) as c:
+        yield c
+
+
+@pytest.fixture
+def raw(frontend):
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 10_000)
+    sock.connect(frontend.client_address)
+    yield sock
+    sock.close()
+    ctx.term()
+
+
+def _x(n: int = 4, dtype: type = np.float32) -> np.ndarray:
+    return np.ones(n, dtype=dtype)
+
+
+def test_valid_query_is_answered(client):
+    assert not client.predict("app", _x()).default
+
+
+def test_unknown_app_is_refused(client, frontend):
+    with pytest.raises(UnknownApp):
+        client.predict("nope", _x())
+    resp = requests.post(f"{frontend.http_url}/nope/predict", json={"input": [1.0]}, timeout=10)
+    assert resp.status_code == 404 and resp.json()["error"] == "unknown_app"
+
+
+def test_app_without_a_linked_model_gets_no_model(client, frontend):
+    with pytest.raises(NoModel):
+        client.predict("orphan", _x())
+    resp = requests.post(f"{frontend.http_url}/orphan/predict", json={"input": [1.0] * 4}, timeout=10)
+    assert resp.status_code == 503 and resp.json()["error"] == "no_model"
+
+
+def test_wrong_input_type_is_bad_input(client):
+    with pytest.raises(BadInput, match="floats"):
+        client.predict("app", _x(dtype=np.int32), dtype="ints")
+    with pytest.raises(BadInput, match="kind"):
+        client.predict("app", "a string")
+
+
+def test_wrong_shape_is_bad_input(client, frontend):
+    with pytest.raises(BadInput, match="shape"):
+        client.predict("app", _x(3))
+    resp = requests.post(f"{frontend.http_url}/app/predict", json={"input": [1.0, 2.0]}, timeout=10)
+    assert resp.status_code == 400 and "shape" in resp.json()["message"]
+
+
+def test_oversized_input_and_message_are_bad_input(client):
+    with pytest.raises(BadInput, match="limit"):
+        client.predict("app", _x(1000))
+    with pytest.raises(BadInput, match="limit"):
+        client.predict_batch("app", np.ones((8, 200), dtype=np.float32))
+
+
+def test_malformed_header_gets_protocol_error_and_loop_continues(raw, client):
+    raw.send_multipart([b"\xc1\xc1 not msgpack"])
+    hdr, _ = protocol.unpack(raw.recv_multipart())
+    assert hdr["type"] == "error" and hdr["code"] == "protocol_error"
+    assert not client.predict("app", _x()).default
+
+
+def test_other_protocol_version_gets_protocol_error_with_its_id(raw):
+    raw.send_multipart([msgpack.packb({"v": 99, "type": "query", "id": 7, "app": "app"})])
+    reply = msgpack.unpackb(raw.recv_multipart()[0])
+    assert reply["code"] == "protocol_error" and reply["id"] == 7 and "version" in reply["message"]
+
+
+def test_items_that_disagree_with_frames_get_protocol_error(raw):
+    hdr = protocol.header(MsgType.QUERY, id=3, app="app", items={"list": [["a", "<f4", [4]]] * 2})
+    raw.send_multipart(protocol.pack(hdr, [_x()]))
+    reply = msgpack.unpackb(raw.recv_multipart()[0])
+    assert reply["code"] == "protocol_error" and reply["id"] == 3
+
+
+def test_full_queue_is_overloaded_at_once(frontend):
+    with Client(frontend.client_address, timeout_s=30) as c:
+        results = c.predict_many("jam", [_x()] * 3, concurrency=3)
+    overloaded = [r for r in results if isinstance(r, Overloaded)]
+    assert len(overloaded) == 1
+    resp = None
+    with Client(frontend.client_address, timeout_s=30) as c:
+        worker = threading.Thread(target=lambda: c.predict_many("jam", [_x()] * 2, concurrency=2))
+        worker.start()
+        try:
+            for _ in range(100):
+                resp = requests.post(f"{frontend.http_url}/jam/predict", json={"input": [1.0] * 4}, timeout=10)
+                if resp.status_code == 429:
+                    break
+        finally:
+            worker.join(30)
+    assert resp.status_code == 429
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert resp.json()["error"] == "overloaded"
+
+
+@pytest.mark.parametrize("body, field", [
+    (b"{not json", "JSON"),
+    (b'{"inp": [1.0]}', "input"),
+    (b'{"input": ["a", "b", "c", "d"]}', "input"),
+    (b'{"input": 3}', "input"),
+    (b'{"input_batch": [[1.0, 1.0, 1.0, 1.0], ["x"]]}', "input_batch[1]"),
+])
+def test_http_bad_body_is_400_naming_the_field(frontend, body, field):
+    resp = requests.post(f"{frontend.http_url}/app/predict", data=body, timeout=10,
+                         headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400
+    assert resp.json()["error"] == "bad_input"
+    assert field in resp.json()["message"]
