@@ -21,7 +21,7 @@ from driver.validate import BACKENDS, MODEL_INPUTS, MODES, Machine, build_spec  
 
 log = logging.getLogger("driver")
 
-EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _json_obj(text: str) -> dict:
@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     except errors.DriverError as err:
         log.error("%s", err)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        log.error("interrupted; results measured so far are in %s", spec.out_dir)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
