@@ -28,10 +28,21 @@ CPUS = sorted(os.sched_getaffinity(0))
 class Router:
     """The test's frontend: a ROUTER on a free loopback port."""
 
-    def __init__(self, ctx: zmq.Context) -> None:
+    def __init__(self, ctx: zmq.Context, port: int = 0) -> None:
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.address = f"tcp://127.0.0.1:{self.sock.bind_to_random_port('tcp://127.0.0.1')}"
+        if not port:
+            port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        else:
+            for attempt in range(50):  # a just-closed socket may hold the port for a moment
+                try:
+                    self.sock.bind(f"tcp://127.0.0.1:{port}")
+                    break
+                except zmq.ZMQError:
+                    if attempt == 49:
+                        raise
+                    time.sleep(0.1)
+        self.address = f"tcp://127.0.0.1:{port}"
         self.ident: bytes | None = None
 
     def recv(self, timeout_s: float = WAIT_S, skip: tuple[str, ...] = ("heartbeat",)) -> tuple[dict, list]:
@@ -219,6 +230,27 @@ def test_registers_again_when_the_frontend_goes_silent(spawn, router):
     start_registered(spawn, router, "--model", "noop", "--heartbeat-interval-s", "0.1",
                      "--frontend-timeout-s", "0.5")
     assert router.recv(timeout_s=WAIT_S)[0]["type"] == "hello"
+
+
+def test_registers_with_a_restarted_frontend_on_the_same_port(spawn):
+    ctx = zmq.Context()
+    first = Router(ctx)
+    try:
+        start_registered(spawn, first, "--model", "noop", "--heartbeat-interval-s", "0.1")
+        first.sock.close(linger=0)
+        second = Router(ctx, port=int(first.address.rsplit(":", 1)[1]))
+        # The new frontend does not know the replica: it answers its heartbeats with an error.
+        hdr, _ = second.recv(skip=())
+        if hdr["type"] == "heartbeat":
+            second.send(protocol.error(ErrorCode.PROTOCOL_ERROR, "heartbeat from an unregistered replica"))
+            hdr, _ = second.recv()
+        assert hdr["type"] == "hello"
+        second.welcome()
+        second.predict(1, [np.array([5.0])])
+        assert second.recv()[0]["type"] == "result"
+        second.sock.close(linger=0)
+    finally:
+        ctx.term()
 
 
 def test_bad_cpus_exit_with_a_clear_error(spawn, router):
