@@ -4,7 +4,14 @@ Every endpoint is ``POST`` with a JSON body, except ``GET /admin/ping`` and
 ``GET /admin/metrics``. Errors answer JSON ``{"error": code, "message": ...}``:
 400 for a bad body (naming the field and the type it must have), 401 for a
 write without the admin token, 404 for an unknown app/model/replica, 409 for a
-conflict, 503 when Redis (or the replica manager) is not available.
+conflict, 503 when Redis (or the replica manager) is not available, 502 when
+``/admin/metrics`` cannot reach the frontend.
+
+Decisions where Clipper is silent or differs: successful writes answer Clipper's
+``Success!`` text; unknown names are 404 (Clipper answers 400 or ``{}``); the
+admin token guards writes only (reads stay open, as in Clipper); an app links to
+exactly one model; ``model_version`` may be an int or a string and is kept as a
+string; ``model_version`` omitted on Schooner's endpoints means the current one.
 """
 
 from __future__ import annotations
