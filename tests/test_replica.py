@@ -312,3 +312,33 @@ def test_validate_cpus_names_the_missing_ones():
     with pytest.raises(PinningError, match="4096"):
         pinning.validate_cpus([CPUS[0], 4096])
     assert pinning.validate_cpus([CPUS[0]]) == [CPUS[0]]
+
+
+def test_zoo_lists_every_model_and_loads_test_models_by_name():
+    from containers.errors import ModelLoadError, UnknownModel
+    from containers.models import MODEL_NAMES, load_model
+
+    assert MODEL_NAMES == ("noop", "sleep", "vgg", "inception", "resnet18", "lgbm", "kpca-svm",
+                           "kernel-svm", "elastic-net")
+    assert load_model("noop", input_type="strings").input_type.value == "strings"
+    with pytest.raises(UnknownModel, match="noop"):
+        load_model("nope")
+    with pytest.raises(ModelLoadError, match="colour"):
+        load_model("noop", colour="red")
+    with pytest.raises(ValueError, match="a_ms"):
+        load_model("sleep", a_ms=-1)
+
+
+def test_sleep_model_takes_a_plus_b_times_n_and_fault_hook_raises():
+    from containers.models import load_model
+
+    model = load_model("sleep", a_ms=20, b_ms=10)
+    batch = [np.array([float(i)]) for i in range(5)]
+    started = time.monotonic()
+    out = model.predict(batch)
+    assert time.monotonic() - started >= 0.070  # 20 + 10 * 5 ms, at least
+    assert out.shape == (5, 1) and [float(v) for v in out[:, 0]] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    with pytest.raises(ValueError, match="fault"):
+        model.predict([np.array([1.0]), np.array([-999.0, 2.0])])
+    with pytest.raises(ValueError, match="fault"):
+        load_model("noop").predict([b"ok", b"raise"])
