@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import signal
 import socket
 import time
 import uuid
@@ -25,6 +23,7 @@ import aiohttp
 from frontend.types import ModelSpec, ReplicaState
 from management.allocator import CpuAllocator, Placement
 from management.backends.base import LaunchSpec, ReplicaBackend
+from management.backends.local import terminate_stray
 from management.errors import AllocationError, BackendError, BadRequest, ManagementError, NotFound
 
 log = logging.getLogger(__name__)
@@ -401,7 +400,7 @@ class ReplicaManager:
             self.allocator.claim(rid, _owner(record["model_name"], str(record["model_version"])),
                                  Placement(list(record["cpus"]), record.get("gpu")))
             if rid not in ours and record.get("backend") == "process" and record.get("host") == self.host:
-                await asyncio.to_thread(_terminate_stray, record.get("pid"), rid, self.stop_timeout_s)
+                await asyncio.to_thread(terminate_stray, record.get("pid"), rid, self.stop_timeout_s)
             self._health.setdefault(rid, _Health(started_at=time.monotonic()))
 
     def _merge(self, record: dict, row: dict | None) -> dict:
@@ -439,26 +438,3 @@ def _public(record: dict) -> dict:
 def _wall_time(monotonic_s: float) -> float:
     """A CLOCK_MONOTONIC instant of this host (shared by its processes) as wall-clock seconds."""
     return time.time() - max(0.0, time.monotonic() - monotonic_s)
-
-
-def _terminate_stray(pid: Any, replica_id: str, timeout_s: float) -> None:
-    """SIGTERM a leftover local replica process, if ``pid`` still runs it."""
-    if not isinstance(pid, int) or pid <= 0:
-        return
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            cmdline = fh.read().split(b"\0")
-    except OSError:
-        return
-    if b"containers.replica" not in cmdline or replica_id.encode() not in cmdline:
-        return
-    log.warning("stopping stray replica %s (pid %d) left by an earlier manager", replica_id, pid)
-    try:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
-            time.sleep(0.1)
-        if os.path.exists(f"/proc/{pid}"):
-            os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

@@ -362,3 +362,40 @@ def _is_zombie(pid: int) -> bool:
         return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return True
+
+
+@pytest.mark.slow
+def test_new_manager_takes_over_replicas_recorded_by_a_dead_one(store, frontend, tmp_path):
+    add_noop(store)
+    first_backend = LocalProcessBackend(log_dir=tmp_path / "first")
+    second_backend = LocalProcessBackend(log_dir=tmp_path / "second")
+    try:
+        async def scenario():
+            first = make_manager(store, first_backend, frontend)
+            [old] = await first.set_num_replicas("noop", "1", 1, model_cpus=CPUS[-1:], wait_s=READY_S)
+            # The first manager dies without stopping anything; a second one starts on the same Redis.
+            await first._http.close()
+            second = make_manager(store, second_backend, frontend)
+            stop = asyncio.Event()
+            loop_task = asyncio.create_task(second.run(stop))
+            try:
+                def restarted():
+                    return [r.replica_id for r in second_backend.list() if r.alive] == [old["replica_id"]]
+
+                await wait_for(restarted, 30, "the second manager to restart the replica")
+                assert not Path(f"/proc/{old['pid']}").exists() or _is_zombie(old["pid"])
+                await second.wait_ready("noop", "1", READY_S)
+                [now] = await second.describe("noop", "1")
+                assert now["cpus"] == old["cpus"] and now["pid"] != old["pid"]
+                assert cpus_allowed(now["pid"]) == str(old["cpus"][0])
+            finally:
+                stop.set()
+                await loop_task
+                await second.shutdown()
+
+        asyncio.run(scenario())
+    finally:
+        for b in (first_backend, second_backend):
+            for r in b.list():
+                b.stop(r.replica_id, timeout_s=5.0)
+

@@ -17,9 +17,11 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from management.backends.base import LaunchSpec, RunningReplica
 from management.errors import BackendError
@@ -162,3 +164,35 @@ class LocalProcessBackend:
         if spec.gpu is None:
             env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU replica must not grab a GPU by accident
         return env
+
+
+def terminate_stray(pid: Any, replica_id: str, timeout_s: float) -> None:
+    """SIGTERM (then SIGKILL) a leftover replica process of an earlier manager, if ``pid`` still runs it."""
+    if not isinstance(pid, int) or pid <= 0:
+        return
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read().split(b"\0")
+    except OSError:
+        return
+    if b"containers.replica" not in cmdline or replica_id.encode() not in cmdline:
+        return
+    log.warning("stopping stray replica %s (pid %d) left by an earlier manager", replica_id, pid)
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and _runs(pid):
+            time.sleep(0.1)
+        if _runs(pid):
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _runs(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
