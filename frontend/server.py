@@ -80,6 +80,8 @@ class Frontend:
         self.dispatcher.attach(loop, self._replica.send)
         ingress = ClientIngress(self.dispatcher, cfg, send=lambda frames: self._client.send(frames))
         self._client = RouterEndpoint(sync_ctx, loop, "client-router", ingress.on_burst)
+        self._client.flush_with = [self._replica]
+        self._replica.flush_with = [self._client]
         try:
             self.replica_port = self._replica.bind(cfg.host, cfg.replica_port)
             self.client_port = self._client.bind(cfg.host, cfg.client_port)

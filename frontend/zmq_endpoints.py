@@ -46,6 +46,9 @@ class RouterEndpoint:
         self.sock.setsockopt(zmq.RCVHWM, SNDHWM)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.port = 0
+        # Endpoints flushed right after this one's bursts, so a reply or batch that a burst
+        # produced for another socket leaves now instead of one loop iteration later.
+        self.flush_with: list[RouterEndpoint] = []
         self._out: list[list[Any]] = []
         self._flush_scheduled = False
         self._read_scheduled = False
@@ -130,6 +133,9 @@ class RouterEndpoint:
                 self.handler(burst)
             except Exception:  # a bug in one burst must not kill the endpoint
                 log.exception("%s: handler failed on a burst of %d messages", self.name, len(burst))
+        for other in self.flush_with:
+            if other._out:
+                other.flush()
         if self._out:
             self.flush()
         else:
