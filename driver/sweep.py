@@ -185,7 +185,6 @@ class Measurer:
         gen = LoadGenerator(self.client, self.deployment.app, self.inputs, nc.load, seed=spec.seed)
         windows: list[WindowStats] = []
         latencies: list[float] = []
-        start_metrics = await self._metrics()
         await gen.start()
         try:
             if spec.warmup_s > 0:
@@ -202,6 +201,7 @@ class Measurer:
             if not is_steady:
                 log.warning("no steady state within %.1fs; measuring anyway", spec.duration_s)
             windows.extend(checks)
+            start_metrics = self._last_metrics  # batch sizes of the measurement phase only
             measured = 0.0
             while measured < spec.duration_s - 1e-3:
                 w, lat = await self._window(gen, "measure", min(spec.window_s, spec.duration_s - measured))

@@ -164,16 +164,20 @@ def stack(tmp_path):
         yield s
 
 
-def test_driver_measures_a_running_deployment_and_leaves_it_running(stack, tmp_path):
+def test_driver_measures_a_running_deployment_at_an_open_loop_rate(stack, tmp_path):
     mgmt = stack.management_url.removeprefix("http://")
     front = stack.client_address.removeprefix("tcp://")
-    rc, out, err, _ = run_driver(["-m", "noop", "-b", "4", "-r", "1", "-c", "1", "--concurrency", "4",
-                                  "--frontend", front, "--management", mgmt, "--out", str(tmp_path), *SHORT])
+    rc, out, err, _ = run_driver(["-m", "noop", "-b", "4", "-r", "1", "-c", "1", "--rate", "40", "--arrival",
+                                  "poisson", "--frontend", front, "--management", mgmt, "--out", str(tmp_path),
+                                  *SHORT])
     assert rc == 0, err[-4000:]
     assert "starting a stack" not in err
     doc = results.load(tmp_path)
-    assert len(doc["runs"]) == 1 and doc["runs"][0]["summary"]["count"] > 0
-    assert doc["runs"][0]["summary"]["errors"] == 0
+    assert len(doc["runs"]) == 1
+    nc, s = doc["runs"][0]["node_config"], doc["runs"][0]["summary"]
+    assert nc["load"]["kind"] == "open" and nc["load"]["rate_qps"] == 40 and nc["load"]["arrival"] == "poisson"
+    assert s["errors"] == 0
+    assert 20 <= s["thruput_qps"] <= 80  # Poisson arrivals at 40 qps over ~2 s: loose bounds
     import requests
 
     apps = requests.post(f"{stack.management_url}/admin/get_all_applications", json={}, timeout=30)
