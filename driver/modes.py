@@ -25,7 +25,7 @@ from driver.errors import DeployError, DriverError
 from driver.load import LoadGenerator, LoadLevel, make_inputs
 from driver.plots import draw_all
 from driver.recommend import describe, recommend
-from driver.sweep import QUERY_TIMEOUT_S, Deployment, plan, run_sweep
+from driver.sweep import QUERY_TIMEOUT_S, Deployment, NodeConfig, plan, run_sweep
 from driver.validate import Machine, SweepSpec
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,16 @@ async def mode_repeated_scale_calls(spec: SweepSpec, admin: Admin, client: Any) 
             "error_codes": stats.error_codes, "defaults": gen.total_defaults, "ok": failed == 0}
 
 
+def sweep_configs(spec: SweepSpec) -> list[NodeConfig]:
+    """The configurations of a sweep-like mode (sweep, latency, throughput, concurrent_inference)."""
+    levels: list[LoadLevel | None] | None = None
+    if spec.mode == "latency":
+        levels = [LoadLevel.closed(1)]
+    elif spec.mode == "concurrent_inference" and spec.load_levels == [None]:
+        levels = [LoadLevel.closed(c) for c in CONCURRENT_INFERENCE_LEVELS]
+    return plan(spec, levels, saturate=spec.mode == "throughput")
+
+
 async def _run(spec: SweepSpec, admin: Admin, address: str, doc: dict, save) -> None:
     client = await open_client(address)
     try:
@@ -155,13 +165,7 @@ async def _run(spec: SweepSpec, admin: Admin, address: str, doc: dict, save) -> 
         elif spec.mode == "repeated_scale_calls":
             doc["mode_results"] = await mode_repeated_scale_calls(spec, admin, client)
         else:
-            levels: list[LoadLevel | None] | None = None
-            if spec.mode == "latency":
-                levels = [LoadLevel.closed(1)]
-            elif spec.mode == "concurrent_inference" and spec.load_levels == [None]:
-                levels = [LoadLevel.closed(c) for c in CONCURRENT_INFERENCE_LEVELS]
-            configs = plan(spec, levels, saturate=spec.mode == "throughput")
-            await run_sweep(spec, admin, client, doc, configs, on_run=save)
+            await run_sweep(spec, admin, client, doc, sweep_configs(spec), on_run=save)
     finally:
         await close_client(client)
 

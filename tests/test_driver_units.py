@@ -205,3 +205,16 @@ def test_report_redraws_table_plots_and_recommendation_from_a_saved_dir(tmp_path
 
 def test_report_on_an_empty_dir_exits_2(tmp_path):
     assert main(["report", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("mode, extra, expected", [
+    ("latency", [], [1, 1]),
+    ("throughput", ["-b", "1", "16"], [32, 64]),
+    ("concurrent_inference", [], [1, 2, 4, 8, 16, 32] * 2),
+    ("concurrent_inference", ["--concurrency", "3", "5"], [3, 5, 3, 5]),
+])
+def test_modes_choose_their_load_levels(mode, extra, expected):
+    from driver.modes import sweep_configs
+
+    spec = build_spec(args("-m", "sleep", "-b", "1", "8", "-c", "1", "2", "--mode", mode, *extra), FOUR_CORES)
+    assert [c.load.concurrency for c in sweep_configs(spec)] == expected
