@@ -14,7 +14,7 @@ from frontend_support import FrontendThread, metric, start_replica, stop_process
 
 from frontend import protocol
 from frontend.client import Client
-from frontend.errors import ModelError
+from frontend.errors import ModelError, ReplicaLost
 from frontend.protocol import MsgType
 from frontend.types import AppSpec, ModelSpec
 
@@ -183,3 +183,25 @@ def test_malformed_replica_message_gets_an_error_and_the_loop_continues(frontend
                                       input_type="floats", pid=0, cpus=[]))
     hdr, _ = fake_replica.recv("welcome")
     assert hdr["heartbeat_interval_s"] == frontend.config.heartbeat_interval_s
+
+
+def test_batch_whose_replicas_keep_dying_gets_replica_lost():
+    ft = FrontendThread(heartbeat_timeout_s=1.0, max_batch_retries=0).start()
+    fake = FakeReplica(ft.replica_address)
+    try:
+        ft.deploy([AppSpec("app", "floats", latency_slo_micros=30_000_000)],
+                  [ModelSpec("m", "1", "floats")], {"app": ["m"]})
+        fake.send(protocol.header(MsgType.HELLO, replica_id="mute", model="m", version="1",
+                                  input_type="floats", pid=0, cpus=[]))
+        fake.recv("welcome")
+        with Client(ft.client_address, timeout_s=30) as client:
+            out: list = []
+            worker = threading.Thread(target=lambda: out.extend(client.predict_many("app", [_x()], concurrency=1)))
+            worker.start()
+            fake.recv("predict")  # take the batch, then fall silent: no heartbeat, no result
+            worker.join(30)
+        assert len(out) == 1 and isinstance(out[0], ReplicaLost), out
+        assert ft.replica_states()["mute"] == "dead"
+    finally:
+        fake.close()
+        ft.stop()
