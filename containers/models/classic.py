@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 _TRAIN_OPTS = ("n_samples", "n_classes", "seed")
 _LGBM_ROWS_PER_THREAD = 32
+_ARTIFACT_FORMAT = 2  # bump when training changes, so stale cached models are not reused
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,8 @@ def _train_sklearn(name: str, x: np.ndarray, y: np.ndarray, params: TrainParams)
     with warnings.catch_warnings():
         # A few saga epochs are enough for a benchmark model; full convergence would take minutes.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return pipe.fit(x, y)
+        # float64, as sklearn computes: float32 would make every rbf kernel call upcast the training set.
+        return pipe.fit(x.astype(np.float64), y)
 
 
 # ---- the models -----------------------------------------------------------------------------------------
@@ -172,7 +174,7 @@ class SklearnModel:
         if len(x) == 0:
             return np.empty((0, self.n_classes), dtype=np.float32)
         with self._threadpools.limit(limits=self._num_threads):
-            out = self._method(x)
+            out = self._method(x.astype(np.float64))
         return np.asarray(out, dtype=np.float32).reshape(len(x), self.n_classes)
 
 
@@ -264,7 +266,7 @@ def _cache_path(name: str, params: TrainParams, cache_dir: str) -> str:
         import sklearn as lib
     family = _family(name)
     stem, ext = os.path.splitext(family.filename)
-    key = f"n{params.n_samples}-c{params.n_classes}-s{params.seed}-v{lib.__version__}"
+    key = f"n{params.n_samples}-c{params.n_classes}-s{params.seed}-v{lib.__version__}-f{_ARTIFACT_FORMAT}"
     return os.path.join(cache_dir, f"{stem}-{key}{ext}")
 
 
