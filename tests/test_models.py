@@ -10,9 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zmq
 
 from containers.models import classic, load_model
 from containers.models.base import Model
+from frontend import protocol
+from frontend.protocol import MsgType
 from frontend.types import InputType
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,6 +157,61 @@ def test_classic_loader_refuses_unknown_options_gpu_and_bad_params(cache_dir):
         classic.load_lgbm(cache_dir=cache_dir, n_classes=1)
     with pytest.raises(ValueError, match="num_threads"):
         classic.load_lgbm(cache_dir=cache_dir, num_threads=0)
+
+
+@pytest.fixture
+def router_socket():
+    """A ROUTER on a free loopback port standing in for the frontend."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    yield sock, f"tcp://127.0.0.1:{port}"
+    sock.close(linger=0)
+    ctx.term()
+
+
+def _recv(sock, timeout_s: float = 90.0) -> tuple[bytes, dict, list]:
+    """The next non-heartbeat message from a replica."""
+    while True:
+        assert sock.poll(timeout_s * 1000), f"no message from the replica within {timeout_s} s"
+        ident, *frames = sock.recv_multipart(copy=False)
+        hdr, payload = protocol.unpack(frames)
+        if hdr["type"] != MsgType.HEARTBEAT.value:
+            return ident.bytes, hdr, payload
+
+
+@pytest.mark.slow
+def test_replica_process_serves_a_built_classic_model(tmp_path, router_socket):
+    sock, address = router_socket
+    path = str(tmp_path / "elastic-net.joblib")
+    classic.build_artifact("elastic-net", path, classic.TrainParams(**SMALL))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "containers.replica", "--model", "elastic-net", "--frontend", address,
+         "--cpus", str(sorted(os.sched_getaffinity(0))[0]), "--model-path", path],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        ident, hello, _ = _recv(sock)
+        assert hello["type"] == "hello" and hello["input_shape"] == [4096]
+        sock.send_multipart([ident, *protocol.pack(protocol.header(MsgType.WELCOME))])
+        batch = np.stack(features(4096, 3))
+        meta, frames = protocol.encode_items(batch)
+        sock.send_multipart([ident, *protocol.pack(protocol.header(MsgType.PREDICT, batch_id=1, items=meta),
+                                                   frames)], copy=False)
+        _, hdr, payload = _recv(sock)
+        assert hdr["type"] == "result" and hdr["batch_id"] == 1
+        outputs = np.stack(protocol.decode_items(hdr["items"], payload))
+        expected = classic.load_elastic_net(model_path=path).predict(list(batch))
+        np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-6)
+        meta, frames = protocol.encode_items(np.zeros((1, 100), dtype=np.float32))
+        sock.send_multipart([ident, *protocol.pack(protocol.header(MsgType.PREDICT, batch_id=2, items=meta),
+                                                   frames)], copy=False)
+        _, hdr, _ = _recv(sock)
+        assert hdr["type"] == "error" and hdr["code"] == "model_error" and "4096 floats" in hdr["message"]
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
 
 
 # ---- deep models ----------------------------------------------------------------------------------------
