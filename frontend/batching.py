@@ -108,12 +108,16 @@ class ModelQueue:
         return len(self.entries)
 
     def has_room(self, n: int) -> bool:
-        """Whether ``n`` more entries fit; drops entries of already-answered queries first if full."""
+        """Whether ``n`` more entries fit; drops answered queries from the head first if full."""
         limit = self.spec.max_queue_size
         if len(self.entries) + n <= limit:
             return True
-        self.entries = collections.deque(e for e in self.entries if not e.query.done)
-        return len(self.entries) + n <= limit
+        # Answered (mostly expired) queries sit at the head, deadlines being FIFO per app;
+        # dropping them from there keeps a rejection O(1) under sustained overload.
+        entries = self.entries
+        while entries and entries[0].query.done:
+            entries.popleft()
+        return len(entries) + n <= limit
 
     def take(self, n: int) -> list[Entry]:
         """Up to ``n`` entries from the head, skipping those whose query is already answered."""
