@@ -51,7 +51,7 @@ build() {
     local tag="$1" dockerfile="$2"; shift 2
     local start; start=$(date +%s)
     echo "building $tag from $dockerfile on $BASE"
-    docker build --network=host --build-arg "BASE_IMAGE=$BASE" "$@" \
+    docker build --force-rm --network=host --build-arg "BASE_IMAGE=$BASE" "$@" \
         -f "$REPO/containers/docker/$dockerfile" -t "$tag" "$CONTEXT"
     echo "built $tag in $(( $(date +%s) - start ))s"
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from typing import Any, Callable, Mapping
 
@@ -163,14 +164,18 @@ class DockerBackend:
         if timeout_s < 0:
             raise ValueError(f"timeout_s must be >= 0, got {timeout_s}")
         for container in self._find(replica_id):
+            exit_code = None
             try:
-                container.stop(timeout=max(1, round(timeout_s)))
+                container.stop(timeout=math.ceil(timeout_s))
+                container.reload()
+                exit_code = container.attrs.get("State", {}).get("ExitCode")
                 container.remove(force=True)
             except docker.errors.NotFound:
                 pass  # gone already (removed by someone else meanwhile)
             except docker.errors.DockerException as err:
                 raise BackendError(f"cannot stop replica {replica_id}: {err}") from err
-            log.info("stopped and removed replica %s (container %s)", replica_id, container.short_id)
+            log.info("stopped and removed replica %s (container %s, exit %s)", replica_id,
+                     container.short_id, exit_code)
 
     def list(self) -> list[RunningReplica]:
         """Every container this backend started and has not removed; ``alive`` = running."""

@@ -1,0 +1,360 @@
+"""DockerBackend against a real Docker engine, real replica containers and a real frontend.
+
+The Docker tests skip (with the reason) when no engine answers or the replica image
+is missing; CI starts the engine and builds the images first (bin/start_dockerd.sh,
+bin/build_local_base_image.sh, bin/build_docker_images.sh). Every test works in
+its own label namespace, and a finalizer removes every container in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from frontend.types import AppSpec, ModelSpec
+from management.backends.base import LaunchSpec, ReplicaBackend
+from management.backends.docker import DEFAULT_IMAGE, DockerBackend, container_name, replica_command
+from management.errors import BackendError
+
+ROOT = Path(__file__).resolve().parents[1]
+READY_S = 120.0  # container start + python imports + register, on a loaded 2-core machine
+CPUS = sorted(os.sched_getaffinity(0))
+
+
+def _engine_and_image():
+    """(docker client, None) when the engine answers and the image exists, else (None, why)."""
+    try:
+        import docker  # noqa: PLC0415 - only these tests need the SDK
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as err:  # any failure means: no usable engine here
+        return None, f"no Docker engine answers ({err}); run bin/start_dockerd.sh"
+    try:
+        client.images.get(DEFAULT_IMAGE)
+    except Exception:
+        return None, f"image {DEFAULT_IMAGE} is missing; run bin/build_docker_images.sh"
+    return client, None
+
+
+@pytest.fixture(scope="module")
+def docker_client():
+    client, why = _engine_and_image()
+    if client is None:
+        pytest.skip(why)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def backend(docker_client):
+    """A DockerBackend in a fresh label namespace; every container in it is removed afterwards."""
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    try:
+        yield DockerBackend(client=docker_client, namespace=namespace)
+    finally:
+        leftovers = docker_client.containers.list(
+            all=True, filters={"label": ["schooner.managed=true", f"schooner.namespace={namespace}"]})
+        for container in leftovers:
+            container.remove(force=True)
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    from management.embedded_redis import EmbeddedRedis  # noqa: PLC0415
+
+    server = EmbeddedRedis(tmp_path / "redis").start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def store(redis_url):
+    from management.embedded_redis import connect  # noqa: PLC0415
+    from management.store import Store  # noqa: PLC0415
+
+    client = connect(redis_url)
+    try:
+        yield Store(client)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def frontend(redis_url, tmp_path):
+    """A real `python -m frontend` following the Redis deployment; yields its addresses."""
+    from management.embedded_redis import free_port  # noqa: PLC0415
+
+    ports = {name: free_port() for name in ("client", "replica", "http")}
+    log_path = tmp_path / "frontend.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "frontend", "--host", "127.0.0.1", "--client-port", str(ports["client"]),
+             "--replica-port", str(ports["replica"]), "--http-port", str(ports["http"]),
+             "--redis-url", redis_url, "--heartbeat-interval-s", "0.25", "--heartbeat-timeout-s", "3"],
+            cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    http = f"http://127.0.0.1:{ports['http']}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                if requests.get(f"{http}/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, "frontend did not start"
+            time.sleep(0.1)
+        yield {"http": http, "rpc": f"tcp://127.0.0.1:{ports['replica']}",
+               "client": f"tcp://127.0.0.1:{ports['client']}"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def add_noop(store, model: str = "noop", app: str = "echo") -> None:
+    store.add_app(AppSpec(name=app, input_type="doubles", latency_slo_micros=20_000_000))
+    store.add_model(ModelSpec(name=model, version="1", input_type="doubles", batch_size=4, launcher="noop"))
+    store.add_links(app, [model])
+
+
+def noop_spec(frontend_rpc: str, cpus: list[int], replica_id: str | None = None, **kwargs) -> LaunchSpec:
+    return LaunchSpec(replica_id=replica_id or f"noop-1-{uuid.uuid4().hex[:6]}", model_name="noop",
+                      model_version="1", model="noop", frontend_address=frontend_rpc, cpus=cpus,
+                      input_type="doubles", **kwargs)
+
+
+def frontend_rows(http: str) -> dict[str, dict]:
+    body = requests.get(f"{http}/replicas", timeout=10).json()
+    rows = body.get("replicas", []) if isinstance(body, dict) else body
+    return {r["replica_id"]: r for r in rows}
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def serving(http: str, replica_id: str) -> bool:
+    return frontend_rows(http).get(replica_id, {}).get("state") in ("ready", "busy")
+
+
+def predict(http: str, value: float, app: str = "echo") -> dict:
+    resp = requests.post(f"{http}/{app}/predict", json={"input": [value, 1.0]}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def cpus_allowed_in(container) -> str:
+    code, out = container.exec_run(["cat", "/proc/1/status"])
+    assert code == 0, out
+    for line in out.decode().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError("no Cpus_allowed_list in the container's /proc/1/status")
+
+
+# -- without an engine: the command line and names the backend builds -----------------------------
+
+def test_replica_command_carries_every_launch_setting():
+    spec = LaunchSpec(replica_id="r1", model_name="m", model_version="2", model="sleep",
+                      frontend_address="tcp://127.0.0.1:7000", cpus=[2, 3], model_data_path="/data/m",
+                      model_opts={"a_ms": 5}, input_type="floats")
+    cmd = replica_command(spec, gpu_in_container=0)
+    assert cmd[:3] == ["python3", "-m", "containers.replica"]
+    flags = dict(zip(cmd[3::2], cmd[4::2]))
+    assert flags == {"--model": "sleep", "--frontend": "tcp://127.0.0.1:7000", "--cpus": "2,3", "--name": "m",
+                     "--version": "2", "--replica-id": "r1", "--gpu": "0", "--model-path": "/data/m",
+                     "--model-opts": '{"a_ms": 5}', "--input-type": "floats"}
+    assert "--gpu" not in replica_command(spec, gpu_in_container=None)
+
+
+def test_container_names_are_docker_safe_and_namespaced():
+    spec = LaunchSpec(replica_id="r 1/x", model_name="my model", model_version="1.0", model="noop",
+                      frontend_address="tcp://127.0.0.1:7000", cpus=[0])
+    assert container_name(spec) == "schooner-my_model-1.0-r_1_x"
+    assert container_name(spec, "ci") == "schooner-ci-my_model-1.0-r_1_x"
+
+
+def test_bad_constructor_arguments_are_refused():
+    with pytest.raises(ValueError, match="namespace"):
+        DockerBackend(client=object(), namespace="a b")
+    with pytest.raises(ValueError, match="label_prefix"):
+        DockerBackend(client=object(), label_prefix="schooner")
+    with pytest.raises(ValueError, match="nano_cpus"):
+        DockerBackend(client=object(), nano_cpus=0)
+
+
+def test_images_are_chosen_by_spec_then_mapping_then_default():
+    backend = DockerBackend(client=object(), image_for={"lgbm": "classic:1"}, default_image="base:1")
+    spec = noop_spec("tcp://127.0.0.1:7000", [0])
+    assert backend.image_for(spec) == "base:1"
+    spec.model = "lgbm"
+    assert backend.image_for(spec) == "classic:1"
+    spec.image = "mine:2"
+    assert backend.image_for(spec) == "mine:2"
+    assert DockerBackend(client=object(), image_for=lambda m: f"img-{m}").image_for(noop_spec("x", [0])) == "img-noop"
+
+
+# -- a real engine -------------------------------------------------------------------------------
+
+@pytest.mark.docker
+def test_backend_implements_the_replica_backend_protocol(backend):
+    assert isinstance(backend, ReplicaBackend)
+    assert backend.name == "docker"
+    assert backend.list() == []
+
+
+@pytest.mark.docker
+def test_missing_image_is_a_backend_error_and_starts_nothing(backend):
+    spec = noop_spec("tcp://127.0.0.1:9", [CPUS[0]], image="schooner/no-such-image:never")
+    with pytest.raises(BackendError, match="not found"):
+        backend.start(spec)
+    assert backend.list() == []
+    with pytest.raises(BackendError, match="no container"):
+        backend.logs(spec.replica_id)
+    backend.stop(spec.replica_id, timeout_s=1)  # unknown replica: a no-op, so stops can be retried
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_container_replica_is_pinned_serves_queries_and_drains_on_stop(backend, docker_client, store, frontend,
+                                                                      caplog):
+    add_noop(store)
+    cpu = CPUS[-1]
+    spec = noop_spec(frontend["rpc"], [cpu])
+    started = time.monotonic()
+    running = backend.start(spec)
+    assert running.backend == "docker" and running.alive and running.cpus == [cpu]
+    wait_for(lambda: serving(frontend["http"], spec.replica_id), READY_S, "the container replica to register")
+    out = predict(frontend["http"], 1.0)
+    logging.getLogger(__name__).warning("container replica start to first answer: %.2fs",
+                                        time.monotonic() - started)
+    assert not out["default"], out
+
+    container = docker_client.containers.get(running.handle)
+    assert container.name == f"schooner-{backend._namespace}-noop-1-{spec.replica_id}"
+    assert container.attrs["HostConfig"]["CpusetCpus"] == str(cpu)
+    assert container.attrs["HostConfig"]["NetworkMode"] == "host"
+    assert container.labels["schooner.replica_id"] == spec.replica_id
+    assert container.labels["schooner.model"] == "noop" and container.labels["schooner.version"] == "1"
+    assert cpus_allowed_in(container) == str(cpu)
+    row = frontend_rows(frontend["http"])[spec.replica_id]
+    assert row["cpus"] == [cpu]
+
+    # Several queries, all answered by the container (no defaults).
+    answers = [predict(frontend["http"], float(i)) for i in range(10)]
+    assert all(not a["default"] for a in answers), answers
+    [listed] = backend.list()
+    assert (listed.replica_id, listed.handle, listed.cpus, listed.alive) == (spec.replica_id, running.handle,
+                                                                            [cpu], True)
+    assert "noop" in backend.logs(spec.replica_id) or backend.logs(spec.replica_id) != ""
+
+    with caplog.at_level(logging.INFO, logger="management.backends.docker"):
+        backend.stop(spec.replica_id, timeout_s=30)
+    assert "exit 0" in caplog.text, caplog.text  # SIGTERM: the replica drained and exited cleanly
+    assert backend.list() == []
+    assert docker_client.containers.list(all=True, filters={"id": running.handle}) == []
+    wait_for(lambda: not serving(frontend["http"], spec.replica_id), 30, "the frontend to drop the replica")
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_killed_container_is_listed_dead_with_logs_and_can_be_started_again(backend, docker_client, store,
+                                                                           frontend):
+    add_noop(store)
+    spec = noop_spec(frontend["rpc"], [CPUS[0]])
+    first = backend.start(spec)
+    with pytest.raises(BackendError, match="cannot start"):
+        backend.start(spec)  # same replica twice: its name is taken by a running container
+    wait_for(lambda: serving(frontend["http"], spec.replica_id), READY_S, "the replica to register")
+    docker_client.containers.get(first.handle).kill()
+    [dead] = wait_for(lambda: [r for r in backend.list() if not r.alive], 30, "the container to be seen dead")
+    assert dead.replica_id == spec.replica_id and dead.cpus == [CPUS[0]]
+    assert backend.exit_code(spec.replica_id) == 137
+    assert backend.logs(spec.replica_id, tail=50) != ""
+
+    # A dead container's name is reused on restart (the stale container is replaced).
+    second = backend.start(spec)
+    assert second.handle != first.handle
+    wait_for(lambda: serving(frontend["http"], spec.replica_id), READY_S, "the restarted replica")
+    assert not predict(frontend["http"], 2.0)["default"]
+    assert [r.handle for r in backend.list()] == [second.handle]
+
+
+# -- the replica manager on the Docker backend -----------------------------------------------------
+
+def _manager(store, backend, frontend):
+    from management.allocator import CpuAllocator  # noqa: PLC0415
+    from management.manager import ReplicaManager  # noqa: PLC0415
+
+    return ReplicaManager(store, backend, CpuAllocator(), frontend_rpc=frontend["rpc"],
+                          frontend_http_url=frontend["http"], reconcile_interval_s=0.5,
+                          restart_backoff_s=(0.2, 2.0), stop_timeout_s=20.0)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.skipif(len(CPUS) < 2, reason="needs two cores")
+def test_manager_scales_containers_up_and_down_and_restarts_a_killed_one(backend, docker_client, store,
+                                                                         frontend):
+    add_noop(store, model="dnoop")
+    manager = _manager(store, backend, frontend)
+
+    async def scenario():
+        stop = asyncio.Event()
+        loop_task = asyncio.create_task(manager.run(stop))
+        try:
+            two = await manager.set_num_replicas("dnoop", "1", 2, model_cpus=CPUS[:2], wait_s=READY_S)
+            assert sorted(tuple(r["cpus"]) for r in two) == [(CPUS[0],), (CPUS[1],)]
+            for r in two:
+                c = docker_client.containers.get(r["container_id"])
+                assert c.attrs["HostConfig"]["CpusetCpus"] == str(r["cpus"][0])
+            out = await asyncio.to_thread(predict, frontend["http"], 1.0)
+            assert not out["default"], out
+
+            oldest, newest = sorted(two, key=lambda r: r["created_s"])
+            [kept] = await manager.set_num_replicas("dnoop", "1", 1, model_cpus=CPUS[:2])
+            assert kept["replica_id"] == oldest["replica_id"]
+            assert [r.replica_id for r in backend.list()] == [oldest["replica_id"]]
+
+            docker_client.containers.get(kept["container_id"]).kill()
+
+            def restarted():
+                rec = store.get_replica("dnoop", "1", kept["replica_id"])
+                return rec if rec and rec.get("container_id") != kept["container_id"] else None
+
+            after = await asyncio.to_thread(wait_for, restarted, 60, "the reconcile loop to restart it")
+            assert after["cpus"] == kept["cpus"] and after["restarts"] == 1
+            await manager.wait_ready("dnoop", "1", READY_S)
+            out = await asyncio.to_thread(predict, frontend["http"], 2.0)
+            assert not out["default"], out
+            c = docker_client.containers.get(after["container_id"])
+            assert c.status == "running" and c.attrs["HostConfig"]["CpusetCpus"] == str(kept["cpus"][0])
+        finally:
+            stop.set()
+            await loop_task
+            await manager.shutdown()
+
+    asyncio.run(scenario())
+    assert backend.list() == []
