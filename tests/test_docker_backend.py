@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from frontend.client import Client
 from frontend.types import AppSpec, ModelSpec
 from management.backends.base import LaunchSpec, ReplicaBackend
 from management.backends.docker import DEFAULT_IMAGE, DockerBackend, container_name, replica_command
@@ -262,13 +263,16 @@ def test_container_replica_is_pinned_serves_queries_and_drains_on_stop(backend, 
     row = frontend_rows(frontend["http"])[spec.replica_id]
     assert row["cpus"] == [cpu]
 
-    # Several queries, all answered by the container (no defaults).
+    # Queries over HTTP and over the ZMQ client, all answered by the container (no defaults).
     answers = [predict(frontend["http"], float(i)) for i in range(10)]
     assert all(not a["default"] for a in answers), answers
+    with Client(frontend["client"], timeout_s=60) as client:
+        zmq_answers = [client.predict("echo", [float(i), 1.0], dtype="doubles") for i in range(10)]
+    assert all(not p.default for p in zmq_answers), zmq_answers
     [listed] = backend.list()
     assert (listed.replica_id, listed.handle, listed.cpus, listed.alive) == (spec.replica_id, running.handle,
                                                                             [cpu], True)
-    assert "noop" in backend.logs(spec.replica_id) or backend.logs(spec.replica_id) != ""
+    assert spec.replica_id in backend.logs(spec.replica_id)  # the replica's own start-up line
 
     with caplog.at_level(logging.INFO, logger="management.backends.docker"):
         backend.stop(spec.replica_id, timeout_s=30)
@@ -292,7 +296,7 @@ def test_killed_container_is_listed_dead_with_logs_and_can_be_started_again(back
     [dead] = wait_for(lambda: [r for r in backend.list() if not r.alive], 30, "the container to be seen dead")
     assert dead.replica_id == spec.replica_id and dead.cpus == [CPUS[0]]
     assert backend.exit_code(spec.replica_id) == 137
-    assert backend.logs(spec.replica_id, tail=50) != ""
+    assert spec.replica_id in backend.logs(spec.replica_id, tail=50)
 
     # A dead container's name is reused on restart (the stale container is replaced).
     second = backend.start(spec)
@@ -358,3 +362,38 @@ def test_manager_scales_containers_up_and_down_and_restarts_a_killed_one(backend
 
     asyncio.run(scenario())
     assert backend.list() == []
+
+
+# -- the whole stack: `schooner up`'s processes with the management service on --backend docker ----
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_stack_with_docker_backend_deploys_serves_and_removes_containers_on_stop(docker_client, tmp_path):
+    from management.stack import Stack  # noqa: PLC0415
+
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    scope = {"label": ["schooner.managed=true", f"schooner.namespace={namespace}"]}
+
+    def admin(url: str, path: str, body: dict) -> requests.Response:
+        resp = requests.post(f"{url}/admin/{path}", json=body, timeout=READY_S + 30)
+        assert resp.status_code == 200, f"{path}: {resp.status_code} {resp.text}"
+        return resp
+
+    try:
+        with Stack(backend="docker", state_dir=tmp_path / "state", heartbeat_interval_s=0.25,
+                   env={"SCHOONER_DOCKER_NAMESPACE": namespace}) as stack:
+            url = stack.management_url
+            admin(url, "add_app", {"name": "echo", "input_type": "doubles", "latency_slo_micros": 20_000_000})
+            admin(url, "add_model", {"model_name": "noop", "model_version": "1", "input_type": "doubles"})
+            admin(url, "add_model_links", {"app_name": "echo", "model_names": ["noop"]})
+            [replica] = admin(url, "set_num_replicas", {"model_name": "noop", "num_replicas": 1,
+                                                        "cpus_per_replica": 1, "wait_s": READY_S}).json()
+            assert replica["backend"] == "docker" and replica["state"] in ("ready", "busy"), replica
+            [container] = docker_client.containers.list(filters=scope)
+            assert container.id == replica["container_id"]
+            assert container.attrs["HostConfig"]["CpusetCpus"] == ",".join(map(str, replica["cpus"]))
+            assert not predict(stack.frontend_http_url, 4.0)["default"]
+        assert docker_client.containers.list(all=True, filters=scope) == []
+    finally:
+        for leftover in docker_client.containers.list(all=True, filters=scope):
+            leftover.remove(force=True)

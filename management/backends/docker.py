@@ -18,6 +18,7 @@ import docker
 import docker.errors
 import docker.types
 
+from frontend import defaults
 from management.backends.base import LaunchSpec, RunningReplica
 from management.errors import BackendError
 
@@ -87,7 +88,7 @@ class DockerBackend:
         default_image: str = DEFAULT_IMAGE,
         network_mode: str = "host",
         label_prefix: str = LABEL_PREFIX,
-        namespace: str = NAMESPACE,
+        namespace: str | None = None,
         nano_cpus: int | None = None,
         mem_limit: str | None = None,
     ) -> None:
@@ -95,6 +96,9 @@ class DockerBackend:
             raise ValueError("default_image must be a non-empty image name")
         if not label_prefix.endswith("."):
             raise ValueError(f"label_prefix must end with '.', got {label_prefix!r}")
+        # Two management services on one engine must use different namespaces: each stops
+        # containers in its namespace that its own Redis does not know.
+        namespace = defaults.resolve(namespace, "docker_namespace", NAMESPACE)
         if not namespace or _NAME_UNSAFE.search(namespace):
             raise ValueError(f"namespace must be a non-empty [a-zA-Z0-9_.-] string, got {namespace!r}")
         if nano_cpus is not None and nano_cpus <= 0:
