@@ -4,7 +4,7 @@
 #   schooner/replica-classic  (Dockerfile.classic: + scikit-learn, lightgbm)
 #   schooner/replica-torch    (Dockerfile.torch:   + torch, torchvision; only with --torch)
 #
-# Usage: bin/build_docker_images.sh [--base IMAGE] [--torch] [--no-classic] [--no-lightgbm]
+# Usage: bin/build_docker_images.sh [--base IMAGE] [--torch] [--no-classic] [--no-lightgbm] [--no-cache]
 #   --base IMAGE   base image (default $SCHOONER_BASE_IMAGE or python:3.11-slim); with no
 #                  registry, build schooner/base-debian first (bin/build_local_base_image.sh)
 #                  and pass --base schooner/base-debian
@@ -19,6 +19,7 @@ BASE="${SCHOONER_BASE_IMAGE:-python:3.11-slim}"
 TORCH=0
 CLASSIC=1
 LIGHTGBM=1
+CACHE=()
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -27,7 +28,8 @@ while [[ $# -gt 0 ]]; do
         --torch) TORCH=1; shift ;;
         --no-classic) CLASSIC=0; shift ;;
         --no-lightgbm) LIGHTGBM=0; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        --no-cache) CACHE=(--no-cache); shift ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -51,7 +53,7 @@ build() {
     local tag="$1" dockerfile="$2"; shift 2
     local start; start=$(date +%s)
     echo "building $tag from $dockerfile on $BASE"
-    docker build --force-rm --network=host --build-arg "BASE_IMAGE=$BASE" "$@" \
+    docker build --force-rm "${CACHE[@]}" --network=host --build-arg "BASE_IMAGE=$BASE" "$@" \
         -f "$REPO/containers/docker/$dockerfile" -t "$tag" "$CONTEXT"
     echo "built $tag in $(( $(date +%s) - start ))s"
 }

@@ -28,8 +28,11 @@ echo "debootstrap $SUITE into $ROOTFS"
 debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$ROOTFS" "$MIRROR"
 
 # Slim the image: apt caches, docs and man pages are not needed at run time.
+# C/C++ headers come in only as build dependencies of scipy's pythran; nothing
+# compiles inside a replica.
 rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/* \
-       "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/locale/*
+       "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/locale/* \
+       "$ROOTFS"/usr/include/boost "$ROOTFS"/usr/include/xsimd
 
 tar -C "$ROOTFS" -c . | docker import \
     --change 'ENV PYTHONUNBUFFERED=1' \
