@@ -254,7 +254,8 @@ def test_container_replica_is_pinned_serves_queries_and_drains_on_stop(backend, 
     assert not out["default"], out
 
     container = docker_client.containers.get(running.handle)
-    assert container.name == f"schooner-{backend._namespace}-noop-1-{spec.replica_id}"
+    assert container.name == container_name(spec, backend.namespace)
+    assert container.name.startswith(f"schooner-{backend.namespace}-noop-1-")
     assert container.attrs["HostConfig"]["CpusetCpus"] == str(cpu)
     assert container.attrs["HostConfig"]["NetworkMode"] == "host"
     assert container.labels["schooner.replica_id"] == spec.replica_id

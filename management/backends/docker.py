@@ -118,6 +118,11 @@ class DockerBackend:
         self._nano_cpus = nano_cpus
         self._mem_limit = mem_limit
 
+    @property
+    def namespace(self) -> str:
+        """The label namespace this backend starts, lists and stops containers in."""
+        return self._namespace
+
     def image_for(self, spec: LaunchSpec) -> str:
         """The image for ``spec``: its own ``image``, else ``image_for(model)``, else the default."""
         if spec.image:
