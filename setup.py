@@ -33,6 +33,7 @@ setup(
             "schooner-replica=containers.replica:main",
             "schooner-management=management.__main__:main",
             "schooner-driver=driver.driver:main",
+            "schooner-build-models=containers.build_models:main",
         ]
     },
 )
