@@ -307,6 +307,29 @@ def test_killed_container_is_listed_dead_with_logs_and_can_be_started_again(back
     assert [r.handle for r in backend.list()] == [second.handle]
 
 
+@pytest.mark.docker
+@pytest.mark.slow
+def test_lgbm_replica_runs_in_the_classic_image_chosen_for_it(backend, docker_client, store, frontend):
+    from management.backends.docker import CLASSIC_IMAGE  # noqa: PLC0415
+
+    try:
+        docker_client.images.get(CLASSIC_IMAGE)
+    except Exception:
+        pytest.skip(f"image {CLASSIC_IMAGE} is missing; run bin/build_docker_images.sh")
+    store.add_app(AppSpec(name="trees", input_type="floats", latency_slo_micros=60_000_000))
+    store.add_model(ModelSpec(name="lgbm", version="1", input_type="floats", batch_size=1))
+    store.add_links("trees", ["lgbm"])
+    spec = LaunchSpec(replica_id=f"lgbm-1-{uuid.uuid4().hex[:6]}", model_name="lgbm", model_version="1",
+                      model="lgbm", frontend_address=frontend["rpc"], cpus=[CPUS[0]], input_type="floats")
+    running = backend.start(spec)
+    assert docker_client.containers.get(running.handle).image.tags == [CLASSIC_IMAGE]
+    wait_for(lambda: serving(frontend["http"], spec.replica_id), READY_S, "the lgbm replica to register")
+    with Client(frontend["client"], timeout_s=60) as client:
+        answer = client.predict("trees", [0.5] * 2048, dtype="floats")
+    assert not answer.default, answer
+    assert len(answer.output) == 10  # class probabilities of the zoo's 10-class model
+
+
 # -- the replica manager on the Docker backend -----------------------------------------------------
 
 def _manager(store, backend, frontend):
