@@ -20,6 +20,15 @@ def _load_label(nc: dict) -> str:
     return (nc.get("load") or {}).get("label", "")
 
 
+def _load_swept(doc: dict) -> bool:
+    """Whether some configuration ran at several load levels (else the load is derived, not a series)."""
+    seen: dict[tuple, set] = defaultdict(set)
+    for run in doc.get("runs", []):
+        nc = run["node_config"]
+        seen[(nc["num_replicas"], nc["cpus_per_replica"], nc["batch_size"])].add(_load_label(nc))
+    return any(len(labels) > 1 for labels in seen.values())
+
+
 def _batch_label(b: int) -> str:
     return "adaptive" if b == -1 else str(b)
 
@@ -41,13 +50,16 @@ def _two_panel(doc: dict, x_key: str, xlabel: str, group: Callable[[dict], str],
     for label, pts in sorted(series.items()):
         pts = sorted(pts, key=lambda p: pos[p[0]])
         x = [pos[p[0]] for p in pts]
-        ax_t.plot(x, [p[1]["thruput_qps"] for p in pts], marker="o", label=label)
+        line, = ax_t.plot(x, [p[1]["thruput_qps"] for p in pts], marker="o", label=label)
+        # Goodput (real outputs only) next to throughput: defaults make throughput flattering.
+        ax_t.plot(x, [p[1].get("goodput_qps", np.nan) for p in pts], marker="x", linestyle="--",
+                  color=line.get_color(), label=f"{label} goodput")
         ax_p.plot(x, [p[1]["p99_ms"] if p[1]["p99_ms"] is not None else np.nan for p in pts],
                   marker="o", label=label)
     slo = doc.get("slo_ms")
     if slo:
         ax_p.axhline(slo, color="red", linestyle="--", linewidth=1, label=f"SLO {slo:g} ms")
-    for ax, ylabel in ((ax_t, "throughput (qps)"), (ax_p, "p99 latency (ms)")):
+    for ax, ylabel in ((ax_t, "throughput, goodput (qps)"), (ax_p, "p99 latency (ms)")):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_xticks([pos[x] for x in xs])
@@ -102,16 +114,21 @@ def draw_all(doc: dict, out_dir: str | Path, name_stamp: str) -> list[Path]:
         return []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    swept = _load_swept(doc)
+
+    def load(nc: dict) -> str:
+        return _load_label(nc) if swept else ""
+
     paths = [
         _two_panel(doc, "batch_size", "batch size",
-                   lambda nc: f"r={nc['num_replicas']} p={nc['cpus_per_replica']} {_load_label(nc)}".strip(),
+                   lambda nc: f"r={nc['num_replicas']} p={nc['cpus_per_replica']} {load(nc)}".strip(),
                    "throughput and p99 vs batch size", out / f"batch-{name_stamp}.png", categorical=True),
         _two_panel(doc, "num_replicas", "replicas",
                    lambda nc: f"b={_batch_label(nc['batch_size'])} p={nc['cpus_per_replica']} "
-                              f"{_load_label(nc)}".strip(),
+                              f"{load(nc)}".strip(),
                    "throughput and p99 vs replicas", out / f"replicas-{name_stamp}.png", categorical=False),
     ]
-    if any(_load_label(r["node_config"]) for r in runs):
+    if swept:
         paths.append(_two_panel(
             doc, "load_value", "load (concurrency or qps)",
             lambda nc: f"r={nc['num_replicas']} p={nc['cpus_per_replica']} b={_batch_label(nc['batch_size'])}",

@@ -188,9 +188,21 @@ def test_plots_are_valid_pngs(tmp_path):
     doc["recommendation"] = recommend.recommend(doc["runs"], 50.0)
     paths = draw_all(doc, tmp_path, "s")
     names = sorted(p.name for p in paths)
-    assert names == ["batch-s.png", "cdf-s.png", "load-s.png", "replicas-s.png"]
+    # Every configuration ran at one derived load level: no load plot.
+    assert names == ["batch-s.png", "cdf-s.png", "replicas-s.png"]
     for p in paths:
         assert_png(p)
+
+
+def test_a_swept_load_gets_its_own_plot(tmp_path):
+    doc = synthetic_doc()
+    extra = run_record(1, 1, 8, 200.0, 49.0)
+    extra["node_config"]["load"] = {"kind": "closed", "concurrency": 16, "label": "c=16"}
+    extra["node_config"]["load_value"] = 16
+    doc["runs"].append(extra)
+    names = sorted(p.name for p in draw_all(doc, tmp_path, "s"))
+    assert "load-s.png" in names
+    assert_png(tmp_path / "load-s.png")
 
 
 def test_report_redraws_table_plots_and_recommendation_from_a_saved_dir(tmp_path, capsys):
