@@ -11,11 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
@@ -25,8 +22,8 @@ from frontend.types import AppSpec, ModelSpec
 from management.backends.base import LaunchSpec, ReplicaBackend
 from management.backends.docker import DEFAULT_IMAGE, DockerBackend, container_name, replica_command
 from management.errors import BackendError
+from management_support import add_noop, frontend_rows, predict, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
 READY_S = 120.0  # container start + python imports + register, on a loaded 2-core machine
 CPUS = sorted(os.sched_getaffinity(0))
 
@@ -68,102 +65,14 @@ def backend(docker_client):
             container.remove(force=True)
 
 
-@pytest.fixture
-def redis_url(tmp_path):
-    from management.embedded_redis import EmbeddedRedis  # noqa: PLC0415
-
-    server = EmbeddedRedis(tmp_path / "redis").start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def store(redis_url):
-    from management.embedded_redis import connect  # noqa: PLC0415
-    from management.store import Store  # noqa: PLC0415
-
-    client = connect(redis_url)
-    try:
-        yield Store(client)
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def frontend(redis_url, tmp_path):
-    """A real `python -m frontend` following the Redis deployment; yields its addresses."""
-    from management.embedded_redis import free_port  # noqa: PLC0415
-
-    ports = {name: free_port() for name in ("client", "replica", "http")}
-    log_path = tmp_path / "frontend.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "frontend", "--host", "127.0.0.1", "--client-port", str(ports["client"]),
-             "--replica-port", str(ports["replica"]), "--http-port", str(ports["http"]),
-             "--redis-url", redis_url, "--heartbeat-interval-s", "0.25", "--heartbeat-timeout-s", "3"],
-            cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    http = f"http://127.0.0.1:{ports['http']}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                if requests.get(f"{http}/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "frontend did not start"
-            time.sleep(0.1)
-        yield {"http": http, "rpc": f"tcp://127.0.0.1:{ports['replica']}",
-               "client": f"tcp://127.0.0.1:{ports['client']}"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def add_noop(store, model: str = "noop", app: str = "echo") -> None:
-    store.add_app(AppSpec(name=app, input_type="doubles", latency_slo_micros=20_000_000))
-    store.add_model(ModelSpec(name=model, version="1", input_type="doubles", batch_size=4, launcher="noop"))
-    store.add_links(app, [model])
-
-
 def noop_spec(frontend_rpc: str, cpus: list[int], replica_id: str | None = None, **kwargs) -> LaunchSpec:
     return LaunchSpec(replica_id=replica_id or f"noop-1-{uuid.uuid4().hex[:6]}", model_name="noop",
                       model_version="1", model="noop", frontend_address=frontend_rpc, cpus=cpus,
                       input_type="doubles", **kwargs)
 
 
-def frontend_rows(http: str) -> dict[str, dict]:
-    body = requests.get(f"{http}/replicas", timeout=10).json()
-    rows = body.get("replicas", []) if isinstance(body, dict) else body
-    return {r["replica_id"]: r for r in rows}
-
-
-def wait_for(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-        time.sleep(0.2)
-
-
 def serving(http: str, replica_id: str) -> bool:
     return frontend_rows(http).get(replica_id, {}).get("state") in ("ready", "busy")
-
-
-def predict(http: str, value: float, app: str = "echo") -> dict:
-    resp = requests.post(f"{http}/{app}/predict", json={"input": [value, 1.0]}, timeout=60)
-    assert resp.status_code == 200, resp.text
-    return resp.json()
 
 
 def cpus_allowed_in(container) -> str:

@@ -10,7 +10,6 @@ from typing import Any, Awaitable, Callable
 import pytest
 import zmq.asyncio
 
-from conftest_redis import redis_server, store  # noqa: F401 - fixtures
 from frontend.config import FrontendConfig
 from frontend.server import Frontend
 from frontend.types import AppSpec, DeploymentState, ModelSpec
@@ -65,7 +64,7 @@ def _run(coro: Awaitable[None]) -> None:
     asyncio.run(asyncio.wait_for(coro, 120))
 
 
-def test_initial_state_is_applied_then_every_change(store: Store, redis_server: EmbeddedRedis) -> None:  # noqa: F811
+def test_initial_state_is_applied_then_every_change(store: Store, redis_server: EmbeddedRedis) -> None:
     store.add_app(AppSpec("before", "floats"))
     store.add_model(ModelSpec("m", "1", "floats"))
     sink = Recorder()
@@ -82,7 +81,7 @@ def test_initial_state_is_applied_then_every_change(store: Store, redis_server: 
     _run(_following(sink, redis_server.url, body))
 
 
-def test_a_burst_of_changes_is_applied_in_few_reloads(store: Store, redis_server: EmbeddedRedis) -> None:  # noqa: F811
+def test_a_burst_of_changes_is_applied_in_few_reloads(store: Store, redis_server: EmbeddedRedis) -> None:
     sink = Recorder()
 
     async def body() -> None:
@@ -100,8 +99,8 @@ def test_a_burst_of_changes_is_applied_in_few_reloads(store: Store, redis_server
     _run(_following(sink, redis_server.url, body))
 
 
-def test_replica_record_writes_do_not_reapply_the_deployment(store: Store,  # noqa: F811
-                                                             redis_server: EmbeddedRedis) -> None:  # noqa: F811
+def test_replica_record_writes_do_not_reapply_the_deployment(store: Store,
+                                                             redis_server: EmbeddedRedis) -> None:
     sink = Recorder()
 
     async def body() -> None:
@@ -117,8 +116,8 @@ def test_replica_record_writes_do_not_reapply_the_deployment(store: Store,  # no
     _run(_following(sink, redis_server.url, body))
 
 
-def test_malformed_events_are_ignored_and_unknown_kinds_reload(store: Store,  # noqa: F811
-                                                               redis_server: EmbeddedRedis) -> None:  # noqa: F811
+def test_malformed_events_are_ignored_and_unknown_kinds_reload(store: Store,
+                                                               redis_server: EmbeddedRedis) -> None:
     sink = Recorder()
 
     async def body() -> None:
@@ -134,8 +133,8 @@ def test_malformed_events_are_ignored_and_unknown_kinds_reload(store: Store,  # 
     _run(_following(sink, redis_server.url, body))
 
 
-def test_a_rejected_state_does_not_stop_the_follower(store: Store,  # noqa: F811
-                                                     redis_server: EmbeddedRedis) -> None:  # noqa: F811
+def test_a_rejected_state_does_not_stop_the_follower(store: Store,
+                                                     redis_server: EmbeddedRedis) -> None:
     sink = Recorder(fail_first=1)
 
     async def body() -> None:

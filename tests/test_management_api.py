@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -18,12 +14,11 @@ from aiohttp import web
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from conftest_redis import redis_server, store  # noqa: F401 - fixtures
 from management.api import make_app
 from management.embedded_redis import EmbeddedRedis, free_port
 from management.store import Store
+from management_support import wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
 HTTP_TIMEOUT_S = 30
 READY_S = 90.0  # a replica on a loaded 2-core machine: interpreter start, imports, register
 
@@ -86,7 +81,7 @@ def serve() -> Iterator[Callable[..., ApiServer]]:
 
 
 @pytest.fixture
-def api(serve: Callable[..., ApiServer], store: Store) -> ApiServer:  # noqa: F811 - fixture argument
+def api(serve: Callable[..., ApiServer], store: Store) -> ApiServer:
     """The registry-only API (no replica manager) on a clean Redis."""
     return serve(store)
 
@@ -234,7 +229,7 @@ def test_links_versions_and_their_errors(api: ApiServer) -> None:
     assert not _ok(api.post("/admin/get_model", {"model_name": "m", "model_version": 1}))["is_current_version"]
 
 
-def test_delete_endpoints_remove_links_apps_and_versions(api: ApiServer, store: Store) -> None:  # noqa: F811
+def test_delete_endpoints_remove_links_apps_and_versions(api: ApiServer, store: Store) -> None:
     _add_app(api)
     _add_model(api, "m", 1)
     _add_model(api, "m", 2)
@@ -250,7 +245,7 @@ def test_delete_endpoints_remove_links_apps_and_versions(api: ApiServer, store: 
     assert api.post("/admin/get_model", {"model_name": "m", "model_version": 1}).status_code == 404
 
 
-def test_containers_come_from_the_replica_records(api: ApiServer, store: Store) -> None:  # noqa: F811
+def test_containers_come_from_the_replica_records(api: ApiServer, store: Store) -> None:
     record = {"model_name": "m", "model_version": "1", "replica_id": "m-1-r1", "backend": "process",
               "handle": "123", "cpus": [0], "gpu": None, "state": "ready"}
     store.put_replica(record)
@@ -263,7 +258,7 @@ def test_containers_come_from_the_replica_records(api: ApiServer, store: Store) 
     assert api.post("/admin/get_all_containers", {"verbose": "yes"}).status_code == 400
 
 
-def test_set_model_batching_updates_the_model_and_validates(api: ApiServer, store: Store) -> None:  # noqa: F811
+def test_set_model_batching_updates_the_model_and_validates(api: ApiServer, store: Store) -> None:
     _add_model(api, "m", 1, batch_size=4)
     info = _ok(api.post("/admin/set_model_batching", {"model_name": "m", "batch_size": -1, "max_batch_size": 32,
                                                       "batch_wait_timeout_micros": 200}))
@@ -288,7 +283,7 @@ def test_replica_endpoints_answer_503_without_a_manager(api: ApiServer) -> None:
 
 
 def test_writes_need_the_admin_token_when_one_is_set(serve: Callable[..., ApiServer],
-                                                      store: Store) -> None:  # noqa: F811
+                                                      store: Store) -> None:
     api = serve(store, admin_token="s3cret")
     body = {"name": "app", "input_type": "floats"}
     assert api.post("/admin/add_app", body).status_code == 401
@@ -318,7 +313,7 @@ def test_redis_down_is_503_store_unavailable(serve: Callable[..., ApiServer], tm
     client.close()
 
 
-def test_make_app_validates_its_arguments(store: Store) -> None:  # noqa: F811
+def test_make_app_validates_its_arguments(store: Store) -> None:
     with pytest.raises(TypeError, match="store"):
         make_app(object(), None, frontend_http_url="http://127.0.0.1:1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="frontend_http_url"):
@@ -326,49 +321,6 @@ def test_make_app_validates_its_arguments(store: Store) -> None:  # noqa: F811
 
 
 # -- the whole path: REST -> Redis -> follower -> frontend process; manager -> replica processes ---
-
-@pytest.fixture
-def frontend_process(redis_server: EmbeddedRedis, tmp_path) -> Iterator[dict]:  # noqa: F811
-    """A real `python -m frontend` following the Redis deployment."""
-    ports = {name: free_port() for name in ("client", "replica", "http")}
-    log_path = tmp_path / "frontend.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "frontend", "--host", "127.0.0.1", "--client-port", str(ports["client"]),
-             "--replica-port", str(ports["replica"]), "--http-port", str(ports["http"]),
-             "--redis-url", redis_server.url, "--heartbeat-interval-s", "0.25", "--heartbeat-timeout-s", "5"],
-            cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    http = f"http://127.0.0.1:{ports['http']}"
-    try:
-        _until(lambda: _answers(f"{http}/health"), 60, lambda: log_path.read_text(), proc)
-        yield {"http": http, "rpc": f"tcp://127.0.0.1:{ports['replica']}", "log": log_path}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-def _until(check: Callable[[], Any], timeout_s: float, why: Callable[[], str] = lambda: "",
-           proc: subprocess.Popen | None = None) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        assert proc is None or proc.poll() is None, why()
-        assert time.monotonic() < deadline, why()
-        time.sleep(0.1)
-
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -379,16 +331,16 @@ def _pid_alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_deploy_scale_query_and_delete_through_the_api(serve: Callable[..., ApiServer], store: Store,  # noqa: F811
-                                                       frontend_process: dict, tmp_path) -> None:
+def test_deploy_scale_query_and_delete_through_the_api(serve: Callable[..., ApiServer], store: Store,
+                                                       frontend: dict, tmp_path) -> None:
     from management.allocator import CpuAllocator
     from management.backends.local import LocalProcessBackend
     from management.manager import ReplicaManager
 
     backend = LocalProcessBackend(log_dir=tmp_path / "replicas")
-    manager = ReplicaManager(store, backend, CpuAllocator(), frontend_rpc=frontend_process["rpc"],
-                             frontend_http_url=frontend_process["http"], reconcile_interval_s=0.5)
-    api = serve(store, manager, frontend_http_url=frontend_process["http"])
+    manager = ReplicaManager(store, backend, CpuAllocator(), frontend_rpc=frontend["rpc"],
+                             frontend_http_url=frontend["http"], reconcile_interval_s=0.5)
+    api = serve(store, manager, frontend_http_url=frontend["http"])
     try:
         _add_app(api, "echo")
         _add_model(api, "noop", 1, launcher="noop")
@@ -403,8 +355,8 @@ def test_deploy_scale_query_and_delete_through_the_api(serve: Callable[..., ApiS
         assert len(replicas) == 1 and replicas[0]["state"] in ("ready", "busy")
         pid = int(replicas[0]["pid"])
 
-        answer = _until(lambda: _predict(frontend_process["http"], "echo"), 60,
-                        lambda: frontend_process["log"].read_text())
+        answer = wait_for(lambda: _predict(frontend["http"], "echo"), 60, "a model answer",
+                          why=frontend["log"].read_text)
         assert answer["default"] is False
         described = _ok(api.post("/admin/get_model_replicas", {"model_name": "noop", "model_version": 1}))
         assert [r["replica_id"] for r in described] == [replicas[0]["replica_id"]]
@@ -417,7 +369,7 @@ def test_deploy_scale_query_and_delete_through_the_api(serve: Callable[..., ApiS
 
         assert _ok(api.post("/admin/delete_versioned_model", {"model_name": "noop", "model_version": 1}))
         assert _ok(api.post("/admin/get_all_containers", {})) == []
-        _until(lambda: not _pid_alive(pid), 30)
+        wait_for(lambda: not _pid_alive(pid), 30, "the replica process to exit")
     finally:
         api.run(manager.shutdown(), timeout_s=60)
         for replica in backend.list():

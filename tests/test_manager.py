@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,70 +12,16 @@ from pathlib import Path
 import pytest
 import requests
 
-from frontend.types import AppSpec, ModelSpec
+from frontend.types import ModelSpec
 from management.allocator import CpuAllocator
 from management.backends.local import LocalProcessBackend
-from management.embedded_redis import EmbeddedRedis, connect, free_port
 from management.errors import AllocationError, NotFound
 from management.manager import ReplicaManager
-from management.store import Store
+from management_support import add_noop, frontend_rows, predict, wait_for_async
 
-ROOT = Path(__file__).resolve().parents[1]
 READY_S = 90.0  # a replica on a loaded 2-core machine: python start + imports + register
 CPUS = sorted(os.sched_getaffinity(0))
 TWO_CORES = pytest.mark.skipif(len(CPUS) < 2, reason="needs two cores")
-
-
-@pytest.fixture
-def redis_url(tmp_path):
-    server = EmbeddedRedis(tmp_path / "redis").start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def store(redis_url):
-    client = connect(redis_url)
-    try:
-        yield Store(client)
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def frontend(redis_url, tmp_path):
-    """A real `python -m frontend` following the Redis deployment; yields its addresses."""
-    ports = {name: free_port() for name in ("client", "replica", "http")}
-    log_file = open(tmp_path / "frontend.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "frontend", "--host", "127.0.0.1", "--client-port", str(ports["client"]),
-         "--replica-port", str(ports["replica"]), "--http-port", str(ports["http"]), "--redis-url", redis_url,
-         "--heartbeat-interval-s", "0.25", "--heartbeat-timeout-s", "3"],
-        cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    http = f"http://127.0.0.1:{ports['http']}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "frontend.log").read_text()
-            try:
-                if requests.get(f"{http}/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "frontend did not start"
-            time.sleep(0.1)
-        yield {"http": http, "rpc": f"tcp://127.0.0.1:{ports['replica']}"}
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log_file.close()
 
 
 @pytest.fixture
@@ -97,40 +41,11 @@ def make_manager(store, backend, frontend=None, **kwargs) -> ReplicaManager:
                           **kwargs)
 
 
-def add_noop(store: Store, app: str = "echo") -> None:
-    store.add_app(AppSpec(name=app, input_type="doubles", latency_slo_micros=20_000_000))
-    store.add_model(ModelSpec(name="noop", version="1", input_type="doubles", batch_size=4))
-    store.add_links(app, ["noop"])
-
-
 def cpus_allowed(pid: int) -> str:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("Cpus_allowed_list:"):
             return line.split(":", 1)[1].strip()
     raise AssertionError("no Cpus_allowed_list")
-
-
-def predict(http: str, value: float, app: str = "echo") -> dict:
-    resp = requests.post(f"{http}/{app}/predict", json={"input": [value, 1.0]}, timeout=30)
-    assert resp.status_code == 200, resp.text
-    return resp.json()
-
-
-def frontend_rows(http: str) -> dict[str, dict]:
-    body = requests.get(f"{http}/replicas", timeout=10).json()
-    rows = body.get("replicas", []) if isinstance(body, dict) else body
-    return {r["replica_id"]: r for r in rows}
-
-
-async def wait_for(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await asyncio.to_thread(condition)
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 # -- refusals: fast, nothing may start ------------------------------------------------------------
@@ -271,7 +186,7 @@ def test_killed_replica_is_restarted_on_the_same_cores_and_serves(store, backend
                 rec = store.get_replica("noop", "1", before["replica_id"])
                 return rec if rec and rec.get("pid") != before["pid"] and rec["restarts"] == 1 else None
 
-            after = await wait_for(restarted, 30, "the restart")
+            after = await wait_for_async(restarted, 30, "the restart")
             assert after["cpus"] == before["cpus"]
             await manager.wait_ready("noop", "1", READY_S)
             assert cpus_allowed(after["pid"]) == str(before["cpus"][0])
@@ -382,7 +297,7 @@ def test_new_manager_takes_over_replicas_recorded_by_a_dead_one(store, frontend,
                 def restarted():
                     return [r.replica_id for r in second_backend.list() if r.alive] == [old["replica_id"]]
 
-                await wait_for(restarted, 30, "the second manager to restart the replica")
+                await wait_for_async(restarted, 30, "the second manager to restart the replica")
                 assert not Path(f"/proc/{old['pid']}").exists() or _is_zombie(old["pid"])
                 await second.wait_ready("noop", "1", READY_S)
                 [now] = await second.describe("noop", "1")

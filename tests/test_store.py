@@ -11,7 +11,6 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from conftest_redis import redis_server, store  # noqa: F401 - fixtures
 from frontend.types import AppSpec, InputType, ModelSpec
 from management.embedded_redis import EmbeddedRedis, connect, free_port
 from management.errors import BadRequest, Conflict, NotFound, StoreUnavailable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -22,6 +23,30 @@ class LaunchSpec:
     env: dict[str, str] = field(default_factory=dict)
     model_opts: dict = field(default_factory=dict)  # options for the zoo model (--model-opts JSON)
     input_type: str = ""  # the model version's input type (--input-type); "" = the zoo model's own
+
+
+def replica_args(spec: LaunchSpec, gpu: int | None) -> list[str]:
+    """The ``-m containers.replica ...`` arguments that start ``spec`` (after the interpreter).
+
+    ``gpu`` is the device index as the replica sees it (inside a container it is
+    renumbered from 0), so it is passed apart from ``spec.gpu``.
+    """
+    args = ["-m", "containers.replica",
+            "--model", spec.model,
+            "--frontend", spec.frontend_address,
+            "--cpus", ",".join(str(c) for c in spec.cpus),
+            "--name", spec.model_name,
+            "--version", spec.model_version,
+            "--replica-id", spec.replica_id]
+    if gpu is not None:
+        args += ["--gpu", str(gpu)]
+    if spec.model_data_path:
+        args += ["--model-path", spec.model_data_path]
+    if spec.model_opts:
+        args += ["--model-opts", json.dumps(spec.model_opts)]
+    if spec.input_type:
+        args += ["--input-type", spec.input_type]
+    return args
 
 
 @dataclass

@@ -8,7 +8,6 @@ Calls block; the replica manager runs them in threads.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -19,7 +18,7 @@ import docker.errors
 import docker.types
 
 from frontend import defaults
-from management.backends.base import LaunchSpec, RunningReplica
+from management.backends.base import LaunchSpec, RunningReplica, replica_args
 from management.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -56,24 +55,7 @@ def container_name(spec: LaunchSpec, namespace: str = NAMESPACE) -> str:
 
 def replica_command(spec: LaunchSpec, gpu_in_container: int | None) -> list[str]:
     """The ``python3 -m containers.replica`` command line for one replica."""
-    cmd = [
-        "python3", "-m", "containers.replica",
-        "--model", spec.model,
-        "--frontend", spec.frontend_address,
-        "--cpus", ",".join(str(c) for c in spec.cpus),
-        "--name", spec.model_name,
-        "--version", spec.model_version,
-        "--replica-id", spec.replica_id,
-    ]
-    if gpu_in_container is not None:
-        cmd += ["--gpu", str(gpu_in_container)]
-    if spec.model_data_path:
-        cmd += ["--model-path", spec.model_data_path]
-    if spec.model_opts:
-        cmd += ["--model-opts", json.dumps(spec.model_opts)]
-    if spec.input_type:
-        cmd += ["--input-type", spec.input_type]
-    return cmd
+    return ["python3"] + replica_args(spec, gpu=gpu_in_container)
 
 
 class DockerBackend:

@@ -8,7 +8,6 @@ its own session, so a Ctrl-C aimed at the manager does not kill it mid-drain.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from management.backends.base import LaunchSpec, RunningReplica
+from management.backends.base import LaunchSpec, RunningReplica, replica_args
 from management.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -55,19 +54,7 @@ class LocalProcessBackend:
 
     def command(self, spec: LaunchSpec) -> list[str]:
         """The command line that starts ``spec`` (without the outside pinning)."""
-        cmd = [self.python, "-m", "containers.replica", "--model", spec.model,
-               "--frontend", spec.frontend_address, "--cpus", ",".join(str(c) for c in spec.cpus),
-               "--name", spec.model_name, "--version", spec.model_version,
-               "--replica-id", spec.replica_id]
-        if spec.gpu is not None:
-            cmd += ["--gpu", str(spec.gpu)]
-        if spec.model_data_path:
-            cmd += ["--model-path", spec.model_data_path]
-        if spec.model_opts:
-            cmd += ["--model-opts", json.dumps(spec.model_opts)]
-        if spec.input_type:
-            cmd += ["--input-type", spec.input_type]
-        return cmd
+        return [self.python] + replica_args(spec, gpu=spec.gpu)
 
     def start(self, spec: LaunchSpec) -> RunningReplica:
         """Spawn the replica pinned to ``spec.cpus``; return at once (it registers on its own)."""
