@@ -1,8 +1,9 @@
 """The Redis store: apps, models, links, versions, replicas and desired replica counts.
 
-Every Redis key Schooner uses is built in this module (see ``_Keys``) and
-nowhere else. Writes that belong together run in one MULTI/EXEC transaction
-(with WATCH on the keys their checks read), and each write publishes a JSON
+Every Redis key Schooner uses is built in ``management._keys`` and nowhere
+else; the replica records and desired counts live in
+``management._replica_records``. Writes that belong together run in one
+MULTI/EXEC transaction (with WATCH on the keys their checks read), and each write publishes a JSON
 event ``{"kind": ..., ...}`` on the ``schooner:events`` channel inside that
 same transaction, so a follower that sees the event also sees the write.
 """
@@ -10,168 +11,26 @@ same transaction, so a follower that sees the event also sees the write.
 from __future__ import annotations
 
 import dataclasses
-import enum
-import functools
-import json
-import logging
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Iterable
 
 import redis
 
-from frontend import defaults
 from frontend.types import AppSpec, DeploymentState, ModelSpec
-from management._codec import APP_KINDS, MODEL_KINDS, text, check_name, decode_spec, encode_spec, version_order
-from management.errors import BadRequest, Conflict, NotFound, StoreUnavailable
+from management._codec import APP_KINDS, MODEL_KINDS, check_name, decode_spec, encode_spec, text, version_order
+from management._replica_records import ReplicaRecords
+from management._store_base import translated
+from management.errors import BadRequest, Conflict, NotFound
+from management.events import EventKind, changes_state
 
-log = logging.getLogger(__name__)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class EventKind(str, enum.Enum):
-    """The ``kind`` of an event on the events channel."""
-
-    APP_ADDED = "app_added"
-    APP_DELETED = "app_deleted"
-    MODEL_ADDED = "model_added"
-    MODEL_DELETED = "model_deleted"
-    MODEL_UPDATED = "model_updated"
-    VERSION_SET = "current_version_set"
-    LINKS_ADDED = "links_added"
-    LINKS_DELETED = "links_deleted"
-    REPLICA_PUT = "replica_put"
-    REPLICA_DELETED = "replica_deleted"
-    DESIRED_SET = "desired_set"
-    DESIRED_DELETED = "desired_deleted"
+__all__ = ["EventKind", "Store", "changes_state"]
 
 
-# Events that do not change what the frontend serves (DeploymentState); followers skip them.
-_NON_STATE_KINDS = frozenset({EventKind.REPLICA_PUT, EventKind.REPLICA_DELETED,
-                              EventKind.DESIRED_SET, EventKind.DESIRED_DELETED})
-
-
-def changes_state(event: dict) -> bool:
-    """Whether an event may change the DeploymentState (unknown kinds: assume yes)."""
-    return event.get("kind") not in {k.value for k in _NON_STATE_KINDS}
-
-
-class _Keys:
-    """Builds every key and channel name under one prefix."""
-
-    def __init__(self, prefix: str) -> None:
-        self.p = prefix
-
-    @property
-    def events(self) -> str:
-        return f"{self.p}:events"
-
-    @property
-    def apps(self) -> str:
-        return f"{self.p}:apps"
-
-    @property
-    def models(self) -> str:
-        return f"{self.p}:models"
-
-    def app(self, name: str) -> str:
-        return f"{self.p}:app:{name}"
-
-    def model(self, name: str, version: str) -> str:
-        return f"{self.p}:model:{name}:{version}"
-
-    def current_version(self, name: str) -> str:
-        return f"{self.p}:current_version:{name}"
-
-    def links(self, app: str) -> str:
-        return f"{self.p}:links:{app}"
-
-    def replica(self, model: str, version: str, replica_id: str) -> str:
-        return f"{self.p}:replica:{model}:{version}:{replica_id}"
-
-    def replicas(self, model: str, version: str) -> str:
-        return f"{self.p}:replicas:{model}:{version}"
-
-    def replicas_pattern(self, model: str | None) -> str:
-        return f"{self.p}:replicas:{model}:*" if model else f"{self.p}:replicas:*"
-
-    def parse_replicas(self, key: str) -> tuple[str, str]:
-        """(model, version) of a ``replicas`` set key."""
-        model, version = key[len(f"{self.p}:replicas:"):].split(":", 1)
-        return model, version
-
-    def desired(self, model: str, version: str) -> str:
-        return f"{self.p}:desired:{model}:{version}"
-
-    @property
-    def desired_pattern(self) -> str:
-        return f"{self.p}:desired:*"
-
-    def parse_desired(self, key: str) -> tuple[str, str]:
-        """(model, version) of a ``desired`` hash key."""
-        model, version = key[len(f"{self.p}:desired:"):].split(":", 1)
-        return model, version
-
-
-def _translated(method: F) -> F:
-    """Turn redis-py errors into StoreUnavailable at the edge of our code."""
-
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as err:
-            raise StoreUnavailable(f"Redis is unreachable: {err}") from err
-        except redis.RedisError as err:
-            raise StoreUnavailable(f"Redis error: {err}") from err
-
-    return wrapper  # type: ignore[return-value]
-
-
-class Store:
+class Store(ReplicaRecords):
     """Reads and writes Schooner's deployment in Redis; the only user of its key names."""
-
-    def __init__(self, client: redis.Redis, *, prefix: str = defaults.REDIS_KEY_PREFIX) -> None:
-        if not isinstance(client, redis.Redis):
-            raise TypeError(f"client must be a redis.Redis, got {type(client).__name__}")
-        if not isinstance(prefix, str) or not prefix or ":" in prefix:
-            raise ValueError("prefix must be a non-empty string without ':'")
-        self._r = client
-        self._k = _Keys(prefix)
-
-    @property
-    def events_channel(self) -> str:
-        """The pub/sub channel every write publishes on."""
-        return self._k.events
-
-    @property
-    def client(self) -> redis.Redis:
-        """The Redis client this store writes with."""
-        return self._r
-
-    # -- plumbing --------------------------------------------------------------------------
-
-    def _transact(self, fn: Callable[[redis.client.Pipeline], Any], *watch: str) -> Any:
-        """Run ``fn`` under WATCH ``watch``; it reads, calls pipe.multi(), queues writes."""
-        return self._r.transaction(fn, *watch, value_from_callable=True)
-
-    def _event(self, pipe: redis.client.Pipeline, kind: EventKind, **fields: Any) -> None:
-        pipe.publish(self._k.events, json.dumps({"kind": kind.value, **fields}))
-
-    @_translated
-    def publish(self, event: dict) -> None:
-        """Publish ``event`` (a dict with a ``kind``) on the events channel."""
-        if not isinstance(event, dict) or not isinstance(event.get("kind"), str):
-            raise BadRequest("event must be a dict with a string 'kind'")
-        self._r.publish(self._k.events, json.dumps(event))
-
-    @_translated
-    def ping(self) -> bool:
-        """Whether Redis answers."""
-        return bool(self._r.ping())
 
     # -- apps ------------------------------------------------------------------------------
 
-    @_translated
+    @translated
     def add_app(self, app: AppSpec) -> None:
         """Register an app; Conflict if one of that name exists."""
         if not isinstance(app, AppSpec):
@@ -189,13 +48,13 @@ class Store:
 
         self._transact(write, key)
 
-    @_translated
+    @translated
     def get_app(self, name: str) -> AppSpec | None:
         """The app called ``name``, or None."""
         raw = self._r.hgetall(self._k.app(name))
         return decode_spec(AppSpec, raw, APP_KINDS) if raw else None
 
-    @_translated
+    @translated
     def list_apps(self) -> list[AppSpec]:
         """Every app, sorted by name."""
         names = sorted(text(n) for n in self._r.smembers(self._k.apps))
@@ -204,7 +63,7 @@ class Store:
             pipe.hgetall(self._k.app(name))
         return [decode_spec(AppSpec, raw, APP_KINDS) for raw in pipe.execute() if raw]
 
-    @_translated
+    @translated
     def delete_app(self, name: str) -> None:
         """Remove an app and its links; NotFound if there is none."""
         key = self._k.app(name)
@@ -221,7 +80,7 @@ class Store:
 
     # -- models ----------------------------------------------------------------------------
 
-    @_translated
+    @translated
     def add_model(self, model: ModelSpec) -> None:
         """Register a model version; Conflict if it exists. The first version becomes current."""
         if not isinstance(model, ModelSpec):
@@ -242,7 +101,7 @@ class Store:
 
         self._transact(write, key, current)
 
-    @_translated
+    @translated
     def get_model(self, name: str, version: str | None = None) -> ModelSpec | None:
         """A model version (the current one when ``version`` is None), or None."""
         if version is None:
@@ -252,7 +111,7 @@ class Store:
         raw = self._r.hgetall(self._k.model(name, str(version)))
         return decode_spec(ModelSpec, raw, MODEL_KINDS) if raw else None
 
-    @_translated
+    @translated
     def list_models(self) -> list[ModelSpec]:
         """Every model version, sorted by name then version."""
         members = [text(m).split(":", 1) for m in self._r.smembers(self._k.models)]
@@ -262,13 +121,13 @@ class Store:
             pipe.hgetall(self._k.model(name, version))
         return [decode_spec(ModelSpec, raw, MODEL_KINDS) for raw in pipe.execute() if raw]
 
-    @_translated
+    @translated
     def versions(self, name: str) -> list[str]:
         """Every registered version of model ``name``, in version order."""
         found = [v for n, v in (text(m).split(":", 1) for m in self._r.smembers(self._k.models)) if n == name]
         return sorted(found, key=version_order)
 
-    @_translated
+    @translated
     def delete_model(self, name: str, version: str) -> None:
         """Remove a model version, its desired count and replica records; NotFound if absent.
 
@@ -298,7 +157,7 @@ class Store:
 
         self._transact(write, key, current, replicas, self._k.models)
 
-    @_translated
+    @translated
     def set_current_version(self, name: str, version: str) -> None:
         """Route model ``name``'s queries to ``version``; NotFound if that version is absent."""
         version = str(version)
@@ -313,13 +172,13 @@ class Store:
 
         self._transact(write, key)
 
-    @_translated
+    @translated
     def get_current_version(self, name: str) -> str | None:
         """The version model ``name``'s queries go to, or None."""
         value = self._r.get(self._k.current_version(name))
         return text(value) if value is not None else None
 
-    @_translated
+    @translated
     def update_model_batching(self, name: str, version: str, batch_size: int,
                               max_batch_size: int | None = None,
                               batch_wait_timeout_micros: int | None = None) -> ModelSpec:
@@ -350,7 +209,7 @@ class Store:
 
     # -- links -----------------------------------------------------------------------------
 
-    @_translated
+    @translated
     def add_links(self, app: str, model_names: Iterable[str]) -> None:
         """Link ``app`` to a model (Clipper allows exactly one).
 
@@ -386,12 +245,12 @@ class Store:
 
         self._transact(write, app_key, links_key, current)
 
-    @_translated
+    @translated
     def get_links(self, app: str) -> list[str]:
         """The model names linked to ``app`` (sorted; empty if none or no such app)."""
         return sorted(text(m) for m in self._r.smembers(self._k.links(app)))
 
-    @_translated
+    @translated
     def delete_links(self, app: str, model_names: Iterable[str]) -> None:
         """Unlink models from ``app``; NotFound for an unknown app or a model not linked."""
         names = list(dict.fromkeys(model_names))
@@ -411,101 +270,9 @@ class Store:
 
         self._transact(write, app_key, links_key)
 
-    # -- replicas and desired counts (the manager's records) ------------------------------
-
-    @_translated
-    def put_replica(self, record: dict) -> None:
-        """Create or replace a replica record (needs model_name, model_version, replica_id)."""
-        if not isinstance(record, dict):
-            raise TypeError("record must be a dict")
-        try:
-            model, version, rid = (str(record[k]) for k in ("model_name", "model_version", "replica_id"))
-        except KeyError as err:
-            raise BadRequest(f"replica record needs field {err.args[0]!r}") from err
-        key = self._k.replica(model, version, rid)
-        pipe = self._r.pipeline(transaction=True)
-        pipe.delete(key)
-        pipe.hset(key, mapping={str(k): json.dumps(v) for k, v in record.items()})
-        pipe.sadd(self._k.replicas(model, version), rid)
-        self._event(pipe, EventKind.REPLICA_PUT, model_name=model, model_version=version, replica_id=rid)
-        pipe.execute()
-
-    @_translated
-    def get_replica(self, model: str, version: str, replica_id: str) -> dict | None:
-        """A replica record as it was put, or None."""
-        raw = self._r.hgetall(self._k.replica(model, str(version), replica_id))
-        return {text(k): json.loads(text(v)) for k, v in raw.items()} if raw else None
-
-    @_translated
-    def list_replicas(self, model: str | None = None, version: str | None = None) -> list[dict]:
-        """Replica records, of one model version, of one model, or all; sorted by id."""
-        if model is not None and version is not None:
-            sets = [self._k.replicas(model, str(version))]
-        else:
-            sets = sorted(text(k) for k in self._r.scan_iter(match=self._k.replicas_pattern(model), count=500))
-        keys = []
-        for set_key in sets:
-            model_name, model_version = self._k.parse_replicas(set_key)
-            keys += [self._k.replica(model_name, model_version, text(r)) for r in self._r.smembers(set_key)]
-        pipe = self._r.pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
-        records = [{text(k): json.loads(text(v)) for k, v in raw.items()} for raw in pipe.execute() if raw]
-        return sorted(records, key=lambda r: str(r.get("replica_id")))
-
-    @_translated
-    def delete_replica(self, model: str, version: str, replica_id: str) -> bool:
-        """Remove a replica record; whether there was one."""
-        version = str(version)
-        pipe = self._r.pipeline(transaction=True)
-        pipe.delete(self._k.replica(model, version, replica_id))
-        pipe.srem(self._k.replicas(model, version), replica_id)
-        self._event(pipe, EventKind.REPLICA_DELETED, model_name=model, model_version=version,
-                    replica_id=replica_id)
-        return bool(pipe.execute()[0])
-
-    @_translated
-    def set_desired(self, model: str, version: str, desired: dict) -> None:
-        """Replace the desired deployment of a model version (num_replicas, cpus_per_replica, ...)."""
-        if not isinstance(desired, dict) or not desired:
-            raise BadRequest("desired must be a non-empty dict")
-        version = str(version)
-        key = self._k.desired(model, version)
-        pipe = self._r.pipeline(transaction=True)
-        pipe.delete(key)
-        pipe.hset(key, mapping={str(k): json.dumps(v) for k, v in desired.items()})
-        self._event(pipe, EventKind.DESIRED_SET, model_name=model, model_version=version)
-        pipe.execute()
-
-    @_translated
-    def get_desired(self, model: str, version: str) -> dict | None:
-        """The desired deployment of a model version, or None."""
-        raw = self._r.hgetall(self._k.desired(model, str(version)))
-        return {text(k): json.loads(text(v)) for k, v in raw.items()} if raw else None
-
-    @_translated
-    def list_desired(self) -> list[dict]:
-        """Every desired deployment, each with model_name and model_version added."""
-        out = []
-        for key in sorted(text(k) for k in self._r.scan_iter(match=self._k.desired_pattern, count=500)):
-            model, version = self._k.parse_desired(key)
-            desired = self.get_desired(model, version)
-            if desired is not None:
-                out.append({**desired, "model_name": model, "model_version": version})
-        return out
-
-    @_translated
-    def delete_desired(self, model: str, version: str) -> None:
-        """Forget the desired deployment of a model version."""
-        version = str(version)
-        pipe = self._r.pipeline(transaction=True)
-        pipe.delete(self._k.desired(model, version))
-        self._event(pipe, EventKind.DESIRED_DELETED, model_name=model, model_version=version)
-        pipe.execute()
-
     # -- the whole deployment --------------------------------------------------------------
 
-    @_translated
+    @translated
     def load_state(self) -> DeploymentState:
         """Apps, model versions, links and current versions, read as one MULTI snapshot."""
         pipe = self._r.pipeline(transaction=True)
