@@ -1,4 +1,16 @@
-"""Per-model-version bounded queues and the batch-size controller (fixed or AIMD)."""
+"""Per-model-version bounded queues, the batch-size controller (fixed or AIMD) and the latency estimate.
+
+Deadline-aware dispatch: each queue keeps a :class:`LatencyEstimate` of how long
+a batch of ``n`` takes (PREDICT sent -> RESULT received, an EWMA per batch size).
+When a batch is formed, entries whose deadline is earlier than now plus the
+estimate for that batch cannot be answered in time; :meth:`ModelQueue.take`
+skips them (the dispatcher answers them at once with the app's default output)
+and takes later entries instead, so the replica spends its time on queries that
+can still meet their objective. Before the first batch there is no estimate and
+nothing is skipped; nor is anything skipped when the estimate exceeds a query's
+whole objective (no query could make it, and dispatching keeps the estimate
+learning).
+"""
 
 from __future__ import annotations
 
@@ -69,6 +81,36 @@ class BatchSizeController:
             self.target = min(self.max_batch_size, self.target + self.step)
 
 
+class LatencyEstimate:
+    """Expected processing latency of a batch, by size: an EWMA per batch size seen.
+
+    A size not seen yet borrows from the nearest size seen: a larger one's
+    estimate as is, a smaller one's scaled up linearly (both err on the slow side).
+    """
+
+    __slots__ = ("weight", "by_size")
+
+    def __init__(self, weight: float = defaults.LATENCY_EWMA_WEIGHT) -> None:
+        if not 0.0 < weight <= 1.0:
+            raise ValueError(f"weight must be in (0, 1], got {weight!r}")
+        self.weight = weight
+        self.by_size: dict[int, float] = {}
+
+    def observe(self, n: int, latency_s: float) -> None:
+        """Learn from one finished batch of ``n`` items."""
+        old = self.by_size.get(n)
+        self.by_size[n] = latency_s if old is None else old + self.weight * (latency_s - old)
+
+    def seconds(self, n: int) -> float | None:
+        """Expected seconds for a batch of ``n``; None before the first batch."""
+        by_size = self.by_size
+        est = by_size.get(n)
+        if est is not None or not by_size:
+            return est
+        m = min(by_size, key=lambda k: abs(k - n))
+        return by_size[m] * (n / m if m < n else 1.0)
+
+
 class ModelQueue:
     """The bounded FIFO of one model version, its idle replicas and its batching state."""
 
@@ -93,6 +135,8 @@ class ModelQueue:
             FireReason.IDLE: metrics.counter(prefix + "batch_fired_idle"),
         }
         self.late_outputs = metrics.counter(prefix + "late_outputs")
+        self.dropped_at_dispatch = metrics.counter(prefix + "dropped_at_dispatch")
+        self.estimate = LatencyEstimate()
 
     @property
     def input_shape(self) -> list[int] | None:
@@ -119,13 +163,25 @@ class ModelQueue:
             entries.popleft()
         return len(entries) + n <= limit
 
-    def take(self, n: int) -> list[Entry]:
-        """Up to ``n`` entries from the head, skipping those whose query is already answered."""
+    def take(self, n: int, cutoff: float = 0.0, need_s: float = 0.0,
+             late: list[Entry] | None = None) -> list[Entry]:
+        """Up to ``n`` entries from the head, skipping those whose query is already answered.
+
+        With ``late``: entries whose query's deadline is earlier than ``cutoff``
+        (now + ``need_s``, the batch's expected latency) are skipped too and
+        appended to ``late`` — unless ``need_s`` exceeds the query's whole
+        objective, which no dispatch could meet.
+        """
         out: list[Entry] = []
         entries = self.entries
         while entries and len(out) < n:
             entry = entries.popleft()
-            if not entry.query.done:
+            query = entry.query
+            if query.done:
+                continue
+            if late is not None and query.deadline < cutoff and query.deadline - query.arrival >= need_s:
+                late.append(entry)
+            else:
                 out.append(entry)
         return out
 

@@ -30,6 +30,7 @@ BATCH_WAIT_TIMEOUT_MICROS = 0
 MAX_QUEUE_SIZE = 10_000
 AIMD_ADDITIVE_STEP = 1
 AIMD_BACKOFF_FRACTION = 0.10
+LATENCY_EWMA_WEIGHT = 0.2  # weight of the newest batch in the per-size latency estimate
 MAX_BATCH_RETRIES = 2  # a batch whose replica died is retried this many times
 
 HEARTBEAT_INTERVAL_S = 1.0

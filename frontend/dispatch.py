@@ -2,6 +2,14 @@
 
 Everything here runs on the event loop thread, called by the endpoints with a
 whole burst of messages; queues touched by a burst are pumped once at its end.
+
+Dispatch is deadline-aware: a batch for ``n`` queries is expected to take the
+queue's latency estimate for ``n`` (learnt from finished batches). Entries that
+would get their output only after their deadline are not sent; they get the
+app's default output at once, with an explanation naming the time left and the
+time needed, and count in ``model:<m>:<v>:dropped_at_dispatch``. Later entries
+take their place in the batch, so an overloaded replica keeps producing outputs
+somebody receives instead of late ones that are discarded.
 """
 
 from __future__ import annotations
@@ -181,12 +189,28 @@ class Dispatcher:
             replica = mq.idle.popleft()
             if replica.state != ReplicaState.READY or replica.batch is not None:
                 continue
-            entries = mq.take(target)
+            need = mq.estimate.seconds(min(target, depth))
+            if need is None:
+                entries = mq.take(target)
+            else:
+                late: list[Entry] = []
+                entries = mq.take(target, now + need, need, late)
+                if late:
+                    self._drop_late(mq, late, now, need)
             if not entries:
                 mq.idle.appendleft(replica)
                 break
             mq.cancel_wait()
             self._send_batch(mq, replica, entries, reason, depth, now)
+
+    @staticmethod
+    def _drop_late(mq: ModelQueue, late: list[Entry], now: float, need: float) -> None:
+        mq.dropped_at_dispatch.inc(len(late))
+        need_us = round(need * 1e6)
+        for entry in late:
+            left_us = round((entry.query.deadline - now) * 1e6)
+            entry.query.default_item(entry.index, f"would miss the latency objective: {left_us} µs left, "
+                                                  f"the model needs ~{need_us} µs")
 
     def _wait_over(self, mq: ModelQueue) -> None:
         mq.wait_handle = None
@@ -312,6 +336,7 @@ class Dispatcher:
         mq.num_predictions.inc(n)
         self.aggregate.mark(n)
         mq.controller.observe(n, latency)
+        mq.estimate.observe(n, now - batch.sent_at)
         self._replica_free(replica)
 
     def _on_error(self, replica: Replica, hdr: dict, now: float) -> None:

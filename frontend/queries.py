@@ -86,6 +86,19 @@ class Query:
         self.explanation = explanation or self.app.explanation
         self._finish(None)
 
+    def default_item(self, index: int, explanation: str) -> None:
+        """Answer item ``index`` with the app's default output now (it cannot be answered in time)."""
+        if self.done or self.metas[index] is not None:
+            return
+        self.metas[index] = STRING_META
+        self.frames[index] = self.app.default_frame
+        self.defaults[index] = True
+        self.n_defaults += 1
+        self.explanation = explanation
+        self.remaining -= 1
+        if self.remaining == 0:
+            self._finish(None)
+
     def fail(self, error: SchoonerError) -> None:
         """Answer the whole query with ``error`` (no-op once answered)."""
         if not self.done:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 from frontend_support import FrontendThread, metric, start_replica, stop_process
@@ -87,3 +90,47 @@ def test_aimd_converges_near_the_largest_batch_within_the_objective(frontend, pr
     sizes = metric(frontend.metrics(), "histograms", "model:sleep:1:batch_size")
     assert sizes["max"] <= 19
     assert sizes["p95"] >= 9
+
+
+def _closed_loop(address: str, app: str, clients: int, duration_s: float) -> list:
+    """``clients`` threads each sending one query after another for ``duration_s``; every Prediction."""
+    results: list = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + duration_s
+
+    def lane(i: int) -> None:
+        with Client(address, timeout_s=30) as client:
+            x = np.full(4, i, dtype=np.float32)
+            while time.monotonic() < stop_at:
+                r = client.predict(app, x)
+                with lock:
+                    results.append(r)
+
+    threads = [threading.Thread(target=lane, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(duration_s + 60)
+    return results
+
+
+def test_overloaded_replica_serves_queries_that_can_still_meet_the_objective(frontend, procs):
+    # 4 closed-loop clients on a 40 ms model with a 100 ms objective: FIFO dispatch sends the
+    # oldest query with too little time left, its output comes late, and every answer is a default
+    # (old code: 4 real of ~160). The replica can do 25 qps; with a closed loop, each query skipped
+    # for lack of time is sent again at once, so about half of all answers are real at best.
+    frontend.deploy([AppSpec("app", "floats", latency_slo_micros=100_000)],
+                    [ModelSpec("sleep", "1", "floats", batch_size=1)], {"app": ["sleep"]})
+    procs.append(start_replica(frontend.replica_address, "sleep", opts={"a_ms": 40, "b_ms": 0}))
+    frontend.wait_ready(1)
+    results = _closed_loop(frontend.client_address, "app", clients=4, duration_s=4.0)
+    real = [r for r in results if not r.default]
+    dropped = [r for r in results if r.default and "would miss the latency objective" in
+               (r.default_explanation or "")]
+    assert len(real) >= 40, f"{len(real)} real outputs of {len(results)}"  # goodput >= 10 of 25 qps
+    assert len(real) >= 0.35 * len(results), f"{len(real)} real outputs of {len(results)}"
+    assert dropped, "no query was answered early for lack of time"
+    assert "µs left, the model needs ~" in dropped[0].default_explanation
+    dump = frontend.metrics()
+    assert int(metric(dump, "counters", "model:sleep:1:dropped_at_dispatch")["count"]) >= len(dropped)
+    assert metric(dump, "histograms", "model:sleep:1:batch_size")["max"] == 1
