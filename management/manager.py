@@ -10,36 +10,21 @@ missing ones and stops extra ones.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import time
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from frontend.types import ModelSpec, ReplicaState
+from management import _replica_launch as launch
+from management._replica_launch import Health
 from management.allocator import CpuAllocator, Placement
-from management.backends.base import LaunchSpec, ReplicaBackend
+from management.backends.base import ReplicaBackend
 from management.backends.local import terminate_stray
 from management.errors import AllocationError, BackendError, BadRequest, ManagementError, NotFound
+from management.frontend_view import SERVING, FrontendView, merge, public, wall_time
 
 log = logging.getLogger(__name__)
-
-_SERVING = {ReplicaState.READY.value, ReplicaState.BUSY.value}
-_HEALTHY_RUN_S = 30.0  # a replica that ran this long before dying restarts with the shortest backoff
-
-
-@dataclass
-class _Health:
-    """In-memory restart bookkeeping of one replica (not worth a Redis write)."""
-
-    started_at: float
-    failures: int = 0
-    next_restart_at: float = 0.0
-
 
 class ReplicaManager:
     """Starts, stops, restarts and describes the replicas of every model version."""
@@ -69,8 +54,8 @@ class ReplicaManager:
         self.http_timeout_s = http_timeout_s
         self.host = socket.gethostname()
         self._lock = asyncio.Lock()
-        self._health: dict[str, _Health] = {}
-        self._http: aiohttp.ClientSession | None = None
+        self._health: dict[str, Health] = {}
+        self._view = FrontendView(frontend_http_url, http_timeout_s)
         self._adopted = False
 
     # -- public API --------------------------------------------------------------------------
@@ -109,7 +94,7 @@ class ReplicaManager:
             records = await self._call(self.store.list_replicas, model_name, model_version)
             view = await self.frontend_view()
             waiting = [r["replica_id"] for r in records
-                       if view.get(r["replica_id"], {}).get("state") not in _SERVING]
+                       if view.get(r["replica_id"], {}).get("state") not in SERVING]
             if not waiting:
                 return
             if time.monotonic() >= deadline:
@@ -122,17 +107,17 @@ class ReplicaManager:
         model = self._model(model_name, model_version)
         records = await self._call(self.store.list_replicas, model.name, model.version)
         view = await self.frontend_view()
-        return [self._merge(r, view.get(r["replica_id"])) for r in sorted(records, key=_seq)]
+        return [merge(r, view.get(r["replica_id"])) for r in sorted(records, key=launch.seq)]
 
     def list_all(self) -> list[dict]:
         """Every replica record of every model (as stored in Redis)."""
-        return [_public(r) for r in self.store.list_replicas()]
+        return [public(r) for r in self.store.list_replicas()]
 
     def get(self, replica_id: str) -> dict:
         """One replica's record; NotFound if no model has it."""
         for record in self.store.list_replicas():
             if record.get("replica_id") == replica_id:
-                return _public(record)
+                return public(record)
         raise NotFound(f"replica {replica_id!r} does not exist")
 
     def logs(self, replica_id: str, tail: int = 200) -> str:
@@ -198,27 +183,15 @@ class ReplicaManager:
                 if record["replica_id"] in {r.replica_id for r in running}:
                     record["state"] = ReplicaState.STOPPED.value
                     await self._call(self.store.put_replica, record)
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        await self.close()
+
+    async def close(self) -> None:
+        """Release the manager's HTTP session; replicas keep running (see :meth:`shutdown`)."""
+        await self._view.close()
 
     async def frontend_view(self) -> dict[str, dict]:
         """replica_id -> the frontend's row from GET /replicas; empty when it cannot be reached."""
-        if not self.frontend_http_url:
-            return {}
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.http_timeout_s))
-        try:
-            async with self._http.get(f"{self.frontend_http_url}/replicas") as resp:
-                if resp.status != 200:
-                    log.debug("frontend GET /replicas answered %s", resp.status)
-                    return {}
-                body = await resp.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError, ValueError) as err:
-            log.debug("frontend GET /replicas failed: %s", err)
-            return {}
-        rows = body.get("replicas", []) if isinstance(body, dict) else body
-        return {row["replica_id"]: row for row in rows if isinstance(row, dict) and "replica_id" in row}
+        return await self._view.rows()
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -233,8 +206,8 @@ class ReplicaManager:
 
     def _plan(self, model: ModelSpec, desired: dict) -> tuple[list[dict], list[dict], list[Placement]]:
         """(records to keep, records to stop, placements to start) for ``desired``."""
-        owner = _owner(model.name, model.version)
-        records = sorted(self.store.list_replicas(model.name, model.version), key=_seq)
+        owner = launch.owner(model.name, model.version)
+        records = sorted(self.store.list_replicas(model.name, model.version), key=launch.seq)
         explicit = bool(desired["model_cpus"])
         pool = desired["model_cpus"] if explicit else self.default_pool()
         n, per, gpus = desired["num_replicas"], desired["cpus_per_replica"], desired["gpus"]
@@ -260,7 +233,7 @@ class ReplicaManager:
                      plan: tuple[list[dict], list[dict], list[Placement]]) -> None:
         keep, stop, new = plan
         await self._stop_many(stop)
-        seq = max([_seq(r) for r in keep + stop] + [0])
+        seq = max([launch.seq(r) for r in keep + stop] + [0])
         for i, placement in enumerate(new, start=1):
             await self._start_new(model, placement, seq + i)
 
@@ -274,11 +247,9 @@ class ReplicaManager:
             if proc is not None and proc.alive:
                 await self._refresh(record, row)
                 continue
-            health = self._health.setdefault(rid, _Health(started_at=now))
+            health = self._health.setdefault(rid, Health(started_at=now))
             if health.next_restart_at == 0.0:  # first time we see it dead
-                health.failures = 1 if now - health.started_at >= _HEALTHY_RUN_S else health.failures + 1
-                lo, hi = self.restart_backoff_s
-                health.next_restart_at = now + min(hi, lo * 2 ** (health.failures - 1))
+                health.died(now, self.restart_backoff_s)
                 record["state"] = ReplicaState.DEAD.value
                 await self._call(self.store.put_replica, record)
                 log.warning("replica %s died (failure %d); restarting in %.1fs on cpus %s", rid,
@@ -287,7 +258,7 @@ class ReplicaManager:
                 await self._restart(model, record)
         n = desired["num_replicas"]
         if len(records) > n:
-            await self._stop_many(sorted(records, key=_seq)[n:])
+            await self._stop_many(sorted(records, key=launch.seq)[n:])
         elif len(records) < n:
             try:
                 plan = self._plan(model, desired)
@@ -298,32 +269,16 @@ class ReplicaManager:
 
     # -- acting ------------------------------------------------------------------------------
 
-    def _launch_spec(self, model: ModelSpec, replica_id: str, placement: Placement) -> LaunchSpec:
-        env = dict(self.replica_env)
-        # Also as env: a backend that passes only env (Docker) still gets them.
-        env["SCHOONER_INPUT_TYPE"] = model.input_type.value
-        if model.model_opts:
-            env["SCHOONER_MODEL_OPTS"] = json.dumps(model.model_opts)
-        return LaunchSpec(replica_id=replica_id, model_name=model.name, model_version=model.version,
-                          model=model.launcher or model.name, frontend_address=self.frontend_rpc,
-                          cpus=list(placement.cpus), gpu=placement.gpu, model_data_path=model.model_data_path,
-                          image=model.image, env=env, model_opts=dict(model.model_opts),
-                          input_type=model.input_type.value)
-
-    async def _start_new(self, model: ModelSpec, placement: Placement, seq: int) -> dict:
-        rid = f"{model.name}-{model.version}-r{seq}-{uuid.uuid4().hex[:4]}"
-        record = {"replica_id": rid, "model_name": model.name, "model_version": model.version,
-                  "backend": self.backend.name, "host": self.host, "handle": "", "cpus": list(placement.cpus),
-                  "gpu": placement.gpu, "state": ReplicaState.STARTING.value, "last_heartbeat": 0.0,
-                  "restarts": 0, "seq": seq, "created_s": time.time()}
-        self.allocator.claim(rid, _owner(model.name, model.version), placement)
+    async def _start_new(self, model: ModelSpec, placement: Placement, number: int) -> dict:
+        record = launch.new_record(model, placement, number, self.backend.name, self.host)
+        self.allocator.claim(record["replica_id"], launch.owner(model.name, model.version), placement)
         return await self._launch(model, record)
 
     async def _restart(self, model: ModelSpec, record: dict) -> None:
         rid = record["replica_id"]
         await asyncio.to_thread(self.backend.stop, rid, 0.0)  # reap the dead one's bookkeeping
         record["restarts"] = int(record.get("restarts", 0)) + 1
-        self.allocator.claim(rid, _owner(model.name, model.version),
+        self.allocator.claim(rid, launch.owner(model.name, model.version),
                              Placement(list(record["cpus"]), record.get("gpu")))
         try:
             await self._launch(model, record)
@@ -332,7 +287,8 @@ class ReplicaManager:
 
     async def _launch(self, model: ModelSpec, record: dict) -> dict:
         rid = record["replica_id"]
-        spec = self._launch_spec(model, rid, Placement(list(record["cpus"]), record.get("gpu")))
+        spec = launch.launch_spec(model, rid, Placement(list(record["cpus"]), record.get("gpu")),
+                                  self.frontend_rpc, self.replica_env)
         record["state"] = ReplicaState.STARTING.value
         await self._call(self.store.put_replica, record)  # first, so a crash here leaves a trace
         try:
@@ -341,7 +297,7 @@ class ReplicaManager:
             record["state"] = ReplicaState.DEAD.value
             await self._call(self.store.put_replica, record)
             failures = self._health[rid].failures if rid in self._health else 0
-            self._health[rid] = _Health(started_at=time.monotonic(), failures=max(1, failures))
+            self._health[rid] = Health(started_at=time.monotonic(), failures=max(1, failures))
             raise err if isinstance(err, BackendError) else BackendError(f"{rid}: {err}") from err
         record["handle"] = running.handle
         record.pop("pid", None)
@@ -350,7 +306,7 @@ class ReplicaManager:
             int(running.handle) if running.backend == "process" else running.handle)
         await self._call(self.store.put_replica, record)
         failures = self._health[rid].failures if rid in self._health else 0
-        self._health[rid] = _Health(started_at=time.monotonic(), failures=failures)
+        self._health[rid] = Health(started_at=time.monotonic(), failures=failures)
         return record
 
     async def _refresh(self, record: dict, row: dict | None) -> None:
@@ -358,7 +314,7 @@ class ReplicaManager:
         state = row.get("state") if row else ReplicaState.STARTING.value
         changed = state != record.get("state")
         if row and row.get("last_heartbeat_s"):
-            beat = _wall_time(float(row["last_heartbeat_s"]))
+            beat = wall_time(float(row["last_heartbeat_s"]))
             changed = changed or abs(beat - float(record.get("last_heartbeat") or 0)) >= 5.0
             record["last_heartbeat"] = beat
         if changed:
@@ -397,44 +353,13 @@ class ReplicaManager:
         ours = {r.replica_id for r in await asyncio.to_thread(self.backend.list)}
         for record in await self._call(self.store.list_replicas):
             rid = record["replica_id"]
-            self.allocator.claim(rid, _owner(record["model_name"], str(record["model_version"])),
+            self.allocator.claim(rid, launch.owner(record["model_name"], str(record["model_version"])),
                                  Placement(list(record["cpus"]), record.get("gpu")))
             if rid not in ours and record.get("backend") == "process" and record.get("host") == self.host:
                 await asyncio.to_thread(terminate_stray, record.get("pid"), rid, self.stop_timeout_s)
-            self._health.setdefault(rid, _Health(started_at=time.monotonic()))
-
-    def _merge(self, record: dict, row: dict | None) -> dict:
-        out = _public(record)
-        if row:
-            out["state"] = row.get("state", out["state"])
-            out["queue_depth"] = row.get("queue_depth", 0)
-            out["batches_done"] = row.get("batches_done", 0)
-            if row.get("last_heartbeat_s"):
-                out["last_heartbeat"] = _wall_time(float(row["last_heartbeat_s"]))
-        else:
-            out["queue_depth"] = 0
-            out["batches_done"] = 0
-            if out["state"] in _SERVING:  # the frontend no longer knows it
-                out["state"] = ReplicaState.STARTING.value
-        return out
+            self._health.setdefault(rid, Health(started_at=time.monotonic()))
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         """A blocking store call, off the event loop."""
         return await asyncio.to_thread(fn, *args)
 
-
-def _owner(name: str, version: str) -> str:
-    return f"{name}:{version}"
-
-
-def _seq(record: dict) -> int:
-    return int(record.get("seq", 0))
-
-
-def _public(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in ("seq",)}
-
-
-def _wall_time(monotonic_s: float) -> float:
-    """A CLOCK_MONOTONIC instant of this host (shared by its processes) as wall-clock seconds."""
-    return time.time() - max(0.0, time.monotonic() - monotonic_s)

@@ -289,7 +289,7 @@ def test_new_manager_takes_over_replicas_recorded_by_a_dead_one(store, frontend,
             first = make_manager(store, first_backend, frontend)
             [old] = await first.set_num_replicas("noop", "1", 1, model_cpus=CPUS[-1:], wait_s=READY_S)
             # The first manager dies without stopping anything; a second one starts on the same Redis.
-            await first._http.close()
+            await first.close()
             second = make_manager(store, second_backend, frontend)
             stop = asyncio.Event()
             loop_task = asyncio.create_task(second.run(stop))

@@ -1,0 +1,63 @@
+"""How the manager names, records, launches and backs off restarting one replica."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+from frontend.types import ModelSpec, ReplicaState
+from management.allocator import Placement
+from management.backends.base import LaunchSpec
+
+HEALTHY_RUN_S = 30.0  # a replica that ran this long before dying restarts with the shortest backoff
+
+
+@dataclass
+class Health:
+    """In-memory restart bookkeeping of one replica (not worth a Redis write)."""
+
+    started_at: float
+    failures: int = 0
+    next_restart_at: float = 0.0
+
+    def died(self, now: float, backoff_s: tuple[float, float]) -> None:
+        """Count a death seen at ``now`` and schedule the restart: min * 2**(failures-1), capped at max."""
+        self.failures = 1 if now - self.started_at >= HEALTHY_RUN_S else self.failures + 1
+        lo, hi = backoff_s
+        self.next_restart_at = now + min(hi, lo * 2 ** (self.failures - 1))
+
+
+def owner(name: str, version: str) -> str:
+    """The allocator owner of a model version's replicas."""
+    return f"{name}:{version}"
+
+
+def seq(record: dict) -> int:
+    """A replica's sequence number within its model version (start order)."""
+    return int(record.get("seq", 0))
+
+
+def new_record(model: ModelSpec, placement: Placement, number: int, backend: str, host: str) -> dict:
+    """The Redis record of a replica about to start for the first time."""
+    rid = f"{model.name}-{model.version}-r{number}-{uuid.uuid4().hex[:4]}"
+    return {"replica_id": rid, "model_name": model.name, "model_version": model.version,
+            "backend": backend, "host": host, "handle": "", "cpus": list(placement.cpus),
+            "gpu": placement.gpu, "state": ReplicaState.STARTING.value, "last_heartbeat": 0.0,
+            "restarts": 0, "seq": number, "created_s": time.time()}
+
+
+def launch_spec(model: ModelSpec, replica_id: str, placement: Placement, frontend_rpc: str,
+                replica_env: dict[str, str]) -> LaunchSpec:
+    """What a backend needs to start ``replica_id`` of ``model`` on ``placement``."""
+    env = dict(replica_env)
+    # Also as env: a backend that passes only env (Docker) still gets them.
+    env["SCHOONER_INPUT_TYPE"] = model.input_type.value
+    if model.model_opts:
+        env["SCHOONER_MODEL_OPTS"] = json.dumps(model.model_opts)
+    return LaunchSpec(replica_id=replica_id, model_name=model.name, model_version=model.version,
+                      model=model.launcher or model.name, frontend_address=frontend_rpc,
+                      cpus=list(placement.cpus), gpu=placement.gpu, model_data_path=model.model_data_path,
+                      image=model.image, env=env, model_opts=dict(model.model_opts),
+                      input_type=model.input_type.value)

@@ -1,0 +1,76 @@
+"""The frontend's view of the replicas (``GET /replicas``), merged into the manager's records."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import aiohttp
+
+from frontend.types import ReplicaState
+
+log = logging.getLogger(__name__)
+
+SERVING = frozenset({ReplicaState.READY.value, ReplicaState.BUSY.value})
+
+
+class FrontendView:
+    """Reads the frontend's replica table over HTTP; an unreachable frontend reads as empty."""
+
+    def __init__(self, frontend_http_url: str, timeout_s: float) -> None:
+        self.url = frontend_http_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self._http: aiohttp.ClientSession | None = None
+
+    async def rows(self) -> dict[str, dict]:
+        """replica_id -> the frontend's row from GET /replicas; empty when it cannot be reached."""
+        if not self.url:
+            return {}
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        try:
+            async with self._http.get(f"{self.url}/replicas") as resp:
+                if resp.status != 200:
+                    log.debug("frontend GET /replicas answered %s", resp.status)
+                    return {}
+                body = await resp.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError, ValueError) as err:
+            log.debug("frontend GET /replicas failed: %s", err)
+            return {}
+        rows = body.get("replicas", []) if isinstance(body, dict) else body
+        return {row["replica_id"]: row for row in rows if isinstance(row, dict) and "replica_id" in row}
+
+    async def close(self) -> None:
+        """Close the HTTP session (a later :meth:`rows` opens a new one)."""
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
+def public(record: dict) -> dict:
+    """A replica record without the manager's private fields."""
+    return {k: v for k, v in record.items() if k not in ("seq",)}
+
+
+def merge(record: dict, row: dict | None) -> dict:
+    """A replica record with the frontend's state, queue depth, batch count and heartbeat."""
+    out = public(record)
+    if row:
+        out["state"] = row.get("state", out["state"])
+        out["queue_depth"] = row.get("queue_depth", 0)
+        out["batches_done"] = row.get("batches_done", 0)
+        if row.get("last_heartbeat_s"):
+            out["last_heartbeat"] = wall_time(float(row["last_heartbeat_s"]))
+    else:
+        out["queue_depth"] = 0
+        out["batches_done"] = 0
+        if out["state"] in SERVING:  # the frontend no longer knows it
+            out["state"] = ReplicaState.STARTING.value
+    return out
+
+
+def wall_time(monotonic_s: float) -> float:
+    """A CLOCK_MONOTONIC instant of this host (shared by its processes) as wall-clock seconds."""
+    return time.time() - max(0.0, time.monotonic() - monotonic_s)
