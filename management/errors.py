@@ -60,3 +60,10 @@ class BackendError(ManagementError):
 
     status = 500
     code = "backend_error"
+
+
+class ManagerUnavailable(ManagementError):
+    """The service runs without a replica manager (registry-only)."""
+
+    status = 503
+    code = "no_manager"
