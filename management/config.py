@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +13,20 @@ from frontend import defaults
 
 BACKENDS = ("process", "docker")
 RECONCILE_INTERVAL_S = 1.0
+_NAMESPACE_RE = re.compile(r"^[a-zA-Z0-9_.-]+$")
+
+
+def default_docker_namespace(redis_url: str, state_dir: str) -> str:
+    """The Docker namespace of one deployment: ``d<hash>`` of its Redis URL, or of its state dir.
+
+    A DockerBackend stops every container in its namespace that its Redis does not
+    know, so two deployments on one engine must not share one. The deployment is
+    named by its Redis (an explicit URL) or by where its embedded Redis keeps its
+    data, both stable across restarts of the management service.
+    """
+    source = redis_url or "state:" + os.path.realpath(state_dir)
+    return "d" + hashlib.sha1(source.encode()).hexdigest()[:10]
+
 
 
 @dataclass
@@ -29,6 +45,7 @@ class ServiceConfig:
     frontend_cpus: list[int] = field(default_factory=list)
     reconcile_interval_s: float = RECONCILE_INTERVAL_S
     log_level: str = "INFO"
+    docker_namespace: str = ""  # empty: default_docker_namespace(redis_url, state_dir)
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port < 65536:
@@ -43,6 +60,10 @@ class ServiceConfig:
             raise ValueError("reconcile_interval_s must be > 0")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"redis_url must be a redis:// URL, got {self.redis_url!r}")
+        if not self.docker_namespace:
+            self.docker_namespace = default_docker_namespace(self.redis_url, self.state_dir)
+        if not _NAMESPACE_RE.match(self.docker_namespace):
+            raise ValueError(f"docker_namespace must be [a-zA-Z0-9_.-], got {self.docker_namespace!r}")
         if not self.log_dir:
             self.log_dir = str(Path(self.state_dir) / "logs" / "replicas")
 
@@ -73,6 +94,9 @@ def parse_args(argv: list[str] | None = None) -> ServiceConfig:
     parser.add_argument("--log-dir", help="replica logs (default <state-dir>/logs/replicas)")
     parser.add_argument("--frontend-cpus", help="cores the frontend is pinned to, kept free of replicas (0-1,4)")
     parser.add_argument("--reconcile-interval-s", type=float, help="seconds between reconcile passes")
+    parser.add_argument("--docker-namespace",
+                        help="label namespace of this deployment's containers (default: from the Redis URL "
+                             "or state dir, so deployments sharing an engine keep apart)")
     parser.add_argument("--log-level", default=os.environ.get("SCHOONER_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     base = ServiceConfig.__dataclass_fields__
@@ -91,6 +115,7 @@ def parse_args(argv: list[str] | None = None) -> ServiceConfig:
             reconcile_interval_s=defaults.resolve(args.reconcile_interval_s, "reconcile_interval_s",
                                                   RECONCILE_INTERVAL_S, float),
             log_level=args.log_level.upper(),
+            docker_namespace=defaults.resolve(args.docker_namespace, "docker_namespace", ""),
         )
     except ValueError as err:
         parser.error(str(err))

@@ -24,7 +24,7 @@ def build_manager(config: ServiceConfig, store: Store) -> Any:
     if config.backend == "docker":
         from management.backends.docker import DockerBackend  # noqa: PLC0415 - needs the docker SDK
 
-        backend: Any = DockerBackend()
+        backend: Any = DockerBackend(namespace=config.docker_namespace)
     else:
         from management.backends.local import LocalProcessBackend  # noqa: PLC0415
 
@@ -57,8 +57,9 @@ async def serve(config: ServiceConfig, stop: asyncio.Event, *, manager: Any = "b
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, config.host, config.port).start()
-        log.info("management service on http://%s:%s (redis %s, backend %s)", config.host, config.port,
-                 redis_url, config.backend if manager is not None else "none")
+        log.info("management service on http://%s:%s (redis %s, backend %s%s)", config.host, config.port,
+                 redis_url, config.backend if manager is not None else "none",
+                 f", docker namespace {config.docker_namespace}" if config.backend == "docker" else "")
         if manager is not None:
             reconcile = asyncio.create_task(manager.run(stop), name="reconcile")
         await stop.wait()

@@ -20,7 +20,8 @@ import requests
 from frontend.client import Client
 from frontend.types import AppSpec, ModelSpec
 from management.backends.base import LaunchSpec, ReplicaBackend
-from management.backends.docker import DEFAULT_IMAGE, DockerBackend, container_name, replica_command
+from management.backends.docker import DEFAULT_IMAGE, NAMESPACE, DockerBackend, container_name, replica_command
+from management.config import ServiceConfig, parse_args
 from management.errors import BackendError
 from management_support import add_noop, frontend_rows, predict, wait_for
 
@@ -113,6 +114,22 @@ def test_bad_constructor_arguments_are_refused():
         DockerBackend(client=object(), label_prefix="schooner")
     with pytest.raises(ValueError, match="nano_cpus"):
         DockerBackend(client=object(), nano_cpus=0)
+
+
+def test_each_deployment_gets_its_own_stable_docker_namespace(tmp_path, monkeypatch):
+    monkeypatch.delenv("SCHOONER_DOCKER_NAMESPACE", raising=False)
+    one = parse_args(["--redis-url", "redis://127.0.0.1:6379/0", "--backend", "docker"])
+    other = parse_args(["--redis-url", "redis://127.0.0.1:6380/0", "--backend", "docker"])
+    assert one.docker_namespace != other.docker_namespace
+    assert parse_args(["--redis-url", "redis://127.0.0.1:6379/0"]).docker_namespace == one.docker_namespace
+    embedded_a = parse_args(["--state-dir", str(tmp_path / "a")]).docker_namespace
+    embedded_b = parse_args(["--state-dir", str(tmp_path / "b")]).docker_namespace
+    assert embedded_a != embedded_b and NAMESPACE not in (embedded_a, embedded_b)
+    assert parse_args(["--docker-namespace", "ci-1"]).docker_namespace == "ci-1"
+    monkeypatch.setenv("SCHOONER_DOCKER_NAMESPACE", "from-env")
+    assert parse_args([]).docker_namespace == "from-env"
+    with pytest.raises(ValueError, match="docker_namespace"):
+        ServiceConfig(docker_namespace="a b")
 
 
 def test_images_are_chosen_by_spec_then_mapping_then_default():
@@ -295,6 +312,42 @@ def test_manager_scales_containers_up_and_down_and_restarts_a_killed_one(backend
 
     asyncio.run(scenario())
     assert backend.list() == []
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_two_deployments_on_one_engine_do_not_stop_each_others_containers(docker_client, store, frontend,
+                                                                          redis_server, monkeypatch):
+    from management.service import build_manager  # noqa: PLC0415
+
+    monkeypatch.delenv("SCHOONER_DOCKER_NAMESPACE", raising=False)
+    mine = ServiceConfig(redis_url=redis_server.url, backend="docker", frontend_http=frontend["http"],
+                         frontend_rpc=frontend["rpc"])
+    theirs = ServiceConfig(redis_url=f"redis://127.0.0.1:{redis_server.port + 1}/0", backend="docker")
+    manager = build_manager(mine, store)
+    assert manager.backend.namespace == mine.docker_namespace != theirs.docker_namespace
+    other = DockerBackend(client=docker_client, namespace=theirs.docker_namespace)
+    same = DockerBackend(client=docker_client, namespace=mine.docker_namespace)
+    async def scenario():
+        try:
+            foreign = await asyncio.to_thread(other.start, noop_spec(frontend["rpc"], CPUS[:1]))
+            await manager.reconcile_once()  # our Redis knows no replica: strays of ours are stopped
+            assert [r.replica_id for r in other.list() if r.alive] == [foreign.replica_id]
+            # The same pass does stop an unknown container in its own namespace.
+            stray = await asyncio.to_thread(same.start, noop_spec(frontend["rpc"], CPUS[:1]))
+            await manager.reconcile_once()
+            assert stray.replica_id not in [r.replica_id for r in same.list() if r.alive]
+            assert [r.replica_id for r in other.list() if r.alive] == [foreign.replica_id]
+        finally:
+            await manager.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for namespace in (mine.docker_namespace, theirs.docker_namespace):
+            for leftover in docker_client.containers.list(
+                    all=True, filters={"label": ["schooner.managed=true", f"schooner.namespace={namespace}"]}):
+                leftover.remove(force=True)
 
 
 # -- the whole stack: `schooner up`'s processes with the management service on --backend docker ----
