@@ -4,7 +4,9 @@ Every endpoint is ``POST`` with a JSON body, except ``GET /admin/ping`` and
 ``GET /admin/metrics``. Errors answer JSON ``{"error": code, "message": ...}``:
 400 for a bad body (naming the field and the type it must have), 401 for a
 write without the admin token, 404 for an unknown app/model/replica, 409 for a
-conflict, 503 when Redis (or the replica manager) is not available, 502 when
+conflict, 503 when Redis (or the replica manager) is not available, 504 when
+``set_num_replicas``'s ``wait_s`` runs out before every replica is ready (they
+keep starting), 500 when a backend cannot start a replica, 502 when
 ``/admin/metrics`` cannot reach the frontend.
 
 Decisions where Clipper is silent or differs: successful writes answer Clipper's

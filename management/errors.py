@@ -67,3 +67,10 @@ class ManagerUnavailable(ManagementError):
 
     status = 503
     code = "no_manager"
+
+
+class ReplicasNotReady(ManagementError, TimeoutError):
+    """``wait_s`` passed before every replica registered with the frontend; they keep starting."""
+
+    status = 504
+    code = "replicas_not_ready"

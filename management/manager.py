@@ -21,7 +21,8 @@ from management._replica_launch import Health
 from management.allocator import CpuAllocator, Placement
 from management.backends.base import ReplicaBackend
 from management.backends.local import terminate_stray
-from management.errors import AllocationError, BackendError, BadRequest, ManagementError, NotFound
+from management.errors import (AllocationError, BackendError, BadRequest, ManagementError, NotFound,
+                               ReplicasNotReady)
 from management.frontend_view import SERVING, FrontendView, merge, public, wall_time
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,10 @@ class ReplicaManager:
         return await self.describe(model.name, model.version)
 
     async def wait_ready(self, model_name: str, model_version: str, timeout_s: float) -> None:
-        """Wait until the frontend shows every replica of the model version ready (or busy)."""
+        """Wait until the frontend shows every replica of the model version ready (or busy).
+
+        Raises ReplicasNotReady after ``timeout_s``; the replicas are left starting.
+        """
         deadline = time.monotonic() + timeout_s
         while True:
             records = await self._call(self.store.list_replicas, model_name, model_version)
@@ -98,8 +102,9 @@ class ReplicaManager:
             if not waiting:
                 return
             if time.monotonic() >= deadline:
-                raise BackendError(f"replicas {waiting} of {model_name}:{model_version} did not become ready "
-                                   f"within {timeout_s:g}s (see /admin/get_replica_logs)")
+                raise ReplicasNotReady(
+                    f"replicas {waiting} of {model_name}:{model_version} were not ready within {timeout_s:g}s; "
+                    "they keep starting (see /admin/get_model_replicas and /admin/get_replica_logs)")
             await asyncio.sleep(0.1)
 
     async def describe(self, model_name: str, model_version: str | None = None) -> list[dict]:

@@ -313,6 +313,31 @@ def test_redis_down_is_503_store_unavailable(serve: Callable[..., ApiServer], tm
     client.close()
 
 
+def test_wait_s_running_out_is_504_replicas_not_ready_and_replicas_keep_starting(
+        serve: Callable[..., ApiServer], store: Store, tmp_path) -> None:
+    from management.allocator import CpuAllocator
+    from management.backends.local import LocalProcessBackend
+    from management.manager import ReplicaManager
+
+    nobody = f"http://127.0.0.1:{free_port()}"  # no frontend: no replica ever shows ready
+    backend = LocalProcessBackend(log_dir=tmp_path / "replicas")
+    manager = ReplicaManager(store, backend, CpuAllocator(), frontend_rpc=f"tcp://127.0.0.1:{free_port()}",
+                             frontend_http_url=nobody)
+    api = serve(store, manager, frontend_http_url=nobody)
+    try:
+        _add_model(api, "noop", 1, launcher="noop")
+        resp = api.post("/admin/set_num_replicas", {"model_name": "noop", "num_replicas": 1, "wait_s": 0.5})
+        assert resp.status_code == 504, resp.text
+        error = resp.json()
+        assert error["error"] == "replicas_not_ready" and "0.5s" in error["message"], error
+        [record] = store.list_replicas("noop", "1")
+        assert [r.replica_id for r in backend.list()] == [record["replica_id"]]
+    finally:
+        api.run(manager.shutdown(), timeout_s=60)
+        for replica in backend.list():
+            backend.stop(replica.replica_id, timeout_s=5.0)
+
+
 def test_make_app_validates_its_arguments(store: Store) -> None:
     with pytest.raises(TypeError, match="store"):
         make_app(object(), None, frontend_http_url="http://127.0.0.1:1")  # type: ignore[arg-type]
