@@ -257,6 +257,9 @@ class Dispatcher:
         if kind == "hello":
             self._on_hello(identity, hdr, now)
             return
+        if hdr.get("sideband"):
+            self._on_sideband(kind, hdr, now)
+            return
         replica = self.pool.get(identity)
         if replica is None:
             raise ProtocolError(f"{kind} from an unregistered replica: send hello first")
@@ -277,6 +280,21 @@ class Dispatcher:
             replica.info.state = ReplicaState.DRAINING
         else:
             raise ProtocolError(f"replicas may not send {kind!r} messages")
+
+    def _on_sideband(self, kind: str, hdr: dict, now: float) -> None:
+        # A replica's second socket: heartbeats while a batch holds its main thread, and BYE.
+        # Never answered; an unknown replica_id (e.g. after a frontend restart) is ignored, its
+        # main socket registers again.
+        replica = self.pool.get_by_id(hdr.get("replica_id"))
+        if replica is None:
+            return
+        replica.last_seen = now
+        replica.info.last_heartbeat_s = now
+        if kind == "bye":
+            log.info("replica %s is draining", replica.info.replica_id)
+            replica.info.state = ReplicaState.DRAINING
+        elif kind != "heartbeat":
+            log.warning("replica %s sent %r on its sideband socket; ignored", replica.info.replica_id, kind)
 
     def _on_hello(self, identity: bytes, hdr: dict, now: float) -> None:
         replica, old = self.pool.register(identity, hdr, now)

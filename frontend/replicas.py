@@ -112,6 +112,7 @@ class ReplicaPool:
     def __init__(self, pidns: str | None = None) -> None:
         self.pidns = own_pidns() if pidns is None else pidns
         self.by_identity: dict[bytes, Replica] = {}
+        self.by_id: dict[str, Replica] = {}  # replica_id -> its latest registration
         self.batches: dict[int, Batch] = {}
         self._next_batch_id = 1
 
@@ -122,11 +123,17 @@ class ReplicaPool:
         old = self.by_identity.get(identity)
         replica = Replica(identity, info, check_pid, now)
         self.by_identity[identity] = replica
+        self.by_id[info.replica_id] = replica
         return replica, old
 
     def get(self, identity: bytes) -> Replica | None:
         """The replica behind a ROUTER identity."""
         return self.by_identity.get(identity)
+
+    def get_by_id(self, replica_id: Any) -> Replica | None:
+        """The live replica registered as ``replica_id`` (its latest registration)."""
+        replica = self.by_id.get(replica_id) if isinstance(replica_id, str) else None
+        return replica if replica is not None and replica.state in LIVE_STATES else None
 
     def of_model(self, key: tuple[str, str]) -> list[Replica]:
         """Live replicas of a model version."""
@@ -182,3 +189,5 @@ class ReplicaPool:
         """Drop a replica from the pool entirely."""
         if self.by_identity.get(replica.identity) is replica:
             del self.by_identity[replica.identity]
+        if self.by_id.get(replica.info.replica_id) is replica:
+            del self.by_id[replica.info.replica_id]

@@ -53,8 +53,9 @@ class Router:
             if remaining <= 0 or not self.sock.poll(remaining * 1000):
                 raise AssertionError(f"no message within {timeout_s} s")
             ident, *frames = self.sock.recv_multipart(copy=False)
-            self.ident = ident.bytes
             hdr, payload = protocol.unpack(frames)
+            if not hdr.get("sideband"):  # answer the data socket, not the heartbeat one
+                self.ident = ident.bytes
             if hdr["type"] not in skip:
                 return hdr, payload
 
