@@ -133,7 +133,7 @@ class Dispatcher:
         append = mq.entries.append
         for i in range(n):
             append(Entry(query, i, metas[i], frames[i], now))
-        query.timer = self.loop.call_at(query.deadline, query.expire)
+        route.app.deadlines.add(query, self.loop)
         self._dirty.add(mq)
 
     def record(self, query: Query, error: SchoonerError | None) -> None:

@@ -8,6 +8,7 @@ items get the app's default output), or with a named error.
 
 from __future__ import annotations
 
+import collections
 from typing import Any, Callable
 
 from frontend.errors import SchoonerError
@@ -16,11 +17,43 @@ from frontend.errors import SchoonerError
 STRING_META = ["s", None, None]
 
 
+class DeadlineWheel:
+    """Expires an app's queries at their deadlines with one loop timer, not one per query.
+
+    Every query of an app has the same objective, so deadlines arrive in FIFO
+    order: a deque, and a timer armed for the head. Answered queries leave the
+    deque lazily, when the timer reaches them.
+    """
+
+    __slots__ = ("queries", "handle")
+
+    def __init__(self) -> None:
+        self.queries: collections.deque[Query] = collections.deque()
+        self.handle: Any = None
+
+    def add(self, query: Query, loop: Any) -> None:
+        """Expire ``query`` at its deadline unless it is answered first."""
+        self.queries.append(query)
+        if self.handle is None:
+            self.handle = loop.call_at(query.deadline, self._fire, loop)
+
+    def _fire(self, loop: Any) -> None:
+        self.handle = None
+        queries = self.queries
+        now = loop.time()
+        while queries and (queries[0].done or queries[0].deadline <= now):
+            queries.popleft().expire()
+        while queries and queries[0].done:
+            queries.popleft()
+        if queries:
+            self.handle = loop.call_at(queries[0].deadline, self._fire, loop)
+
+
 class AppRoute:
-    """What the hot path needs about an app: its spec, default output and metrics."""
+    """What the hot path needs about an app: its spec, default output, metrics and deadline wheel."""
 
     __slots__ = ("spec", "default_frame", "explanation", "latency", "throughput", "num_predictions",
-                 "default_ratio")
+                 "default_ratio", "deadlines")
 
     def __init__(self, spec: Any, metrics: Any) -> None:
         self.spec = spec
@@ -32,6 +65,7 @@ class AppRoute:
         self.throughput = metrics.meter(prefix + "prediction_throughput")
         self.num_predictions = metrics.counter(prefix + "num_predictions")
         self.default_ratio = metrics.ratio_counter(prefix + "default_prediction_ratio")
+        self.deadlines = DeadlineWheel()
 
 
 class Query:

@@ -23,6 +23,8 @@ import zmq
 
 log = logging.getLogger(__name__)
 
+_EVENTS = int(zmq.EVENTS)  # plain ints: pyzmq's enum conversions cost more than the call itself
+_POLLIN = int(zmq.POLLIN)
 MAX_BURST = 512  # messages handled per drain, so one busy socket cannot starve the other
 SNDHWM = 100_000  # outgoing messages buffered per peer before a send would block
 
@@ -50,6 +52,7 @@ class RouterEndpoint:
         # produced for another socket leaves now instead of one loop iteration later.
         self.flush_with: list[RouterEndpoint] = []
         self._out: list[list[Any]] = []
+        self._held = False  # a burst handler is running: its end flushes, no separate flush needed
         self._flush_scheduled = False
         self._read_scheduled = False
         self._closed = False
@@ -71,7 +74,7 @@ class RouterEndpoint:
     def send(self, frames: list[Any]) -> None:
         """Queue one message (identity frame first); sent at the end of this loop iteration."""
         self._out.append(frames)
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and not self._held:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
 
@@ -114,7 +117,7 @@ class RouterEndpoint:
             self.loop.call_soon(self._on_readable)
 
     def _check_pending(self) -> None:
-        if not self._closed and self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if not self._closed and self.sock.getsockopt(_EVENTS) & _POLLIN:
             self._schedule_read()
 
     def _on_readable(self) -> None:
@@ -129,10 +132,17 @@ class RouterEndpoint:
         except zmq.Again:
             pass
         if burst:
+            # Sends made by the handler leave in the flushes below, not one loop iteration later.
+            held = [ep for ep in (self, *self.flush_with) if not ep._held]
+            for ep in held:
+                ep._held = True
             try:
                 self.handler(burst)
             except Exception:  # a bug in one burst must not kill the endpoint
                 log.exception("%s: handler failed on a burst of %d messages", self.name, len(burst))
+            finally:
+                for ep in held:
+                    ep._held = False
         for other in self.flush_with:
             if other._out:
                 other.flush()
