@@ -121,8 +121,9 @@ def test_every_window_is_logged_with_progress(sleep_sweep):
 def test_recommendation_matches_the_sleep_model_cost(sleep_sweep):
     doc = sleep_sweep["doc"]
     slow, fast = (r["summary"] for r in doc["runs"])
-    # Queries past the SLO get the default output at ~100 ms, so the slow run shows defaults.
-    assert slow["p99_ms"] > 95 and slow["defaults"] > 0
+    # Queries that cannot meet the SLO get the default output (at dispatch when the model is
+    # known to be too slow for the time they have left, else at ~100 ms): the slow run shows defaults.
+    assert slow["defaults"] > 0
     assert fast["p99_ms"] < 100 and fast["defaults"] == 0
     assert fast["thruput_qps"] > slow["thruput_qps"]
     rec = doc["recommendation"]
