@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any, Callable
 
+import pytest
 import zmq.asyncio
 
 from frontend.config import FrontendConfig
@@ -138,3 +139,20 @@ def stop_process(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.fixture
+def frontend():
+    """A real Frontend on free loopback ports, in a background thread; stopped after the test."""
+    ft = FrontendThread().start()
+    yield ft
+    ft.stop()
+
+
+@pytest.fixture
+def procs():
+    """Replica processes a test starts; each is stopped after the test."""
+    started: list = []
+    yield started
+    for proc in started:
+        stop_process(proc)

@@ -13,26 +13,12 @@ import threading
 import numpy as np
 import pytest
 import requests
-from frontend_support import ROOT, FrontendThread, metric, start_replica, stop_process, wait_for
+from frontend_support import ROOT, FrontendThread, metric, start_replica, wait_for
+from frontend_support import frontend, procs  # noqa: F401 - fixtures
 
 from frontend.client import Client
 from frontend.errors import NoModel, ShuttingDown
 from frontend.types import AppSpec, ModelSpec
-
-
-@pytest.fixture
-def frontend():
-    ft = FrontendThread().start()
-    yield ft
-    ft.stop()
-
-
-@pytest.fixture
-def procs():
-    started: list = []
-    yield started
-    for proc in started:
-        stop_process(proc)
 
 
 def _deploy_noop(ft: FrontendThread) -> None:

@@ -7,25 +7,11 @@ import time
 
 import numpy as np
 import pytest
-from frontend_support import FrontendThread, metric, start_replica, stop_process
+from frontend_support import metric, start_replica
+from frontend_support import frontend, procs  # noqa: F401 - fixtures
 
 from frontend.client import Client
 from frontend.types import AppSpec, ModelSpec
-
-
-@pytest.fixture
-def frontend():
-    ft = FrontendThread().start()
-    yield ft
-    ft.stop()
-
-
-@pytest.fixture
-def procs():
-    started: list = []
-    yield started
-    for proc in started:
-        stop_process(proc)
 
 
 def _inputs(n: int) -> list[np.ndarray]:

@@ -10,28 +10,14 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from frontend_support import FrontendThread, metric, start_replica, stop_process, wait_for
+from frontend_support import FrontendThread, metric, start_replica, wait_for
+from frontend_support import frontend, procs  # noqa: F401 - fixtures
 
 from frontend import protocol
 from frontend.client import Client
 from frontend.errors import ModelError, ReplicaLost
 from frontend.protocol import MsgType
 from frontend.types import AppSpec, ModelSpec
-
-
-@pytest.fixture
-def frontend():
-    ft = FrontendThread().start()
-    yield ft
-    ft.stop()
-
-
-@pytest.fixture
-def procs():
-    started: list = []
-    yield started
-    for proc in started:
-        stop_process(proc)
 
 
 def _x(v: float = 1.0) -> np.ndarray:
