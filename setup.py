@@ -23,7 +23,7 @@ setup(
         "classic": ["scikit-learn>=1.3", "lightgbm>=4.0"],
         "torch": ["torch==2.14.1", "torchvision==0.29.1"],
         "docker": ["docker>=7"],
-        "test": ["pytest>=8", "pytest-timeout>=2.2", "requests>=2.31",
+        "test": ["pytest>=8", "pytest-timeout>=2.2", "requests>=2.31", "ruff>=0.5",
                  "scikit-learn>=1.3", "lightgbm>=4.0", "docker>=7"],
     },
     entry_points={
