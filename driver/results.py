@@ -171,6 +171,8 @@ def write(doc: dict, out_dir: str | os.PathLike, name_stamp: str) -> tuple[Path,
     json_path = out / f"results-{name_stamp}.json"
     csv_path = out / f"results-{name_stamp}.csv"
     tmp = json_path.with_suffix(".json.tmp")
+    # Clipper's driver lists the configurations at the top level; keep that field for its readers.
+    doc["node_configs"] = [run["node_config"] for run in doc.get("runs", [])]
     tmp.write_text(json.dumps(doc, indent=1, default=str))
     tmp.replace(json_path)
     with open(csv_path, "w", newline="") as fh:

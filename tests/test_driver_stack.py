@@ -88,6 +88,7 @@ def test_sweep_json_has_every_field(sleep_sweep):
     assert {"machine", "runs", "recommendation", "slo_ms", "args", "started_at", "finished_at"} <= doc.keys()
     assert {"cpu_count", "cpu_model", "python", "platform"} <= doc["machine"].keys()
     assert len(doc["runs"]) == 2
+    assert doc["node_configs"] == [run["node_config"] for run in doc["runs"]]
     for run, batch in zip(doc["runs"], (1, 8)):
         nc = run["node_config"]
         assert (nc["model"], nc["batch_size"], nc["num_replicas"], nc["cpus_per_replica"]) == ("sleep", batch, 1, 1)
