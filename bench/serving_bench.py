@@ -29,6 +29,7 @@ import requests
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from frontend import defaults  # noqa: E402
 from frontend.client import Client  # noqa: E402
 
 
@@ -64,11 +65,12 @@ def start(args: argparse.Namespace, tmp: str) -> tuple[subprocess.Popen, subproc
     env = dict(os.environ, PYTHONPATH=ROOT)
     fe = subprocess.Popen([sys.executable, "-m", "frontend", "--config", path, "--client-port", str(ports["client"]),
                            "--replica-port", str(ports["replica"]), "--http-port", str(ports["http"]),
-                           "--log-level", "WARNING"], cwd=ROOT, env=env, preexec_fn=_pin(args.frontend_cpu))
+                           "--spin-us", str(args.frontend_spin_us), "--log-level", "WARNING"],
+                          cwd=ROOT, env=env, preexec_fn=_pin(args.frontend_cpu))
     rep = subprocess.Popen([sys.executable, "-m", "containers.replica", "--model", "noop", "--frontend",
                             f"tcp://127.0.0.1:{ports['replica']}", "--cpus", str(args.replica_cpu),
                             "--name", "noop", "--version", "1", "--replica-id", "bench", "--input-type", "floats",
-                            "--log-level", "WARNING"], cwd=ROOT, env=env)
+                            "--spin-us", str(args.replica_spin_us), "--log-level", "WARNING"], cwd=ROOT, env=env)
     base = f"http://127.0.0.1:{ports['http']}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -79,21 +81,27 @@ def start(args: argparse.Namespace, tmp: str) -> tuple[subprocess.Popen, subproc
             pass
         time.sleep(0.1)
     else:
+        for proc in (rep, fe):
+            proc.kill()
+            proc.wait()
         raise RuntimeError("frontend or replica did not come up")
     return fe, rep, {"client": f"tcp://127.0.0.1:{ports['client']}", "http": base}
 
 
-def zmq_sequential(address: str, n: int) -> dict:
+def zmq_sequential(address: str, n: int, spin_us: int, fe: psutil.Process) -> dict:
     x = np.ones(8, np.float32)
-    with Client(address, timeout_s=30) as client:
+    with Client(address, timeout_s=30, spin_us=spin_us) as client:
         for _ in range(200):
             client.predict("bench", x)
         lat = []
+        cpu0 = fe.cpu_times()
         for _ in range(n):
             t0 = time.perf_counter()
             client.predict("bench", x)
             lat.append(time.perf_counter() - t0)
-    return _percentiles(lat)
+        cpu1 = fe.cpu_times()
+    cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    return {**_percentiles(lat), "frontend_cpu_us_per_query": round(cpu_s / n * 1e6, 1)}
 
 
 def http_sequential(base: str, n: int) -> dict:
@@ -163,15 +171,24 @@ def main() -> None:
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--frontend-cpu", type=int, default=0, help="-1: not pinned")
     p.add_argument("--replica-cpu", type=int, default=1 if (os.cpu_count() or 1) > 1 else 0)
+    p.add_argument("--client-cpu", type=int, default=0,
+                   help="core of this (client) process; -1: not pinned")
+    p.add_argument("--frontend-spin-us", type=int, default=defaults.FRONTEND_SPIN_US)
+    p.add_argument("--replica-spin-us", type=int, default=defaults.REPLICA_SPIN_US)
+    p.add_argument("--client-spin-us", type=int, default=defaults.CLIENT_SPIN_US)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         fe, rep, addr = start(args, tmp)
+        if args.client_cpu >= 0:  # after starting the others: children would inherit the mask
+            os.sched_setaffinity(0, {args.client_cpu})
         try:
             proc = psutil.Process(fe.pid)
             out = {
                 "setup": {"model": "noop", "replicas": 1, "frontend_cpu": args.frontend_cpu,
-                          "replica_cpu": args.replica_cpu, "cpus": os.cpu_count()},
-                "zmq_concurrency_1": zmq_sequential(addr["client"], args.sequential),
+                          "replica_cpu": args.replica_cpu, "client_cpu": args.client_cpu,
+                          "cpus": os.cpu_count(), "frontend_spin_us": args.frontend_spin_us,
+                          "replica_spin_us": args.replica_spin_us, "client_spin_us": args.client_spin_us},
+                "zmq_concurrency_1": zmq_sequential(addr["client"], args.sequential, args.client_spin_us, proc),
                 "http_concurrency_1": http_sequential(addr["http"], max(200, args.sequential // 4)),
                 "zmq_saturation": zmq_saturation(addr["client"], proc, args.queries, args.concurrency),
                 "http_saturation": http_saturation(addr["http"], proc, args.http_queries, args.http_concurrency),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
@@ -131,10 +132,14 @@ class Client:
     """Blocking client over one DEALER socket; not thread-safe (one per thread)."""
 
     def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float = 30.0,
-                 ctx: zmq.Context | None = None, input_type: DTypeLike = None) -> None:
+                 ctx: zmq.Context | None = None, input_type: DTypeLike = None,
+                 spin_us: int = defaults.CLIENT_SPIN_US) -> None:
         _check_args(timeout_s)
+        if not isinstance(spin_us, int) or spin_us < 0:
+            raise ValueError(f"spin_us must be an integer >= 0, got {spin_us!r}")
         self.address = address
         self.timeout_s = float(timeout_s)
+        self.spin_ns = spin_us * 1000  # poll without blocking this long before sleeping on a reply
         self._dtype = _dtype(input_type)
         self._own_ctx = ctx is None
         self._ctx = zmq.Context() if ctx is None else ctx
@@ -163,6 +168,13 @@ class Client:
 
     def _recv(self, deadline: float) -> tuple[dict, list] | None:
         """The next well-formed message, or None at the deadline."""
+        if self.spin_ns:
+            until = time.monotonic_ns() + self.spin_ns
+            while time.monotonic_ns() < until:
+                msg = self._recv_nowait()
+                if msg is not None:
+                    return msg
+                os.sched_yield()  # lets the ZMQ I/O thread (or a frontend on this core) run now
         while True:
             remaining_ms = (deadline - time.monotonic()) * 1000
             if remaining_ms <= 0 or not self._sock.poll(remaining_ms, zmq.POLLIN):

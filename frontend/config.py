@@ -28,6 +28,7 @@ class FrontendConfig:
     max_input_bytes: int = defaults.MAX_INPUT_BYTES
     retry_after_s: int = defaults.RETRY_AFTER_S
     max_batch_retries: int = defaults.MAX_BATCH_RETRIES
+    spin_us: int = defaults.FRONTEND_SPIN_US  # busy-poll window after a burst (0 = block at once)
 
     def __post_init__(self) -> None:
         for name in ("client_port", "replica_port"):
@@ -42,6 +43,8 @@ class FrontendConfig:
             raise ValueError("heartbeat_timeout_s must be larger than heartbeat_interval_s")
         if self.max_message_bytes < 1 or self.max_input_bytes < 1:
             raise ValueError("max_message_bytes and max_input_bytes must be positive")
+        if not isinstance(self.spin_us, int) or self.spin_us < 0:
+            raise ValueError(f"spin_us must be an integer >= 0, got {self.spin_us!r}")
         if self.max_batch_retries < 0:
             raise ValueError("max_batch_retries must be >= 0")
 

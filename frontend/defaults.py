@@ -33,6 +33,11 @@ AIMD_BACKOFF_FRACTION = 0.10
 LATENCY_EWMA_WEIGHT = 0.2  # weight of the newest batch in the per-size latency estimate
 MAX_BATCH_RETRIES = 2  # a batch whose replica died is retried this many times
 
+# Busy-poll windows after handling a message (see docs/ARCHITECTURE.md, "Latency"); 0 = block at once.
+REPLICA_SPIN_US = 1000  # covers a c=1 round trip (~400-500 µs here); replicas own their cores
+FRONTEND_SPIN_US = 0
+CLIENT_SPIN_US = 0
+
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TIMEOUT_S = 5.0  # a replica silent this long is dead
 RETRY_AFTER_S = 1  # Retry-After on 429

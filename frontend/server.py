@@ -76,10 +76,10 @@ class Frontend:
         sync_ctx = zmq.Context.shadow(self.ctx.underlying)
         cfg = self.config
         self._replica = RouterEndpoint(sync_ctx, loop, "replica-router", self.dispatcher.on_replica_burst,
-                                       on_unreachable=self.dispatcher.on_unreachable)
+                                       on_unreachable=self.dispatcher.on_unreachable, spin_us=cfg.spin_us)
         self.dispatcher.attach(loop, self._replica.send)
         ingress = ClientIngress(self.dispatcher, cfg, send=lambda frames: self._client.send(frames))
-        self._client = RouterEndpoint(sync_ctx, loop, "client-router", ingress.on_burst)
+        self._client = RouterEndpoint(sync_ctx, loop, "client-router", ingress.on_burst, spin_us=cfg.spin_us)
         self._client.flush_with = [self._replica]
         self._replica.flush_with = [self._client]
         try:

@@ -119,7 +119,8 @@ def metric(dump: dict, kind: str, name: str) -> dict:
 
 def start_replica(address: str, model: str = "noop", name: str | None = None, version: str = "1",
                   cpus: str = "0", opts: dict | None = None, input_type: str = "floats",
-                  replica_id: str = "r1", heartbeat_interval_s: float = 0.2) -> subprocess.Popen:
+                  replica_id: str = "r1", heartbeat_interval_s: float = 0.2,
+                  spin_us: int | None = None) -> subprocess.Popen:
     """A real ``python -m containers.replica`` process connected to ``address``."""
     cmd = [sys.executable, "-m", "containers.replica", "--model", model, "--frontend", address,
            "--cpus", cpus, "--name", name or model, "--version", version, "--replica-id", replica_id,
@@ -127,6 +128,8 @@ def start_replica(address: str, model: str = "noop", name: str | None = None, ve
            "--log-level", "WARNING"]
     if opts:
         cmd += ["--model-opts", json.dumps(opts)]
+    if spin_us is not None:
+        cmd += ["--spin-us", str(spin_us)]
     return subprocess.Popen(cmd, cwd=ROOT)
 
 

@@ -154,3 +154,33 @@ def _health(port: int) -> dict | None:
         return requests.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
     except requests.RequestException:
         return None
+
+
+def test_busy_polling_frontend_client_and_replica_answer_every_query_in_order(procs):
+    ft = FrontendThread(spin_us=300).start()
+    try:
+        _deploy_noop(ft)
+        procs.append(start_replica(ft.replica_address, "noop", spin_us=2000))
+        ft.wait_ready(1)
+        with Client(ft.client_address, timeout_s=30, spin_us=200) as client:
+            outs = [client.predict("app", np.full(4, i, np.float32)).output for i in range(50)]
+            many = client.predict_many("app", [np.full(4, i, np.float32) for i in range(200)], concurrency=16)
+        assert [float(o[0]) for o in outs] == [float(i) for i in range(50)]
+        assert [float(p.output[0]) for p in many] == [float(i) for i in range(200)]
+        # The spinning frontend still runs its loop: HTTP answers while queries flow.
+        assert requests.get(f"{ft.http_url}/health", timeout=10).json()["live_replicas"] == 1
+    finally:
+        ft.stop()
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5])
+def test_spin_us_must_be_a_non_negative_integer(bad):
+    from containers.replica import ReplicaConfig
+    from frontend.config import FrontendConfig
+
+    with pytest.raises(ValueError, match="spin_us"):
+        FrontendConfig(spin_us=bad)
+    with pytest.raises(ValueError, match="spin_us"):
+        ReplicaConfig(model="noop", spin_us=bad)
+    with pytest.raises(ValueError, match="spin_us"):
+        Client("tcp://127.0.0.1:1", spin_us=bad)
