@@ -188,6 +188,8 @@ def main() -> None:
                           "replica_cpu": args.replica_cpu, "client_cpu": args.client_cpu,
                           "cpus": os.cpu_count(), "frontend_spin_us": args.frontend_spin_us,
                           "replica_spin_us": args.replica_spin_us, "client_spin_us": args.client_spin_us},
+                "latency_notes": ("c=1 breakdown: python bench/latency_breakdown.py; measured stages, the "
+                                  "chosen spin defaults and why: docs/ARCHITECTURE.md, section Latency"),
                 "zmq_concurrency_1": zmq_sequential(addr["client"], args.sequential, args.client_spin_us, proc),
                 "http_concurrency_1": http_sequential(addr["http"], max(200, args.sequential // 4)),
                 "zmq_saturation": zmq_saturation(addr["client"], proc, args.queries, args.concurrency),
