@@ -137,18 +137,10 @@ def _breakdown(queries: list[tuple[int, int]], events: list[tuple[str, int]]) ->
             "unmatched_by_step": missing}
 
 
-def _pin(cpu: int):
-    def pin() -> None:
-        if cpu >= 0:
-            os.sched_setaffinity(0, {cpu})
-    return pin
-
-
 def drive(args: argparse.Namespace) -> dict:
-    import requests
     import zmq
 
-    from bench.serving_bench import _free_port
+    from bench.serving_bench import _free_port, _pin, wait_live
     from frontend import protocol
     from frontend.protocol import MsgType
 
@@ -177,16 +169,7 @@ def drive(args: argparse.Namespace) -> dict:
         rep = subprocess.Popen(rep_cmd, cwd=ROOT, env=env)
         try:
             base = f"http://127.0.0.1:{ports['http']}"
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if requests.get(base + "/health", timeout=1).json()["live_replicas"] == 1:
-                        break
-                except requests.RequestException:
-                    pass
-                time.sleep(0.1)
-            else:
-                raise RuntimeError("frontend or replica did not come up")
+            wait_live(base)
             if args.client_cpu >= 0:
                 os.sched_setaffinity(0, {args.client_cpu})
             ctx = zmq.Context()

@@ -52,6 +52,19 @@ def _pin(cpu: int):
     return pin
 
 
+def wait_live(base: str, timeout_s: float = 60.0) -> None:
+    """Wait until the frontend at ``base`` reports one live replica; RuntimeError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(base + "/health", timeout=1).json()["live_replicas"] == 1:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("frontend or replica did not come up")
+
+
 def start(args: argparse.Namespace, tmp: str) -> tuple[subprocess.Popen, subprocess.Popen, dict]:
     """Frontend and replica processes, and their addresses."""
     ports = {"client": _free_port(), "replica": _free_port(), "http": _free_port()}
@@ -72,19 +85,13 @@ def start(args: argparse.Namespace, tmp: str) -> tuple[subprocess.Popen, subproc
                             "--name", "noop", "--version", "1", "--replica-id", "bench", "--input-type", "floats",
                             "--spin-us", str(args.replica_spin_us), "--log-level", "WARNING"], cwd=ROOT, env=env)
     base = f"http://127.0.0.1:{ports['http']}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(base + "/health", timeout=1).json()["live_replicas"] == 1:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    else:
+    try:
+        wait_live(base)
+    except RuntimeError:
         for proc in (rep, fe):
             proc.kill()
             proc.wait()
-        raise RuntimeError("frontend or replica did not come up")
+        raise
     return fe, rep, {"client": f"tcp://127.0.0.1:{ports['client']}", "http": base}
 
 
