@@ -29,6 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--http-port", type=_port, help="0 = a free port; -1 = no HTTP endpoint")
     p.add_argument("--heartbeat-interval-s", type=float)
     p.add_argument("--heartbeat-timeout-s", type=float)
+    p.add_argument("--batch-timeout-s", type=float, help="a batch in flight longer marks its replica dead")
     p.add_argument("--spin-us", type=int, help="busy-poll window after a burst, µs (0 = off)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--config", help="DeploymentState JSON file to serve")
@@ -49,6 +50,7 @@ def build_config(args: argparse.Namespace) -> FrontendConfig:
                                               defaults.HEARTBEAT_INTERVAL_S, float),
         heartbeat_timeout_s=defaults.resolve(args.heartbeat_timeout_s, "heartbeat_timeout_s",
                                              defaults.HEARTBEAT_TIMEOUT_S, float),
+        batch_timeout_s=defaults.resolve(args.batch_timeout_s, "batch_timeout_s", defaults.BATCH_TIMEOUT_S, float),
         spin_us=defaults.resolve(args.spin_us, "spin_us", defaults.FRONTEND_SPIN_US, int),
     )
 

@@ -135,6 +135,7 @@ class ModelQueue:
             FireReason.IDLE: metrics.counter(prefix + "batch_fired_idle"),
         }
         self.late_outputs = metrics.counter(prefix + "late_outputs")
+        self.batch_timeouts = metrics.counter(prefix + "batch_timeouts")
         self.dropped_at_dispatch = metrics.counter(prefix + "dropped_at_dispatch")
         self.estimate = LatencyEstimate()
 

@@ -24,6 +24,7 @@ class FrontendConfig:
     http_port: int | None = defaults.HTTP_PORT
     heartbeat_interval_s: float = defaults.HEARTBEAT_INTERVAL_S
     heartbeat_timeout_s: float = defaults.HEARTBEAT_TIMEOUT_S
+    batch_timeout_s: float = defaults.BATCH_TIMEOUT_S  # a batch in flight longer marks its replica dead
     max_message_bytes: int = defaults.MAX_MESSAGE_BYTES
     max_input_bytes: int = defaults.MAX_INPUT_BYTES
     retry_after_s: int = defaults.RETRY_AFTER_S
@@ -41,6 +42,8 @@ class FrontendConfig:
             raise ValueError("heartbeat_interval_s must be positive")
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
             raise ValueError("heartbeat_timeout_s must be larger than heartbeat_interval_s")
+        if not self.batch_timeout_s > 0:
+            raise ValueError(f"batch_timeout_s must be positive, got {self.batch_timeout_s!r}")
         if self.max_message_bytes < 1 or self.max_input_bytes < 1:
             raise ValueError("max_message_bytes and max_input_bytes must be positive")
         if not isinstance(self.spin_us, int) or self.spin_us < 0:

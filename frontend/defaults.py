@@ -40,6 +40,9 @@ CLIENT_SPIN_US = 0
 
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TIMEOUT_S = 5.0  # a replica silent this long is dead
+# A batch in flight this long marks its replica dead (stuck in predict) and is retried elsewhere.
+# Generous: a VGG batch of 16 on one core takes ~7 s, and a slow batch must not be taken for a stuck one.
+BATCH_TIMEOUT_S = 30.0
 RETRY_AFTER_S = 1  # Retry-After on 429
 
 REDIS_KEY_PREFIX = "schooner"

@@ -263,6 +263,9 @@ class Dispatcher:
         replica = self.pool.get(identity)
         if replica is None:
             raise ProtocolError(f"{kind} from an unregistered replica: send hello first")
+        if replica.timed_out_batch is not None:
+            self._on_timed_out_replica(replica, kind, hdr)
+            return
         replica.last_seen = now
         replica.info.last_heartbeat_s = now
         if replica.state == ReplicaState.DEAD:
@@ -280,6 +283,19 @@ class Dispatcher:
             replica.info.state = ReplicaState.DRAINING
         else:
             raise ProtocolError(f"replicas may not send {kind!r} messages")
+
+    def _on_timed_out_replica(self, replica: Replica, kind: str, hdr: dict) -> None:
+        # A replica that held a batch past the batch timeout may be wedged; it talking again does not
+        # prove otherwise, so it stays dead until it registers again (HELLO, after the silence it sees).
+        batch = replica.timed_out_batch
+        if kind == "result" and hdr.get("batch_id") == batch.batch_id:
+            n = len(batch.entries)
+            batch.queue.late_outputs.inc(n)
+            log.warning("replica %s answered batch %d after the batch timeout; %d outputs discarded",
+                        replica.info.replica_id, batch.batch_id, n)
+        elif kind != "heartbeat":
+            log.info("replica %s, dead after a batch timeout, sent %s; ignored until it sends hello",
+                     replica.info.replica_id, kind)
 
     def _on_sideband(self, kind: str, hdr: dict, now: float) -> None:
         # A replica's second socket: heartbeats while a batch holds its main thread, and BYE.
@@ -382,6 +398,8 @@ class Dispatcher:
         now = time.monotonic()
         for replica in self.pool.lost(now, self.config.heartbeat_timeout_s):
             self.replica_gone(replica)
+        for replica in self.pool.overdue(now, self.config.batch_timeout_s):
+            self._batch_timed_out(replica, now)
         if send_heartbeats:
             for replica in self.pool.live():
                 self.send_replica([replica.identity, _HEARTBEAT])
@@ -395,6 +413,17 @@ class Dispatcher:
         log.warning("replica %s of %s:%s is %s", replica.info.replica_id, *replica.key, state.value)
         batch = self.pool.mark_gone(replica, state)
         self._requeue(batch, f"replica {replica.info.replica_id} was lost")
+
+    def _batch_timed_out(self, replica: Replica, now: float) -> None:
+        # Heartbeats come from the replica's sideband thread, so a replica stuck in predict still
+        # looks alive; only the age of its batch gives it away.
+        batch = replica.batch
+        why = (f"replica {replica.info.replica_id} held batch {batch.batch_id} for {now - batch.sent_at:.1f} s, "
+               f"over the batch timeout of {self.config.batch_timeout_s} s")
+        log.warning("replica %s of %s:%s is dead: %s", replica.info.replica_id, *replica.key, why)
+        batch.queue.batch_timeouts.inc()
+        replica.timed_out_batch = self.pool.mark_gone(replica, ReplicaState.DEAD)
+        self._requeue(batch, why)
 
     def on_unreachable(self, identity: bytes) -> None:
         """A send named a replica the socket no longer knows: it disconnected."""

@@ -37,7 +37,7 @@ def pid_alive(pid: int) -> bool:
 class Replica:
     """A registered replica: its ROUTER identity, what it said in HELLO, and its batch."""
 
-    __slots__ = ("identity", "info", "check_pid", "batch", "last_seen")
+    __slots__ = ("identity", "info", "check_pid", "batch", "last_seen", "timed_out_batch")
 
     def __init__(self, identity: bytes, info: ReplicaInfo, check_pid: bool, now: float) -> None:
         self.identity = identity
@@ -45,6 +45,8 @@ class Replica:
         self.check_pid = check_pid
         self.batch: Batch | None = None
         self.last_seen = now
+        # The batch it held past the batch timeout; set, the replica stays dead until it sends HELLO.
+        self.timed_out_batch: Batch | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -154,6 +156,11 @@ class ReplicaPool:
             if now - replica.last_seen > timeout_s or (replica.check_pid and not pid_alive(replica.info.pid)):
                 out.append(replica)
         return out
+
+    def overdue(self, now: float, timeout_s: float) -> list[Replica]:
+        """Live replicas whose batch has been in flight longer than ``timeout_s``."""
+        return [b.replica for b in self.batches.values()
+                if now - b.sent_at > timeout_s and b.replica.state in LIVE_STATES]
 
     def start_batch(self, replica: Replica, queue: Any, entries: list[Entry], now: float) -> Batch:
         """Record ``entries`` as ``replica``'s batch in flight."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import msgpack
 import numpy as np
@@ -188,6 +189,77 @@ def test_batch_whose_replicas_keep_dying_gets_replica_lost():
             worker.join(30)
         assert len(out) == 1 and isinstance(out[0], ReplicaLost), out
         assert ft.replica_states()["mute"] == "dead"
+    finally:
+        fake.close()
+        ft.stop()
+
+
+@pytest.mark.slow
+def test_replica_stuck_in_predict_is_declared_dead_and_its_batch_retried_elsewhere(procs):
+    # The stuck replica's sideband thread keeps heartbeating; only the batch timeout can catch it.
+    ft = FrontendThread(batch_timeout_s=1.0).start()
+    try:
+        ft.deploy([AppSpec("app", "floats", default_output="fallback", latency_slo_micros=20_000_000)],
+                  [ModelSpec("sleep", "1", "floats", batch_size=1)], {"app": ["sleep"]})
+        stuck = start_replica(ft.replica_address, "sleep", replica_id="stuck", cpus="0",
+                              opts={"a_ms": 60_000, "b_ms": 0})
+        procs.append(stuck)
+        ft.wait_ready(1)
+        results: list = []
+        with Client(ft.client_address, timeout_s=30) as client:
+            worker = threading.Thread(target=lambda: results.extend(
+                client.predict_many("app", [_x()], concurrency=1)))
+            worker.start()
+            wait_for(lambda: ft.replica_states().get("stuck") == "busy", 20, "the stuck replica to take the batch")
+            procs.append(start_replica(ft.replica_address, "sleep", replica_id="healthy", cpus="1",
+                                       opts={"a_ms": 10, "b_ms": 0}))
+            worker.join(30)
+        assert len(results) == 1
+        assert not isinstance(results[0], Exception) and not results[0].default, results
+        # Still dead a few heartbeat intervals later, though its sideband keeps talking.
+        assert stuck.poll() is None
+        time.sleep(1.0)
+        assert ft.replica_states() == {"stuck": "dead", "healthy": "ready"}
+        assert metric(ft.metrics(), "counters", "model:sleep:1:batch_timeouts")["count"] == 1
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        ft.stop()
+
+
+def test_late_result_after_batch_timeout_is_discarded_until_the_replica_says_hello():
+    ft = FrontendThread(batch_timeout_s=0.5).start()
+    fake = FakeReplica(ft.replica_address)
+    hello = protocol.header(MsgType.HELLO, replica_id="slow", model="m", version="1",
+                            input_type="floats", pid=0, cpus=[])
+    try:
+        ft.deploy([AppSpec("app", "floats", latency_slo_micros=30_000_000)],
+                  [ModelSpec("m", "1", "floats", batch_size=1)], {"app": ["m"]})
+        fake.send(hello)
+        fake.recv("welcome")
+        with Client(ft.client_address, timeout_s=30) as client:
+            out: list = []
+            worker = threading.Thread(target=lambda: out.extend(client.predict_many("app", [_x()], concurrency=1)))
+            worker.start()
+            hdr, _ = fake.recv("predict")
+            wait_for(lambda: ft.replica_states()["slow"] == "dead", 10, "the batch timeout")
+            meta, frames = protocol.encode_items(np.zeros((1, 1), dtype=np.float32))
+            fake.send(protocol.header(MsgType.RESULT, batch_id=hdr["batch_id"], items=meta), frames)
+            fake.send(protocol.header(MsgType.HEARTBEAT, replica_id="slow", busy=False))
+            wait_for(lambda: metric(ft.metrics(), "counters", "model:m:1:late_outputs")["count"] == 1,
+                     10, "the late output to be counted")
+            assert ft.replica_states()["slow"] == "dead" and not out
+            # Registering again brings it back, and the requeued query is retried on it.
+            fake.send(hello)
+            fake.recv("welcome")
+            hdr, _ = fake.recv("predict")
+            meta, frames = protocol.encode_items(np.ones((1, 1), dtype=np.float32))
+            fake.send(protocol.header(MsgType.RESULT, batch_id=hdr["batch_id"], items=meta), frames)
+            worker.join(30)
+        assert len(out) == 1 and not isinstance(out[0], Exception) and not out[0].default, out
+        assert ft.replica_states()["slow"] == "ready"
+        assert metric(ft.metrics(), "counters", "model:m:1:batch_timeouts")["count"] == 1
     finally:
         fake.close()
         ft.stop()
