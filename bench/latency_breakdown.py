@@ -140,11 +140,11 @@ def _breakdown(queries: list[tuple[int, int]], events: list[tuple[str, int]]) ->
 def drive(args: argparse.Namespace) -> dict:
     import zmq
 
-    from bench.serving_bench import _free_port, _pin, wait_live
+    from bench.serving_bench import _pin, free_port, wait_live
     from frontend import protocol
     from frontend.protocol import MsgType
 
-    ports = {"client": _free_port(), "replica": _free_port(), "http": _free_port()}
+    ports = {"client": free_port(), "replica": free_port(), "http": free_port()}
     state = {"apps": [{"name": "bench", "input_type": "floats", "latency_slo_micros": 10_000_000}],
              "models": [{"name": "noop", "version": "1", "input_type": "floats", "batch_size": -1,
                          "max_batch_size": 64}], "links": {"bench": ["noop"]}}

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,12 +30,7 @@ sys.path.insert(0, ROOT)
 
 from frontend import defaults  # noqa: E402
 from frontend.client import Client  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from management.embedded_redis import free_port  # noqa: E402
 
 
 def _percentiles(samples_s: list[float]) -> dict:
@@ -67,7 +61,7 @@ def wait_live(base: str, timeout_s: float = 60.0) -> None:
 
 def start(args: argparse.Namespace, tmp: str) -> tuple[subprocess.Popen, subprocess.Popen, dict]:
     """Frontend and replica processes, and their addresses."""
-    ports = {"client": _free_port(), "replica": _free_port(), "http": _free_port()}
+    ports = {"client": free_port(), "replica": free_port(), "http": free_port()}
     state = {"apps": [{"name": "bench", "input_type": "floats", "latency_slo_micros": 10_000_000}],
              "models": [{"name": "noop", "version": "1", "input_type": "floats", "batch_size": -1,
                          "max_batch_size": args.max_batch_size, "max_queue_size": 100_000}],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -42,8 +43,35 @@ def find_redis_server() -> str:
     return bundled
 
 
+_PORT_SPAN = 10_000  # how many ports below the ephemeral range free_port draws from
+_random = random.SystemRandom()  # tests may seed the global generator
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
+    """A TCP port on ``host`` that nothing listens on right now, for a process we start to bind.
+
+    Drawn at random from just below the kernel's ephemeral range: a port from
+    ``bind(0)`` lies inside that range, so an outgoing connection could take it
+    before our process binds it (seen as "address already in use" under load).
+    """
+    low = _ephemeral_low()
+    if low - _PORT_SPAN >= 1024:
+        for _ in range(64):
+            port = _random.randrange(low - _PORT_SPAN, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ from frontend_support import ROOT, FrontendThread, metric, start_replica, wait_f
 from frontend_support import frontend, procs  # noqa: F401 - fixtures
 
 from frontend.client import Client
+from management.embedded_redis import free_port
 from frontend.errors import NoModel, ShuttingDown
 from frontend.types import AppSpec, ModelSpec
 
@@ -121,12 +121,6 @@ def test_stopping_answers_pending_queries_with_shutting_down(frontend):
     assert len(out) == 2 and all(isinstance(r, ShuttingDown) for r in out), out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_python_m_frontend_serves_a_config_file_and_stops_on_sigterm(tmp_path, procs):
     state = {"apps": [{"name": "app", "input_type": "floats", "latency_slo_micros": 20_000_000}],
@@ -134,7 +128,7 @@ def test_python_m_frontend_serves_a_config_file_and_stops_on_sigterm(tmp_path, p
              "links": {"app": ["noop"]}}
     path = tmp_path / "deployment.json"
     path.write_text(json.dumps(state))
-    client_port, replica_port, http_port = _free_port(), _free_port(), _free_port()
+    client_port, replica_port, http_port = free_port(), free_port(), free_port()
     env = dict(os.environ, PYTHONPATH=ROOT, SCHOONER_HTTP_PORT=str(http_port))
     fe = subprocess.Popen([sys.executable, "-m", "frontend", "--config", str(path), "--client-port",
                            str(client_port), "--replica-port", str(replica_port), "--heartbeat-interval-s",
