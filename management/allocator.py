@@ -133,12 +133,7 @@ class CpuAllocator:
                 or cpus_per_replica < 1):
             raise AllocationError(f"cpus_per_replica must be an integer >= 1, got {cpus_per_replica!r}")
         pool_list = list(self.available if pool is None or len(pool) == 0 else pool)
-        bad = [c for c in pool_list if not isinstance(c, int) or isinstance(c, bool)]
-        if bad:
-            raise AllocationError(f"model_cpus must be integers, got {bad!r}")
-        if len(set(pool_list)) != len(pool_list):
-            raise AllocationError(f"model_cpus lists a cpu twice: {pool_list}")
-        missing = sorted(c for c in pool_list if c not in self.available)
+        missing = _unknown_ids(pool_list, "model_cpus", "cpu", self.available)
         if missing:
             raise AllocationError(
                 f"cpu(s) {missing} do not exist on this machine (online cpus: {_fmt(self.available)})")
@@ -148,12 +143,7 @@ class CpuAllocator:
                 f"{n_replicas} replica(s) x {cpus_per_replica} cpu(s) need {need} cpus, "
                 f"but the pool {pool_list} has only {len(pool_list)}")
         gpu_list = list(gpus or [])
-        bad_gpus = [g for g in gpu_list if not isinstance(g, int) or isinstance(g, bool)]
-        if bad_gpus:
-            raise AllocationError(f"gpus must be integers, got {bad_gpus!r}")
-        if len(set(gpu_list)) != len(gpu_list):
-            raise AllocationError(f"gpus lists a GPU twice: {gpu_list}")
-        missing_gpus = sorted(g for g in gpu_list if g not in self.gpus)
+        missing_gpus = _unknown_ids(gpu_list, "gpus", "GPU", self.gpus)
         if missing_gpus:
             have = f"GPUs {self.gpus}" if self.gpus else "no GPU (nvidia-smi -L finds none)"
             raise AllocationError(f"gpu(s) {missing_gpus} do not exist: this machine has {have}")
@@ -201,3 +191,13 @@ class CpuAllocator:
 
 def _fmt(cpus: list[int]) -> str:
     return ",".join(str(c) for c in cpus)
+
+
+def _unknown_ids(ids: list, field: str, noun: str, known: list[int]) -> list[int]:
+    """Check ``ids`` are distinct integers (AllocationError naming ``field``); return those not in ``known``."""
+    bad = [i for i in ids if not isinstance(i, int) or isinstance(i, bool)]
+    if bad:
+        raise AllocationError(f"{field} must be integers, got {bad!r}")
+    if len(set(ids)) != len(ids):
+        raise AllocationError(f"{field} lists a {noun} twice: {ids}")
+    return sorted(i for i in ids if i not in known)
