@@ -4,10 +4,10 @@ from setuptools import find_packages, setup
 
 setup(
     name="schooner",
-    version="0.1.0",
+    version="0.2.0",
     description="Low-latency prediction serving with adaptive batching, in the style of Clipper",
     python_requires=">=3.10",
-    packages=find_packages(include=["frontend*", "containers*", "management*", "driver*"]),
+    packages=find_packages(include=["schooner*", "frontend*", "containers*", "management*", "driver*"]),
     install_requires=[
         "numpy>=1.24",
         "pyzmq>=25",

@@ -141,8 +141,8 @@ def drive(args: argparse.Namespace) -> dict:
     import zmq
 
     from bench.serving_bench import _pin, free_port, wait_live
-    from frontend import protocol
-    from frontend.protocol import MsgType
+    from schooner import protocol
+    from schooner.protocol import MsgType
 
     ports = {"client": free_port(), "replica": free_port(), "http": free_port()}
     state = {"apps": [{"name": "bench", "input_type": "floats", "latency_slo_micros": 10_000_000}],

@@ -28,7 +28,7 @@ import requests
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from frontend import defaults  # noqa: E402
+from schooner import defaults  # noqa: E402
 from frontend.client import Client  # noqa: E402
 from management.embedded_redis import free_port  # noqa: E402
 

@@ -8,8 +8,8 @@
 #   --base IMAGE   base image (default $SCHOONER_BASE_IMAGE or python:3.11-slim); with no
 #                  registry, build schooner/base-debian first (bin/build_local_base_image.sh)
 #                  and pass --base schooner/base-debian
-# The build context is a staged copy of only what a replica needs (the frontend
-# wire-protocol modules and the containers package), so builds are small and the
+# The build context is a staged copy of only what a replica needs (the shared core
+# package schooner/ and the containers package), so builds are small and the
 # engine's layer cache makes an unchanged rebuild take seconds. Builds use the host
 # network so pip can reach PyPI where a layer needs it.
 set -euo pipefail
@@ -41,11 +41,7 @@ fi
 
 CONTEXT="$(mktemp -d /tmp/schooner-docker-context.XXXXXX)"
 trap 'rm -rf "$CONTEXT"' EXIT
-mkdir -p "$CONTEXT/frontend" "$CONTEXT/containers"
-for f in __init__.py defaults.py errors.py protocol.py types.py; do
-    cp "$REPO/frontend/$f" "$CONTEXT/frontend/"
-done
-tar -C "$REPO" --exclude='__pycache__' --exclude='*.pyc' -c containers | tar -C "$CONTEXT" -x
+tar -C "$REPO" --exclude='__pycache__' --exclude='*.pyc' -c schooner containers | tar -C "$CONTEXT" -x
 # Fixed mtimes keep the layer cache valid across checkouts of the same content.
 find "$CONTEXT" -exec touch -h -d '2000-01-01 00:00:00' {} +
 

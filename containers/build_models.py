@@ -15,7 +15,7 @@ import os
 import sys
 
 from containers.models.classic import FAMILIES, MODEL_NAMES, TrainParams, build_artifact
-from frontend import defaults
+from schooner import defaults
 
 
 def build(out: str, models: list[str], params: TrainParams, num_threads: int) -> list[dict]:

@@ -20,7 +20,7 @@ from containers import pinning
 from containers.errors import ContainerError
 from containers.models import load_model
 from containers.runtime import Replica, ReplicaConfig
-from frontend import defaults
+from schooner import defaults
 
 __all__ = ["Replica", "ReplicaConfig", "main"]
 

@@ -41,10 +41,10 @@ import zmq
 
 from containers import pinning
 from containers.models.base import Model
-from frontend import defaults, protocol
-from frontend.errors import ProtocolError
-from frontend.protocol import ErrorCode, MsgType
-from frontend.types import InputType
+from schooner import defaults, protocol
+from schooner.errors import ProtocolError
+from schooner.protocol import ErrorCode, MsgType
+from schooner.types import InputType
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from frontend.errors import SchoonerError
+from schooner.errors import SchoonerError
 
 
 class DriverError(Exception):

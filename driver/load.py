@@ -21,7 +21,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from driver.errors import DriverBacklog
-from frontend.errors import SchoonerError
+from schooner.errors import SchoonerError
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ Importing this package needs only numpy, pyzmq and msgpack (replica images have 
 more); the server modules that need aiohttp are imported by the frontend process.
 """
 
-from frontend.errors import (BadInput, ModelError, NoModel, Overloaded, ProtocolError, ReplicaLost,
+from schooner.errors import (BadInput, ModelError, NoModel, Overloaded, ProtocolError, ReplicaLost,
                              SchoonerError, ShuttingDown, UnknownApp)
-from frontend.types import AppSpec, DeploymentState, InputType, ModelSpec, ReplicaInfo, ReplicaState
+from schooner.types import AppSpec, DeploymentState, InputType, ModelSpec, ReplicaInfo, ReplicaState
 
 __all__ = [
     "AppSpec", "BadInput", "DeploymentState", "InputType", "ModelError", "ModelSpec", "NoModel",

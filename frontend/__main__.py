@@ -9,7 +9,7 @@ import signal
 
 import zmq.asyncio
 
-from frontend import defaults
+from schooner import defaults
 from frontend.config import FrontendConfig, load_state_file
 from frontend.server import Frontend
 
@@ -68,7 +68,7 @@ async def run(config: FrontendConfig, config_file: str | None, redis_url: str | 
     await fe.start()
     follower = None
     if redis_url:
-        from management import follower as follower_mod  # only the Redis-backed deployment needs it
+        from frontend import follower as follower_mod  # only the Redis-backed deployment needs it
 
         follower = loop.create_task(follower_mod.follow(fe, redis_url, stop))
     try:

@@ -12,9 +12,9 @@ from typing import Any, Sequence
 import numpy as np
 import zmq
 
-from frontend.errors import BadInput, ProtocolError
-from frontend.protocol import item_metas
-from frontend.types import InputType
+from schooner.errors import BadInput, ProtocolError
+from schooner.protocol import item_metas
+from schooner.types import InputType
 
 _KIND_OF = {InputType.BYTES: "b", InputType.STRINGS: "s"}
 _dtype_ok: dict[tuple[InputType, Any], bool] = {}

@@ -19,9 +19,9 @@ import enum
 import math
 from typing import Any
 
-from frontend import defaults
+from schooner import defaults
 from frontend.queries import Entry
-from frontend.types import ModelSpec
+from schooner.types import ModelSpec
 
 
 class FireReason(str, enum.Enum):

@@ -1,12 +1,12 @@
 """Client library: send queries to the frontend's ZMQ client port.
 
 :class:`Client` is blocking, :class:`AsyncClient` its asyncio twin; both speak
-the wire protocol of :mod:`frontend.protocol` over one DEALER socket. Numpy
+the wire protocol of :mod:`schooner.protocol` over one DEALER socket. Numpy
 inputs travel zero-copy; lists are converted to the app's dtype (``dtype``:
-an :class:`~frontend.types.InputType` name or a numpy dtype; without one,
+an :class:`~schooner.types.InputType` name or a numpy dtype; without one,
 integers become int32 and other numbers float32). An ERROR reply raises the
-named error of :mod:`frontend.errors`; no reply within ``timeout_s`` raises
-:class:`~frontend.errors.QueryTimeout` (a :class:`TimeoutError`).
+named error of :mod:`schooner.errors`; no reply within ``timeout_s`` raises
+:class:`~schooner.errors.QueryTimeout` (a :class:`TimeoutError`).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from frontend import defaults, protocol
-from frontend.errors import Overloaded, ProtocolError, QueryTimeout, SchoonerError, from_code
-from frontend.protocol import MsgType
-from frontend.types import InputType
+from schooner import defaults, protocol
+from schooner.errors import Overloaded, ProtocolError, QueryTimeout, SchoonerError, from_code
+from schooner.protocol import MsgType
+from schooner.types import InputType
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from frontend import defaults
-from frontend.types import AppSpec, DeploymentState, ModelSpec
+from schooner import defaults
+from schooner.types import AppSpec, DeploymentState, ModelSpec
 
 
 @dataclass

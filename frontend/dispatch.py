@@ -21,14 +21,14 @@ from typing import Any, Callable
 
 import msgpack
 
-from frontend import protocol
+from schooner import protocol
 from frontend.batching import FireReason, ModelQueue
 from frontend.config import FrontendConfig
-from frontend.errors import (NoModel, Overloaded, SchoonerError)
+from schooner.errors import (NoModel, Overloaded, SchoonerError)
 from frontend.queries import AppRoute, Entry, Query
 from frontend.replica_events import ReplicaEvents
 from frontend.replicas import Replica, ReplicaPool
-from frontend.types import DeploymentState, ReplicaState
+from schooner.types import DeploymentState, ReplicaState
 
 log = logging.getLogger(__name__)
 

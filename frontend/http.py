@@ -14,9 +14,9 @@ import numpy as np
 from aiohttp import web
 
 from frontend.admission import validate_items
-from frontend.errors import BadInput, NoModel, Overloaded, SchoonerError, UnknownApp
+from schooner.errors import BadInput, NoModel, Overloaded, SchoonerError, UnknownApp
 from frontend.queries import Query
-from frontend.types import InputType
+from schooner.types import InputType
 
 if TYPE_CHECKING:
     from frontend.server import Frontend

@@ -8,12 +8,12 @@ from typing import Any, Callable
 
 import msgpack
 
-from frontend import protocol
+from schooner import protocol
 from frontend.admission import nbytes, split_items, validate_items
 from frontend.config import FrontendConfig
 from frontend.dispatch import Dispatcher
-from frontend.errors import BadInput, NoModel, Overloaded, ProtocolError, SchoonerError, UnknownApp
-from frontend.protocol import ErrorCode, MsgType
+from schooner.errors import BadInput, NoModel, Overloaded, ProtocolError, SchoonerError, UnknownApp
+from schooner.protocol import ErrorCode, MsgType
 from frontend.queries import Query
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 from typing import Any, Callable
 
-from frontend.errors import SchoonerError
+from schooner.errors import SchoonerError
 
 # An item on the wire: its ``[kind, dtype, shape]`` meta and its payload frame.
 STRING_META = ["s", None, None]

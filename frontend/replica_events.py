@@ -14,13 +14,13 @@ from typing import Any
 
 import msgpack
 
-from frontend import protocol
+from schooner import protocol
 from frontend.admission import split_items
-from frontend.errors import ModelError, NoModel, ProtocolError, ReplicaLost, SchoonerError, from_code
-from frontend.protocol import ErrorCode, MsgType
+from schooner.errors import ModelError, NoModel, ProtocolError, ReplicaLost, SchoonerError, from_code
+from schooner.protocol import ErrorCode, MsgType
 from frontend.queries import Entry
 from frontend.replicas import Replica
-from frontend.types import ReplicaState
+from schooner.types import ReplicaState
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import logging
 import os
 from typing import Any
 
-from frontend.errors import ProtocolError
+from schooner.errors import ProtocolError
 from frontend.queries import Entry
-from frontend.types import InputType, ReplicaInfo, ReplicaState
+from schooner.types import InputType, ReplicaInfo, ReplicaState
 
 log = logging.getLogger(__name__)
 

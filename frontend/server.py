@@ -12,10 +12,10 @@ import zmq.asyncio
 
 from frontend.config import FrontendConfig
 from frontend.dispatch import Dispatcher
-from frontend.errors import ShuttingDown
+from schooner.errors import ShuttingDown
 from frontend.ingress import ClientIngress
 from frontend.metrics import MetricsRegistry
-from frontend.types import AppSpec, DeploymentState, ModelSpec, ReplicaInfo
+from schooner.types import AppSpec, DeploymentState, ModelSpec, ReplicaInfo
 from frontend.zmq_endpoints import RouterEndpoint
 
 log = logging.getLogger(__name__)

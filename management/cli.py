@@ -12,7 +12,7 @@ from typing import Sequence
 
 import requests
 
-from frontend import defaults
+from schooner import defaults
 from management.allocator import parse_cpu_list
 from management.errors import ManagementError
 from management.stack import Stack

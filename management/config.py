@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from frontend import defaults
+from schooner import defaults
 
 BACKENDS = ("process", "docker")
 RECONCILE_INTERVAL_S = 1.0

@@ -15,15 +15,15 @@ import socket
 import time
 from typing import Any
 
-from frontend.types import ModelSpec, ReplicaState
-from management import _replica_launch as launch
-from management._replica_launch import Health
+from schooner.types import ModelSpec, ReplicaState
+from management import replica_launch as launch
+from management.replica_launch import Health
 from management.allocator import CpuAllocator, Placement
 from management.backends.base import ReplicaBackend
 from management.backends.local import terminate_stray
 from management.errors import (AllocationError, BackendError, BadRequest, ManagementError, NotFound,
                                ReplicasNotReady)
-from management.frontend_view import SERVING, FrontendView, merge, public, wall_time
+from management.frontend_client import SERVING, FrontendView, merge, public, wall_time
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 import requests
 
-from frontend import defaults
+from schooner import defaults
 from management.embedded_redis import EmbeddedRedis, free_port
 from management.errors import ManagementError
 

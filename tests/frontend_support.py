@@ -16,7 +16,7 @@ import zmq.asyncio
 
 from frontend.config import FrontendConfig
 from frontend.server import Frontend
-from frontend.types import AppSpec, DeploymentState, ModelSpec
+from schooner.types import AppSpec, DeploymentState, ModelSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import requests
 
-from frontend.types import AppSpec, ModelSpec
+from schooner.types import AppSpec, ModelSpec
 from management.store import Store
 
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import zmq
 
-from frontend import protocol
+from schooner import protocol
 from frontend.client import AsyncClient, Client, Prediction
-from frontend.errors import ModelError, Overloaded, QueryTimeout, SchoonerError, UnknownApp
-from frontend.protocol import ErrorCode, MsgType
+from schooner.errors import ModelError, Overloaded, QueryTimeout, SchoonerError, UnknownApp
+from schooner.protocol import ErrorCode, MsgType
 
 Handler = Callable[["FakeFrontend", bytes, dict, list], None]
 

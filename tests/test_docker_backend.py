@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from frontend.client import Client
-from frontend.types import AppSpec, ModelSpec
+from schooner.types import AppSpec, ModelSpec
 from management.backends.base import LaunchSpec, ReplicaBackend
 from management.backends.docker import DEFAULT_IMAGE, NAMESPACE, DockerBackend, container_name, replica_command
 from management.config import ServiceConfig, parse_args

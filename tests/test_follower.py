@@ -12,9 +12,9 @@ import zmq.asyncio
 
 from frontend.config import FrontendConfig
 from frontend.server import Frontend
-from frontend.types import AppSpec, DeploymentState, ModelSpec
+from schooner.types import AppSpec, DeploymentState, ModelSpec
 from management.embedded_redis import EmbeddedRedis, connect, free_port
-from management.follower import follow
+from frontend.follower import follow
 from management.store import Store
 
 WAIT_S = 30.0  # generous: a loaded 2-core machine

@@ -17,8 +17,8 @@ from frontend_support import frontend, procs  # noqa: F401 - fixtures
 
 from frontend.client import Client
 from management.embedded_redis import free_port
-from frontend.errors import NoModel, ShuttingDown
-from frontend.types import AppSpec, ModelSpec
+from schooner.errors import NoModel, ShuttingDown
+from schooner.types import AppSpec, ModelSpec
 
 
 def _deploy_noop(ft: FrontendThread) -> None:

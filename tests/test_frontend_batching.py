@@ -11,7 +11,7 @@ from frontend_support import metric, start_replica
 from frontend_support import frontend, procs  # noqa: F401 - fixtures
 
 from frontend.client import Client
-from frontend.types import AppSpec, ModelSpec
+from schooner.types import AppSpec, ModelSpec
 
 
 def _inputs(n: int) -> list[np.ndarray]:

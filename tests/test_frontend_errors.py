@@ -11,11 +11,11 @@ import requests
 import zmq
 from frontend_support import FrontendThread, start_replica, stop_process
 
-from frontend import protocol
+from schooner import protocol
 from frontend.client import Client
-from frontend.errors import BadInput, NoModel, Overloaded, UnknownApp
-from frontend.protocol import MsgType
-from frontend.types import AppSpec, ModelSpec
+from schooner.errors import BadInput, NoModel, Overloaded, UnknownApp
+from schooner.protocol import MsgType
+from schooner.types import AppSpec, ModelSpec
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ import zmq
 from frontend_support import FrontendThread, metric, start_replica, wait_for
 from frontend_support import frontend, procs  # noqa: F401 - fixtures
 
-from frontend import protocol
+from schooner import protocol
 from frontend.client import Client
-from frontend.errors import ModelError, ReplicaLost
-from frontend.protocol import MsgType
-from frontend.types import AppSpec, ModelSpec
+from schooner.errors import ModelError, ReplicaLost
+from schooner.protocol import MsgType
+from schooner.types import AppSpec, ModelSpec
 
 
 def _x(v: float = 1.0) -> np.ndarray:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from frontend.types import ModelSpec
+from schooner.types import ModelSpec
 from management.allocator import CpuAllocator
 from management.backends.local import LocalProcessBackend
 from management.errors import AllocationError, NotFound

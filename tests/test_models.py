@@ -14,9 +14,9 @@ import zmq
 
 from containers.models import classic, load_model
 from containers.models.base import Model
-from frontend import protocol
-from frontend.protocol import MsgType
-from frontend.types import InputType
+from schooner import protocol
+from schooner.protocol import MsgType
+from schooner.types import InputType
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIC = list(classic.MODEL_NAMES)

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import zmq
 
-from frontend import errors, protocol
-from frontend.defaults import PROTOCOL_VERSION
-from frontend.errors import ProtocolError
-from frontend.protocol import ErrorCode, MsgType
+from schooner import errors, protocol
+from schooner.defaults import PROTOCOL_VERSION
+from schooner.errors import ProtocolError
+from schooner.protocol import ErrorCode, MsgType
 
 
 @pytest.fixture

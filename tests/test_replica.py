@@ -17,8 +17,8 @@ import zmq
 from containers import pinning
 from containers.errors import PinningError
 from containers.replica import Replica, ReplicaConfig
-from frontend import protocol
-from frontend.protocol import ErrorCode, MsgType
+from schooner import protocol
+from schooner.protocol import ErrorCode, MsgType
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 60.0  # generous: a replica start on a loaded 2-core machine

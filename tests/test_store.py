@@ -11,7 +11,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from frontend.types import AppSpec, InputType, ModelSpec
+from schooner.types import AppSpec, InputType, ModelSpec
 from management.embedded_redis import EmbeddedRedis, connect, free_port
 from management.errors import BadRequest, Conflict, NotFound, StoreUnavailable
 from management.store import Store, changes_state

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-from frontend.types import InputType
+from schooner.types import InputType
 
 
 @runtime_checkable

@@ -36,8 +36,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from containers.models._validate import flat_float_batch
-from frontend import defaults
-from frontend.types import InputType
+from schooner import defaults
+from schooner.types import InputType
 
 log = logging.getLogger(__name__)
 

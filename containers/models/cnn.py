@@ -33,7 +33,7 @@ import torchvision
 from torch import nn
 
 from containers.models._validate import image_batch
-from frontend.types import InputType
+from schooner.types import InputType
 
 log = logging.getLogger(__name__)
 

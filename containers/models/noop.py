@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from frontend.types import InputType
+from schooner.types import InputType
 
 FAULT_NUMBER = -999
 FAULT_TEXT = "raise"

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from containers.models.noop import check_fault, tiny_outputs
-from frontend.types import InputType
+from schooner.types import InputType
 
 
 class SleepModel:

@@ -17,7 +17,7 @@ import docker
 import docker.errors
 import docker.types
 
-from frontend import defaults
+from schooner import defaults
 from management.backends.base import LaunchSpec, RunningReplica, replica_args
 from management.errors import BackendError
 

@@ -7,7 +7,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from frontend.types import ModelSpec, ReplicaState
+from schooner.types import ModelSpec, ReplicaState
 from management.allocator import Placement
 from management.backends.base import LaunchSpec
 

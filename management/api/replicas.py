@@ -7,8 +7,8 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
-from management._api_common import FRONTEND_URL_KEY, call, error_response, manager_of, read_body, store_of, write
-from management._api_registry import model_info
+from management.api.common import FRONTEND_URL_KEY, call, error_response, manager_of, read_body, store_of, write
+from management.api.registry import model_info
 from management.errors import BadRequest, NotFound
 from management.store import Store
 

@@ -9,7 +9,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from management._body import Body
+from management.api.body import Body
 from management.errors import BadRequest, ManagementError, ManagerUnavailable, Unauthorized
 from management.store import Store
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from management._codec import text
-from management._store_base import StoreBase, translated
+from management.store.codec import text
+from management.store.connection import StoreBase, translated
 from management.errors import BadRequest
-from management.events import EventKind
+from management.store.events import EventKind
 
 
 class ReplicaRecords(StoreBase):

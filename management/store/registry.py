@@ -1,8 +1,8 @@
 """The Redis store: apps, models, links, versions, replicas and desired replica counts.
 
-Every Redis key Schooner uses is built in ``management._keys`` and nowhere
+Every Redis key Schooner uses is built in ``schooner.keys`` and nowhere
 else; the replica records and desired counts live in
-``management._replica_records``. Writes that belong together run in one
+``management.store.replicas``. Writes that belong together run in one
 MULTI/EXEC transaction (with WATCH on the keys their checks read), and each write publishes a JSON
 event ``{"kind": ..., ...}`` on the ``schooner:events`` channel inside that
 same transaction, so a follower that sees the event also sees the write.
@@ -15,12 +15,12 @@ from typing import Any, Iterable
 
 import redis
 
-from frontend.types import AppSpec, DeploymentState, ModelSpec
-from management._codec import APP_KINDS, MODEL_KINDS, check_name, decode_spec, encode_spec, text, version_order
-from management._replica_records import ReplicaRecords
-from management._store_base import translated
+from schooner.types import AppSpec, DeploymentState, ModelSpec
+from management.store.codec import APP_KINDS, MODEL_KINDS, check_name, decode_spec, encode_spec, text, version_order
+from management.store.replicas import ReplicaRecords
+from management.store.connection import translated
 from management.errors import BadRequest, Conflict, NotFound
-from management.events import EventKind, changes_state
+from management.store.events import EventKind, changes_state
 
 __all__ = ["EventKind", "Store", "changes_state"]
 

@@ -1,6 +1,6 @@
 """Errors of the frontend, the protocol and the client library.
 
-Each carries the :class:`~frontend.protocol.ErrorCode` name it travels under, so
+Each carries the :class:`~schooner.protocol.ErrorCode` name it travels under, so
 a client gets the same named error the frontend raised.
 """
 

@@ -8,7 +8,7 @@ import json
 import re
 from typing import Any
 
-from frontend.types import AppSpec, ModelSpec
+from schooner.types import AppSpec, ModelSpec
 from management.errors import BadRequest
 
 # Names become parts of Redis keys and "name:version" set members: no ':' or glob characters.

@@ -8,10 +8,10 @@ from typing import Any, Callable, TypeVar
 
 import redis
 
-from frontend import defaults
-from management._keys import Keys
+from schooner import defaults
+from schooner.keys import Keys
 from management.errors import BadRequest, StoreUnavailable
-from management.events import EventKind
+from management.store.events import EventKind
 
 F = TypeVar("F", bound=Callable[..., Any])
 

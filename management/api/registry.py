@@ -6,9 +6,9 @@ import dataclasses
 
 from aiohttp import web
 
-from frontend import defaults
-from frontend.types import AppSpec, ModelSpec
-from management._api_common import MANAGER_KEY, SUCCESS, call, read_body, spec, store_of, write
+from schooner import defaults
+from schooner.types import AppSpec, ModelSpec
+from management.api.common import MANAGER_KEY, SUCCESS, call, read_body, spec, store_of, write
 from management.errors import NotFound
 
 # Clipper's older clients say "integers" for ints.

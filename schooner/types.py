@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from frontend import defaults
+from schooner import defaults
 
 
 class InputType(str, enum.Enum):

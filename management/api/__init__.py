@@ -22,10 +22,10 @@ from typing import Any
 
 from aiohttp import web
 
-from management import _api_registry, _api_replicas
-from management._api_common import (FRONTEND_URL_KEY, MANAGER_KEY, STORE_KEY, SUCCESS, TOKEN_KEY,
+from management.api import registry as _api_registry, replicas as _api_replicas
+from management.api.common import (FRONTEND_URL_KEY, MANAGER_KEY, STORE_KEY, SUCCESS, TOKEN_KEY,
                                     errors_middleware)
-from management._api_registry import app_info, model_info
+from management.api.registry import app_info, model_info
 from management.errors import ManagerUnavailable
 from management.store import Store
 

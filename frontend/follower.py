@@ -1,7 +1,7 @@
 """Keeps a frontend's deployment in step with Redis: load, apply, follow change events.
 
 The frontend process runs :func:`follow` as a task. It never touches Redis per
-query: it applies the whole :class:`~frontend.types.DeploymentState` at start
+query: it applies the whole :class:`~schooner.types.DeploymentState` at start
 and again after every change event (a burst of events is applied once). When
 Redis goes away the frontend keeps serving its last state; the follower retries
 and, once Redis answers again, re-loads everything, since events published
@@ -21,8 +21,8 @@ import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from frontend import defaults
-from frontend.types import DeploymentState
+from schooner import defaults
+from schooner.types import DeploymentState
 from management.errors import StoreUnavailable
 from management.store import Store, changes_state
 

@@ -28,8 +28,8 @@ import msgpack
 import numpy as np
 import zmq
 
-from frontend.defaults import PROTOCOL_VERSION
-from frontend.errors import ProtocolError
+from schooner.defaults import PROTOCOL_VERSION
+from schooner.errors import ProtocolError
 
 Item = Union[np.ndarray, bytes, str]
 FrameLike = Union[zmq.Frame, bytes, memoryview, np.ndarray]

@@ -9,7 +9,7 @@ import time
 
 import aiohttp
 
-from frontend.types import ReplicaState
+from schooner.types import ReplicaState
 
 log = logging.getLogger(__name__)
 
