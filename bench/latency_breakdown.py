@@ -142,7 +142,6 @@ def drive(args: argparse.Namespace) -> dict:
 
     from bench.serving_bench import _pin, free_port, wait_live
     from schooner import protocol
-    from schooner.protocol import MsgType
 
     ports = {"client": free_port(), "replica": free_port(), "http": free_port()}
     state = {"apps": [{"name": "bench", "input_type": "floats", "latency_slo_micros": 10_000_000}],
@@ -179,7 +178,7 @@ def drive(args: argparse.Namespace) -> dict:
             queries = []
             ns = time.monotonic_ns
             for i in range(200 + args.queries):
-                msg = protocol.pack(protocol.header(MsgType.QUERY, id=i, app="bench", items=meta), frames)
+                msg = protocol.query(i, "bench", meta, frames)
                 t0 = ns()
                 sock.send_multipart(msg)
                 sock.recv_multipart()

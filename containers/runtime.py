@@ -35,7 +35,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-import msgpack
 import numpy as np
 import zmq
 
@@ -43,15 +42,11 @@ from containers import pinning
 from containers.models.base import Model
 from schooner import defaults, protocol
 from schooner.errors import ProtocolError
-from schooner.protocol import ErrorCode, MsgType
+from schooner.protocol import ErrorCode
 from schooner.types import InputType
 
 log = logging.getLogger(__name__)
 
-_packb = msgpack.Packer(use_bin_type=True).pack
-_V = protocol.PROTOCOL_VERSION
-# msgpack Packers are not thread-safe: the sideband thread packs with its own.
-_sideband_packb = msgpack.Packer(use_bin_type=True).pack
 
 DRAIN_GRACE_S = 0.2  # after BYE, wait this long for a PREDICT the frontend sent before reading it
 LINGER_MS = 2000
@@ -160,13 +155,11 @@ class Replica:
             while True:
                 if self._stop.is_set() and not bye_sent:
                     bye_sent = True
-                    self._send(sock, [_sideband_packb(protocol.header(
-                        MsgType.BYE, replica_id=rid, inflight=int(self._busy), sideband=True))])
+                    self._send(sock, protocol.bye(rid))
                     log.info("draining: BYE sent, %d batch(es) in flight", int(self._busy))
                 if self._done.is_set():
                     return
-                self._send(sock, [_sideband_packb(protocol.header(
-                    MsgType.HEARTBEAT, replica_id=rid, busy=self._busy, sideband=True))])
+                self._send(sock, protocol.heartbeat(rid, sideband=True))
                 while sock.poll(0):  # the frontend never answers sideband messages; discard whatever comes
                     sock.recv_multipart()
                 if bye_sent:
@@ -199,11 +192,10 @@ class Replica:
                 log.warning("frontend silent for %.1f s; registering again", now - last_heard)
                 registered = False
             if not registered and not draining and now - last_hello >= self._interval_s:
-                self._send(sock, protocol.pack(self._hello()))
+                self._send(sock, self._hello())
                 last_hello = now
             if now >= next_heartbeat:
-                self._send(sock, protocol.pack(protocol.header(
-                    MsgType.HEARTBEAT, replica_id=self.config.replica_id, busy=False)))
+                self._send(sock, protocol.heartbeat(self.config.replica_id))
                 next_heartbeat = now + self._interval_s
             wait_s = next_heartbeat - now
             if not registered:
@@ -280,18 +272,16 @@ class Replica:
             self._send(sock, protocol.error(ErrorCode.PROTOCOL_ERROR, str(err), batch_id=batch_id))
             return
         if not inputs:
-            self._send(sock, protocol.pack(protocol.header(MsgType.RESULT, batch_id=batch_id,
-                                                           items={"list": []})))
+            self._send(sock, protocol.result(batch_id, {"list": []}, ()))
             return
-        started = time.monotonic()
         self._busy = True
         try:
-            self._send(sock, self._answer(batch_id, inputs, started))
+            self._send(sock, self._answer(batch_id, inputs))
         finally:
             self._busy = False
         self.batches_done += 1
 
-    def _answer(self, batch_id: int, inputs: list, started: float) -> list:
+    def _answer(self, batch_id: int, inputs: list) -> list:
         """RESULT frames for a batch, or ERROR model_error."""
         n = len(inputs)
         try:
@@ -303,18 +293,16 @@ class Replica:
         except Exception as err:  # the model's own errors, whatever their type
             log.warning("batch %d failed: %s: %s", batch_id, type(err).__name__, err)
             return protocol.error(ErrorCode.MODEL_ERROR, f"{type(err).__name__}: {err}", batch_id=batch_id)
-        predict_s = time.monotonic() - started
-        return [_packb({"v": _V, "type": "result", "batch_id": batch_id, "items": meta,
-                        "predict_s": predict_s}), *frames]
+        return protocol.result(batch_id, meta, frames)
 
-    def _hello(self) -> dict:
+    def _hello(self) -> list:
         try:
             pidns = os.readlink("/proc/self/ns/pid")
         except OSError:
             pidns = ""
         shape = getattr(self.model, "input_shape", None)
-        return protocol.header(
-            MsgType.HELLO, replica_id=self.config.replica_id, model=self.config.name,
+        return protocol.hello(
+            replica_id=self.config.replica_id, model=self.config.name,
             version=self.config.version, input_type=InputType.parse(self.input_type).value,
             input_shape=list(shape) if shape is not None else None, pid=os.getpid(), pidns=pidns,
             host=socket.gethostname(), cpus=list(self.cpus), gpu=self.config.gpu)

@@ -20,6 +20,7 @@ import math
 from typing import Any
 
 from schooner import defaults
+from schooner import metric_names as names
 from frontend.queries import Entry
 from schooner.types import ModelSpec
 
@@ -123,20 +124,17 @@ class ModelQueue:
         self.wait_expired = False
         self.replica_shape: list[int] | None = None  # input shape the first replica registered
         self.removed = False
-        prefix = f"model:{spec.name}:{spec.version}:"
-        self.latency = metrics.histogram(prefix + "prediction_latency", "microseconds")
-        self.batch_size = metrics.histogram(prefix + "batch_size", "queries")
-        self.throughput = metrics.meter(prefix + "prediction_throughput")
-        self.num_predictions = metrics.counter(prefix + "num_predictions")
-        self.queue_size = metrics.histogram(prefix + "queue_size", "queries")
-        self.fired = {
-            FireReason.FULL: metrics.counter(prefix + "batch_fired_full"),
-            FireReason.TIMEOUT: metrics.counter(prefix + "batch_fired_timeout"),
-            FireReason.IDLE: metrics.counter(prefix + "batch_fired_idle"),
-        }
-        self.late_outputs = metrics.counter(prefix + "late_outputs")
-        self.batch_timeouts = metrics.counter(prefix + "batch_timeouts")
-        self.dropped_at_dispatch = metrics.counter(prefix + "dropped_at_dispatch")
+        prefix = names.model_prefix(spec.name, spec.version)
+        self.latency = metrics.histogram(prefix + names.MODEL_LATENCY, "microseconds")
+        self.batch_size = metrics.histogram(prefix + names.MODEL_BATCH_SIZE, "queries")
+        self.throughput = metrics.meter(prefix + names.MODEL_THROUGHPUT)
+        self.num_predictions = metrics.counter(prefix + names.MODEL_NUM_PREDICTIONS)
+        self.queue_size = metrics.histogram(prefix + names.MODEL_QUEUE_SIZE, "queries")
+        self.fired = {reason: metrics.counter(prefix + names.MODEL_FIRED.format(reason=reason.value))
+                      for reason in FireReason}
+        self.late_outputs = metrics.counter(prefix + names.MODEL_LATE_OUTPUTS)
+        self.batch_timeouts = metrics.counter(prefix + names.MODEL_BATCH_TIMEOUTS)
+        self.dropped_at_dispatch = metrics.counter(prefix + names.MODEL_DROPPED_AT_DISPATCH)
         self.estimate = LatencyEstimate()
 
     @property

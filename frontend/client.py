@@ -93,7 +93,7 @@ def _encode_many(values: Any, dtype: np.dtype | None) -> tuple[dict, list]:
 
 
 def _query(app: str, qid: int, meta: dict, frames: list) -> list:
-    return protocol.pack(protocol.header(MsgType.QUERY, id=qid, app=app, items=meta), frames)
+    return protocol.query(qid, app, meta, frames)
 
 
 def _raise_error(hdr: dict) -> None:
@@ -129,7 +129,7 @@ def _check_args(timeout_s: float, concurrency: int = 1) -> None:
 
 
 class Client:
-    """Blocking client over one DEALER socket; not thread-safe (one per thread)."""
+    """Blocking client over one DEALER socket; not thread-safe (one per thread: headers are packed per thread)."""
 
     def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float = 30.0,
                  ctx: zmq.Context | None = None, input_type: DTypeLike = None,

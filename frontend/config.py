@@ -30,6 +30,8 @@ class FrontendConfig:
     retry_after_s: int = defaults.RETRY_AFTER_S
     max_batch_retries: int = defaults.MAX_BATCH_RETRIES
     spin_us: int = defaults.FRONTEND_SPIN_US  # busy-poll window after a burst (0 = block at once)
+    # dead/stopped replicas stay listed this long, then are forgotten
+    forget_gone_replicas_after_s: float = defaults.GONE_REPLICA_FORGET_AFTER_S
 
     def __post_init__(self) -> None:
         for name in ("client_port", "replica_port"):
@@ -48,6 +50,8 @@ class FrontendConfig:
             raise ValueError("max_message_bytes and max_input_bytes must be positive")
         if not isinstance(self.spin_us, int) or self.spin_us < 0:
             raise ValueError(f"spin_us must be an integer >= 0, got {self.spin_us!r}")
+        if not self.forget_gone_replicas_after_s >= 0:
+            raise ValueError("forget_gone_replicas_after_s must be >= 0")
         if self.max_batch_retries < 0:
             raise ValueError("max_batch_retries must be >= 0")
 

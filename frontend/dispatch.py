@@ -19,21 +19,15 @@ import logging
 import time
 from typing import Any, Callable
 
-import msgpack
-
-from schooner import protocol
+from schooner import metric_names, protocol
 from frontend.batching import FireReason, ModelQueue
 from frontend.config import FrontendConfig
-from schooner.errors import (NoModel, Overloaded, SchoonerError)
+from schooner.errors import NoModel, Overloaded, ReplicaLost, SchoonerError
 from frontend.queries import AppRoute, Entry, Query
-from frontend.replica_events import ReplicaEvents
-from frontend.replicas import Replica, ReplicaPool
-from schooner.types import DeploymentState, ReplicaState
+from frontend.replicas import Batch, Replica, ReplicaPool
+from schooner.types import DeploymentState
 
 log = logging.getLogger(__name__)
-
-_packb = msgpack.Packer(use_bin_type=True).pack
-_V = protocol.PROTOCOL_VERSION
 
 
 class Route:
@@ -47,8 +41,12 @@ class Route:
         self.problem = problem
 
 
-class Dispatcher(ReplicaEvents):
-    """Routes queries to model queues, forms batches for idle replicas, and matches results."""
+class Dispatcher:
+    """Routes queries to model queues, forms batches for idle replicas, and matches results.
+
+    Replica state belongs to the :class:`ReplicaPool`; the dispatcher only reads
+    it, and starts batches through it.
+    """
 
     def __init__(self, config: FrontendConfig, metrics: Any, pool: ReplicaPool | None = None) -> None:
         self.config = config
@@ -60,8 +58,8 @@ class Dispatcher(ReplicaEvents):
         self.routes: dict[str, Route] = {}
         self._dirty: set[ModelQueue] = set()
         self._next_query_id = 0
-        self.aggregate = metrics.meter("internal:aggregate_model_throughput")
-        self.queueing_delay = metrics.histogram("internal:rpc_request_queueing_delay", "microseconds")
+        self.aggregate = metrics.meter(metric_names.AGGREGATE_THROUGHPUT)
+        self.queueing_delay = metrics.histogram(metric_names.QUEUEING_DELAY, "microseconds")
 
     def attach(self, loop: asyncio.AbstractEventLoop, send_replica: Callable[[list], None]) -> None:
         """Bind to the running loop and the replica socket's send."""
@@ -81,7 +79,7 @@ class Dispatcher(ReplicaEvents):
             for replica in self.pool.of_model(key):
                 if mq.replica_shape is None and replica.info.input_shape:
                     mq.replica_shape = list(replica.info.input_shape)
-                if replica.state == ReplicaState.READY and replica.batch is None:
+                if replica.idle:
                     mq.idle.append(replica)
             self._dirty.add(mq)
         for key in [k for k in self.queues if k not in state.models]:
@@ -91,6 +89,9 @@ class Dispatcher(ReplicaEvents):
             err = NoModel(f"model {key[0]}:{key[1]} was removed")
             for entry in mq.take(len(mq)):
                 entry.query.fail(err)
+            self.metrics.remove_prefix(metric_names.model_prefix(*key))
+        for name in [n for n in self.routes if n not in state.apps]:
+            self.metrics.remove_prefix(metric_names.app_prefix(name))
         routes: dict[str, Route] = {}
         for name, spec in state.apps.items():
             app = AppRoute(spec, self.metrics)
@@ -184,7 +185,7 @@ class Dispatcher(ReplicaEvents):
             else:
                 reason = FireReason.IDLE
             replica = mq.idle.popleft()
-            if replica.state != ReplicaState.READY or replica.batch is not None:
+            if not replica.idle:
                 continue
             need = mq.estimate.seconds(min(target, depth))
             if need is None:
@@ -217,13 +218,89 @@ class Dispatcher(ReplicaEvents):
     def _send_batch(self, mq: ModelQueue, replica: Replica, entries: list[Entry], reason: FireReason,
                     depth: int, now: float) -> None:
         batch = self.pool.start_batch(replica, mq, entries, now)
-        hdr = {"v": _V, "type": "predict", "batch_id": batch.batch_id,
-               "model": mq.spec.name, "version": mq.spec.version,
-               "items": {"list": [e.meta for e in entries]}}
-        frames = [replica.identity, _packb(hdr)]
-        frames.extend([e.frame for e in entries])
-        self.send_replica(frames)
+        self.send_replica(protocol.predict(batch.batch_id, mq.spec.name, mq.spec.version,
+                                           [e.meta for e in entries], [e.frame for e in entries],
+                                           to=replica.identity))
         mq.batch_size.insert(len(entries))
         mq.queue_size.insert(depth)
         mq.fired[reason].inc()
         self.queueing_delay.insert((now - entries[0].enqueued) * 1e6)
+
+    # ---- replicas and batches (called by frontend.replica_events) ---------------------------
+
+    def replica_registered(self, replica: Replica) -> None:
+        """A replica registered: learn its input shape, offer it a batch."""
+        mq = self.queues.get(replica.key)
+        if mq is None:
+            return
+        info = replica.info
+        if mq.spec.input_type != info.input_type:
+            log.warning("replica %s takes %s input but model %s:%s is %s", info.replica_id,
+                        info.input_type.value, *replica.key, mq.spec.input_type.value)
+        if mq.replica_shape is None and info.input_shape:
+            mq.replica_shape = list(info.input_shape)
+        self.replica_free(replica)
+
+    def replica_free(self, replica: Replica) -> None:
+        """Offer ``replica`` the next batch of its model's queue, if it is idle."""
+        if not replica.idle:
+            return
+        mq = self.queues.get(replica.key)
+        if mq is not None:
+            mq.idle.append(replica)
+            self._dirty.add(mq)
+
+    def complete_batch(self, batch: Batch, metas: list, outputs: list, now: float) -> None:
+        """Hand a finished batch's outputs to their queries (in order) and learn from its latency."""
+        mq, entries = batch.queue, batch.entries
+        n = len(entries)
+        late = 0
+        for entry, meta, out in zip(entries, metas, outputs):
+            if not entry.query.set_output(entry.index, meta, out):
+                late += 1
+        if late:
+            mq.late_outputs.inc(late)
+        latency_s = now - batch.sent_at
+        mq.latency.insert(latency_s * 1e6)
+        mq.throughput.mark(n)
+        mq.num_predictions.inc(n)
+        self.aggregate.mark(n)
+        mq.controller.observe(n, latency_s * 1e6)
+        mq.estimate.observe(n, latency_s)
+
+    def fail_batch(self, batch: Batch, err: SchoonerError, now: float) -> None:
+        """Answer every query of a failed batch with ``err``."""
+        for entry in batch.entries:
+            entry.query.fail(err)
+        batch.queue.latency.insert((now - batch.sent_at) * 1e6)
+
+    def requeue(self, batch: Batch | None, why: str) -> None:
+        """Put a lost batch's unanswered queries back at the head of their queue (bounded retries)."""
+        if batch is None:
+            return
+        keep = []
+        for entry in batch.entries:
+            if entry.query.done:
+                continue
+            entry.retries += 1
+            if entry.retries > self.config.max_batch_retries:
+                entry.query.fail(ReplicaLost(f"{why}; gave up after {entry.retries} tries"))
+            else:
+                keep.append(entry)
+        mq = batch.queue
+        if mq.removed:
+            err = NoModel(f"model {mq.spec.name}:{mq.spec.version} was removed")
+            for entry in keep:
+                entry.query.fail(err)
+        elif keep:
+            log.info("%s: requeued %d queries of batch %d", why, len(keep), batch.batch_id)
+            mq.requeue(keep)
+            self._dirty.add(mq)
+
+    def fail_all(self, err: SchoonerError) -> None:
+        """Answer every pending query with ``err`` (shutdown)."""
+        for query in self.pending():
+            query.fail(err)
+        for mq in self.queues.values():
+            mq.cancel_wait()
+            mq.entries.clear()

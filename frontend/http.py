@@ -172,7 +172,7 @@ class HttpApi:
     async def health(self, request: web.Request) -> web.Response:
         """GET /health: up, with counts of apps, models and live replicas."""
         fe = self.fe
-        live = [r for r in fe.replicas() if r.state.value in ("ready", "busy", "draining")]
+        live = [r for r in fe.replicas() if r.state.live]
         return web.json_response({"status": "ok", "apps": len(fe.state.apps), "models": len(fe.state.models),
                                   "live_replicas": len(live)})
 

@@ -6,8 +6,6 @@ import logging
 import time
 from typing import Any, Callable
 
-import msgpack
-
 from schooner import protocol
 from frontend.admission import nbytes, split_items, validate_items
 from frontend.config import FrontendConfig
@@ -18,19 +16,15 @@ from frontend.queries import Query
 
 log = logging.getLogger(__name__)
 
-_packb = msgpack.Packer(use_bin_type=True).pack
-_unpackb = msgpack.unpackb
-_V = protocol.PROTOCOL_VERSION
 
 
-def error_frames(err: SchoonerError, request_id: Any, retry_after_s: float | None = None) -> list:
-    """Frames of an ERROR reply for ``err`` (an unknown code travels as ``internal``)."""
+def error_frames(err: SchoonerError, request_id: Any, to: Any, retry_after_s: float | None = None) -> list:
+    """Frames of an ERROR reply for ``err`` to peer ``to`` (an unknown code travels as ``internal``)."""
     try:
         code = ErrorCode(err.code)
     except ValueError:
         code = ErrorCode.INTERNAL
-    extra = {"retry_after_s": retry_after_s} if retry_after_s is not None else {}
-    return protocol.error(code, str(err), id=request_id, **extra)
+    return protocol.error(code, str(err), id=request_id, retry_after_s=retry_after_s, to=to)
 
 
 class ClientIngress:
@@ -49,32 +43,22 @@ class ClientIngress:
                 self._handle(frames, now)
             except ProtocolError as err:
                 log.warning("client %r sent a bad message: %s", frames[0].bytes, err)
-                self.send([frames[0], *error_frames(err, self._id_of(frames))])
+                self.send(error_frames(err, self._id_of(frames), frames[0]))
             except Overloaded as err:
-                self.send([frames[0], *error_frames(err, self._id_of(frames), err.retry_after_s)])
+                self.send(error_frames(err, self._id_of(frames), frames[0], err.retry_after_s))
             except SchoonerError as err:
                 log.debug("query rejected: %s", err)
-                self.send([frames[0], *error_frames(err, self._id_of(frames))])
+                self.send(error_frames(err, self._id_of(frames), frames[0]))
         self.dispatcher.pump_dirty()
 
     @staticmethod
     def _id_of(frames: list) -> Any:
-        try:
-            return _unpackb(frames[1].buffer).get("id")
-        except Exception:  # only used to address an error reply
-            return None
+        return protocol.request_id(frames[1]) if len(frames) > 1 else None
 
     def _handle(self, frames: list, now: float) -> None:
-        if len(frames) < 2:
-            raise ProtocolError("empty message")
-        try:
-            hdr = _unpackb(frames[1].buffer)
-        except Exception as err:  # msgpack raises several unrelated types
-            raise ProtocolError(f"header is not valid msgpack: {err}") from err
-        if not isinstance(hdr, dict):
-            raise ProtocolError("header must be a msgpack map")
-        if hdr.get("v") != _V or hdr.get("type") != "query":
-            self._not_a_query(frames)
+        hdr, payload = protocol.unpack(frames[1:])  # ProtocolError names what is wrong
+        if hdr["type"] != "query":
+            self._not_a_query(frames[0], hdr)
             return
         request_id = hdr.get("id")
         total = 0
@@ -89,7 +73,7 @@ class ClientIngress:
         mq = route.queue
         if mq is None:
             raise NoModel(route.problem)
-        metas, payload = split_items(hdr.get("items"), frames[2:])
+        metas, payload = split_items(hdr.get("items"), payload)
         if not metas:
             raise BadInput("query has no items")
         validate_items(metas, payload, mq.spec.input_type, mq.input_shape, self.config.max_input_bytes)
@@ -98,24 +82,16 @@ class ClientIngress:
         query.peer = frames[0]
         self.dispatcher.submit(route, query, metas, payload, now)
 
-    def _not_a_query(self, frames: list) -> None:
-        hdr, _ = protocol.unpack(frames[1:])  # raises ProtocolError naming the version or type problem
+    def _not_a_query(self, peer: Any, hdr: dict) -> None:
         if hdr["type"] == MsgType.HEARTBEAT.value:
-            self.send([frames[0], _packb(protocol.header(MsgType.HEARTBEAT))])
+            self.send(protocol.heartbeat(to=peer))
             return
         raise ProtocolError(f"clients may send only query or heartbeat messages, not {hdr['type']!r}")
 
     def _reply(self, query: Query, err: SchoonerError | None) -> None:
         self.dispatcher.record(query, err)
         if err is not None:
-            self.send([query.peer, *error_frames(err, query.client_id)])
+            self.send(error_frames(err, query.client_id, query.peer))
             return
-        hdr = {"v": _V, "type": "reply", "id": query.client_id, "query_id": query.query_id,
-               "items": {"list": query.metas}, "default": query.n_defaults > 0}
-        if query.n > 1:
-            hdr["defaults"] = query.defaults
-        if query.n_defaults:
-            hdr["default_explanation"] = query.explanation
-        frames = [query.peer, _packb(hdr)]
-        frames.extend(query.frames)
-        self.send(frames)
+        self.send(protocol.reply(query.client_id, query.query_id, query.metas, query.frames, query.n_defaults,
+                                 query.defaults if query.n > 1 else None, query.explanation, to=query.peer))

@@ -287,6 +287,13 @@ class MetricsRegistry:
         """Drop the metric called ``name``; True if there was one."""
         return self._metrics.pop(name, None) is not None
 
+    def remove_prefix(self, prefix: str) -> int:
+        """Drop every metric whose name starts with ``prefix`` (a deleted app or model); how many."""
+        gone = [name for name in self._metrics if name.startswith(prefix)]
+        for name in gone:
+            del self._metrics[name]
+        return len(gone)
+
     def reset(self) -> None:
         """Zero every metric's value, keeping the metrics (holders' references stay valid)."""
         for metric in self._metrics.values():

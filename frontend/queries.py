@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 from typing import Any, Callable
 
+from schooner import metric_names as names
 from schooner.errors import SchoonerError
 
 # An item on the wire: its ``[kind, dtype, shape]`` meta and its payload frame.
@@ -60,11 +61,11 @@ class AppRoute:
         self.default_frame = spec.default_output.encode("utf-8")
         self.explanation = (f"no output within the app's latency objective of "
                             f"{spec.latency_slo_micros} microseconds")
-        prefix = f"app:{spec.name}:"
-        self.latency = metrics.histogram(prefix + "prediction_latency", "microseconds")
-        self.throughput = metrics.meter(prefix + "prediction_throughput")
-        self.num_predictions = metrics.counter(prefix + "num_predictions")
-        self.default_ratio = metrics.ratio_counter(prefix + "default_prediction_ratio")
+        prefix = names.app_prefix(spec.name)
+        self.latency = metrics.histogram(prefix + names.APP_LATENCY, "microseconds")
+        self.throughput = metrics.meter(prefix + names.APP_THROUGHPUT)
+        self.num_predictions = metrics.counter(prefix + names.APP_NUM_PREDICTIONS)
+        self.default_ratio = metrics.ratio_counter(prefix + names.APP_DEFAULT_RATIO)
         self.deadlines = DeadlineWheel()
 
 

@@ -1,4 +1,10 @@
-"""The replica pool: registration, liveness, and the one batch each replica may have in flight."""
+"""The replica pool: registration, liveness, and the one batch each replica may have in flight.
+
+:class:`ReplicaPool` is the only code that changes a replica's state; the
+message handlers (:mod:`frontend.replica_events`) and the dispatcher call it.
+Replicas that are dead or stopped stay listed for ``forget_after_s`` (so an
+operator sees what happened), then :meth:`ReplicaPool.prune` forgets them.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,12 @@ import logging
 import os
 from typing import Any
 
+from schooner import defaults
 from schooner.errors import ProtocolError
 from frontend.queries import Entry
-from schooner.types import InputType, ReplicaInfo, ReplicaState
+from schooner.types import LIVE_REPLICA_STATES, InputType, ReplicaInfo, ReplicaState
 
 log = logging.getLogger(__name__)
-
-LIVE_STATES = (ReplicaState.READY, ReplicaState.BUSY, ReplicaState.DRAINING)
 
 
 def own_pidns() -> str:
@@ -37,7 +42,7 @@ def pid_alive(pid: int) -> bool:
 class Replica:
     """A registered replica: its ROUTER identity, what it said in HELLO, and its batch."""
 
-    __slots__ = ("identity", "info", "check_pid", "batch", "last_seen", "timed_out_batch")
+    __slots__ = ("identity", "info", "check_pid", "batch", "last_seen", "timed_out_batch", "gone_at")
 
     def __init__(self, identity: bytes, info: ReplicaInfo, check_pid: bool, now: float) -> None:
         self.identity = identity
@@ -47,6 +52,7 @@ class Replica:
         self.last_seen = now
         # The batch it held past the batch timeout; set, the replica stays dead until it sends HELLO.
         self.timed_out_batch: Batch | None = None
+        self.gone_at: float | None = None  # when it became dead or stopped
 
     @property
     def key(self) -> tuple[str, str]:
@@ -57,6 +63,11 @@ class Replica:
     def state(self) -> ReplicaState:
         """The replica's state as the frontend sees it."""
         return self.info.state
+
+    @property
+    def idle(self) -> bool:
+        """Ready for a batch: registered, not draining, no batch in flight."""
+        return self.info.state == ReplicaState.READY and self.batch is None
 
 
 class Batch:
@@ -109,24 +120,24 @@ def info_from_hello(hdr: dict, now: float) -> ReplicaInfo:
 
 
 class ReplicaPool:
-    """Every replica that registered, by ROUTER identity, and the batches in flight."""
+    """Every replica that registered, by ROUTER identity, and the batches in flight.
 
-    def __init__(self, pidns: str | None = None) -> None:
+    The one owner of replica state: every change of a replica's state, batch or
+    liveness goes through a method here.
+    """
+
+    def __init__(self, pidns: str | None = None,
+                 forget_after_s: float = defaults.GONE_REPLICA_FORGET_AFTER_S) -> None:
+        if not forget_after_s >= 0:
+            raise ValueError(f"forget_after_s must be >= 0, got {forget_after_s!r}")
         self.pidns = own_pidns() if pidns is None else pidns
+        self.forget_after_s = forget_after_s
         self.by_identity: dict[bytes, Replica] = {}
         self.by_id: dict[str, Replica] = {}  # replica_id -> its latest registration
         self.batches: dict[int, Batch] = {}
         self._next_batch_id = 1
 
-    def register(self, identity: bytes, hdr: dict, now: float) -> tuple[Replica, Replica | None]:
-        """Register (or re-register) a replica from HELLO; returns (replica, the one it replaced)."""
-        info = info_from_hello(hdr, now)
-        check_pid = bool(self.pidns) and hdr.get("pidns") == self.pidns and info.pid > 0
-        old = self.by_identity.get(identity)
-        replica = Replica(identity, info, check_pid, now)
-        self.by_identity[identity] = replica
-        self.by_id[info.replica_id] = replica
-        return replica, old
+    # ---- lookups ----------------------------------------------------------------------------
 
     def get(self, identity: bytes) -> Replica | None:
         """The replica behind a ROUTER identity."""
@@ -135,18 +146,18 @@ class ReplicaPool:
     def get_by_id(self, replica_id: Any) -> Replica | None:
         """The live replica registered as ``replica_id`` (its latest registration)."""
         replica = self.by_id.get(replica_id) if isinstance(replica_id, str) else None
-        return replica if replica is not None and replica.state in LIVE_STATES else None
+        return replica if replica is not None and replica.state in LIVE_REPLICA_STATES else None
 
     def of_model(self, key: tuple[str, str]) -> list[Replica]:
         """Live replicas of a model version."""
-        return [r for r in self.by_identity.values() if r.key == key and r.state in LIVE_STATES]
+        return [r for r in self.by_identity.values() if r.key == key and r.state in LIVE_REPLICA_STATES]
 
     def live(self) -> list[Replica]:
         """Every replica not dead or stopped."""
-        return [r for r in self.by_identity.values() if r.state in LIVE_STATES]
+        return [r for r in self.by_identity.values() if r.state in LIVE_REPLICA_STATES]
 
     def infos(self) -> list[ReplicaInfo]:
-        """ReplicaInfo of every replica, dead ones included."""
+        """ReplicaInfo of every replica still listed, recently dead and stopped ones included."""
         return [r.info for r in self.by_identity.values()]
 
     def lost(self, now: float, timeout_s: float) -> list[Replica]:
@@ -160,7 +171,39 @@ class ReplicaPool:
     def overdue(self, now: float, timeout_s: float) -> list[Replica]:
         """Live replicas whose batch has been in flight longer than ``timeout_s``."""
         return [b.replica for b in self.batches.values()
-                if now - b.sent_at > timeout_s and b.replica.state in LIVE_STATES]
+                if now - b.sent_at > timeout_s and b.replica.state in LIVE_REPLICA_STATES]
+
+    # ---- state changes ----------------------------------------------------------------------
+
+    def register(self, identity: bytes, hdr: dict, now: float) -> tuple[Replica, Batch | None]:
+        """Register (or re-register) a replica from HELLO.
+
+        Returns (the new replica, the batch its previous registration on this
+        identity had in flight, to requeue). The previous one becomes stopped.
+        """
+        info = info_from_hello(hdr, now)
+        check_pid = bool(self.pidns) and hdr.get("pidns") == self.pidns and info.pid > 0
+        old = self.by_identity.get(identity)
+        displaced = self._gone(old, ReplicaState.STOPPED, now) if old is not None else None
+        replica = Replica(identity, info, check_pid, now)
+        self.by_identity[identity] = replica
+        self.by_id[info.replica_id] = replica
+        return replica, displaced
+
+    def heard_from(self, replica: Replica, now: float) -> bool:
+        """``replica`` sent something; True when that brings a replica declared dead back to ready."""
+        replica.last_seen = now
+        replica.info.last_heartbeat_s = now
+        if replica.info.state != ReplicaState.DEAD or replica.timed_out_batch is not None:
+            return False
+        replica.info.state = ReplicaState.READY
+        replica.gone_at = None
+        return True
+
+    def drain(self, replica: Replica) -> None:
+        """``replica`` said BYE: it finishes its batch and takes no new one."""
+        if replica.info.state in LIVE_REPLICA_STATES:
+            replica.info.state = ReplicaState.DRAINING
 
     def start_batch(self, replica: Replica, queue: Any, entries: list[Entry], now: float) -> Batch:
         """Record ``entries`` as ``replica``'s batch in flight."""
@@ -183,14 +226,34 @@ class ReplicaPool:
             replica.info.state = ReplicaState.READY
         return batch
 
-    def mark_gone(self, replica: Replica, state: ReplicaState) -> Batch | None:
-        """Mark a replica dead or stopped; return the batch it had in flight (to requeue)."""
+    def lose(self, replica: Replica, now: float) -> Batch | None:
+        """A replica went silent or away: dead (stopped if it was draining); returns its batch to requeue."""
+        state = ReplicaState.STOPPED if replica.state == ReplicaState.DRAINING else ReplicaState.DEAD
+        return self._gone(replica, state, now)
+
+    def time_out(self, replica: Replica, now: float) -> Batch | None:
+        """A replica held its batch past the batch timeout: dead until it registers again."""
+        batch = self._gone(replica, ReplicaState.DEAD, now)
+        replica.timed_out_batch = batch
+        return batch
+
+    def _gone(self, replica: Replica, state: ReplicaState, now: float) -> Batch | None:
         replica.info.state = state
+        replica.gone_at = now
         batch = replica.batch
         replica.batch = None
         if batch is not None:
             self.batches.pop(batch.batch_id, None)
         return batch
+
+    def prune(self, now: float) -> list[Replica]:
+        """Forget replicas dead or stopped for ``forget_after_s``; returns them."""
+        limit = now - self.forget_after_s
+        old = [r for r in self.by_identity.values()
+               if r.gone_at is not None and r.gone_at <= limit and r.state not in LIVE_REPLICA_STATES]
+        for replica in old:
+            self.forget(replica)
+        return old
 
     def forget(self, replica: Replica) -> None:
         """Drop a replica from the pool entirely."""

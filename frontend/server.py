@@ -15,6 +15,8 @@ from frontend.dispatch import Dispatcher
 from schooner.errors import ShuttingDown
 from frontend.ingress import ClientIngress
 from frontend.metrics import MetricsRegistry
+from frontend.replica_events import ReplicaEvents
+from frontend.replicas import ReplicaPool
 from schooner.types import AppSpec, DeploymentState, ModelSpec, ReplicaInfo
 from frontend.zmq_endpoints import RouterEndpoint
 
@@ -39,7 +41,9 @@ class Frontend:
         self.ctx = ctx if ctx is not None else zmq.asyncio.Context()
         self.metrics = metrics if metrics is not None else MetricsRegistry()
         self.state = DeploymentState()
-        self.dispatcher = Dispatcher(self.config, self.metrics)
+        self.pool = ReplicaPool(forget_after_s=self.config.forget_gone_replicas_after_s)
+        self.dispatcher = Dispatcher(self.config, self.metrics, self.pool)
+        self.replica_events = ReplicaEvents(self.config, self.pool, self.dispatcher)
         self.client_port = 0
         self.replica_port = 0
         self.http_port: int | None = None
@@ -75,8 +79,8 @@ class Frontend:
         loop = asyncio.get_running_loop()
         sync_ctx = zmq.Context.shadow(self.ctx.underlying)
         cfg = self.config
-        self._replica = RouterEndpoint(sync_ctx, loop, "replica-router", self.dispatcher.on_replica_burst,
-                                       on_unreachable=self.dispatcher.on_unreachable, spin_us=cfg.spin_us)
+        self._replica = RouterEndpoint(sync_ctx, loop, "replica-router", self.replica_events.on_burst,
+                                       on_unreachable=self.replica_events.on_unreachable, spin_us=cfg.spin_us)
         self.dispatcher.attach(loop, self._replica.send)
         ingress = ClientIngress(self.dispatcher, cfg, send=lambda frames: self._client.send(frames))
         self._client = RouterEndpoint(sync_ctx, loop, "client-router", ingress.on_burst, spin_us=cfg.spin_us)
@@ -159,7 +163,7 @@ class Frontend:
             if beat:
                 next_heartbeat = now + self.config.heartbeat_interval_s
             try:
-                self.dispatcher.check_replicas(send_heartbeats=beat)
+                self.replica_events.check(send_heartbeats=beat)
             except Exception:  # the watcher must outlive a bug in one round
                 log.exception("replica liveness check failed")
 
@@ -222,7 +226,7 @@ class Frontend:
 
     def replicas(self) -> list[ReplicaInfo]:
         """Every registered replica, with its state."""
-        return self.dispatcher.pool.infos()
+        return self.pool.infos()
 
     def queue_depth(self, name: str, version: str) -> int:
         """Queries waiting in a model version's queue (0 for an unknown version)."""

@@ -44,6 +44,8 @@ HEARTBEAT_TIMEOUT_S = 5.0  # a replica silent this long is dead
 # Generous: a VGG batch of 16 on one core takes ~7 s, and a slow batch must not be taken for a stuck one.
 BATCH_TIMEOUT_S = 30.0
 RETRY_AFTER_S = 1  # Retry-After on 429
+# A dead or stopped replica stays listed (state dead/stopped) this long, then the frontend forgets it.
+GONE_REPLICA_FORGET_AFTER_S = 60.0
 
 REDIS_KEY_PREFIX = "schooner"
 STATE_DIR = os.path.expanduser("~/.schooner")

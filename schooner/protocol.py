@@ -5,7 +5,9 @@ zero or more raw *payload* frames, one per array/bytes/string item. On a ROUTER
 socket the peer identity frame comes first and is not part of the message.
 
 Header keys common to every message: ``v`` (protocol version), ``type``
-(:class:`MsgType`). The rest depends on the type (see the ``*Header`` TypedDicts).
+(:class:`MsgType`). The rest depends on the type: the ``*Header`` TypedDicts
+say what each carries, and the builder functions (:func:`hello`, :func:`predict`,
+:func:`reply`, ...) are the only code that writes a header, on every side.
 
 Items (inputs of a query or batch, outputs of a batch) are described in the header
 under ``items`` by :func:`encode_items` and rebuilt by :func:`decode_items`:
@@ -22,6 +24,7 @@ Arrays travel as their raw buffers: sent with ``copy=False`` and received as
 from __future__ import annotations
 
 import enum
+import threading
 from typing import Any, Sequence, TypedDict, Union
 
 import msgpack
@@ -63,8 +66,8 @@ class ErrorCode(str, enum.Enum):
     INTERNAL = "internal"
 
 
-class HelloHeader(TypedDict, total=False):
-    """HELLO: a replica registers."""
+class HelloHeader(TypedDict):
+    """HELLO: a replica registers (see :func:`hello`)."""
 
     v: int
     type: str
@@ -80,8 +83,38 @@ class HelloHeader(TypedDict, total=False):
     gpu: int | None
 
 
-class PredictHeader(TypedDict, total=False):
-    """PREDICT: a batch for a replica; RESULT answers with the same batch_id."""
+class WelcomeHeader(TypedDict):
+    """WELCOME: the frontend registered a replica and tells it the heartbeat settings."""
+
+    v: int
+    type: str
+    replica_id: str
+    heartbeat_interval_s: float
+    heartbeat_timeout_s: float
+
+
+class HeartbeatHeader(TypedDict, total=False):
+    """HEARTBEAT: liveness; a replica's sideband copy names its ``replica_id``."""
+
+    v: int
+    type: str
+    replica_id: str
+    sideband: bool  # from a replica's second socket: never answered, matched by replica_id
+
+
+class PredictHeader(TypedDict):
+    """PREDICT: a batch for a replica, one payload frame per item; RESULT answers with its batch_id."""
+
+    v: int
+    type: str
+    batch_id: int
+    model: str
+    version: str
+    items: dict
+
+
+class ResultHeader(TypedDict):
+    """RESULT: the outputs of a batch, in input order."""
 
     v: int
     type: str
@@ -89,12 +122,12 @@ class PredictHeader(TypedDict, total=False):
     items: dict
 
 
-class QueryHeader(TypedDict, total=False):
+class QueryHeader(TypedDict):
     """QUERY: ``id`` is the client's request id, echoed in the REPLY or ERROR."""
 
     v: int
     type: str
-    id: int
+    id: Any
     app: str
     items: dict
 
@@ -104,12 +137,12 @@ class ReplyHeader(TypedDict, total=False):
 
     v: int
     type: str
-    id: int
+    id: Any
     query_id: int
     items: dict
     default: bool  # true if any output is the app's default output
-    defaults: list[bool]  # per output, for a query that carried several inputs
-    default_explanation: str
+    defaults: list[bool]  # per output, only for a query that carried several inputs
+    default_explanation: str  # only when some output is a default
 
 
 class ErrorHeader(TypedDict, total=False):
@@ -117,17 +150,36 @@ class ErrorHeader(TypedDict, total=False):
 
     v: int
     type: str
-    id: int
+    id: Any
     batch_id: int
     code: str
     message: str
+    retry_after_s: float  # only for ``overloaded``
 
 
-_packb = msgpack.Packer(use_bin_type=True).pack
+_TYPES = frozenset(t.value for t in MsgType)
+_tls = threading.local()
+_unpackb = msgpack.unpackb
+
+
+def _packb(obj: Any) -> bytes:
+    """msgpack bytes of ``obj``; one Packer per thread (a Packer is not thread-safe)."""
+    try:
+        pack = _tls.pack
+    except AttributeError:
+        pack = _tls.pack = msgpack.Packer(use_bin_type=True).pack
+    return pack(obj)
+
+
+def _frames(to: Any, hdr: Any, payload: Sequence[FrameLike]) -> list[FrameLike]:
+    frames: list[FrameLike] = [_packb(hdr)] if to is None else [to, _packb(hdr)]
+    if payload:
+        frames.extend(payload)
+    return frames
 
 
 def header(msg_type: MsgType, **fields: Any) -> dict:
-    """A header dict for ``msg_type`` with the protocol version."""
+    """A header dict for ``msg_type`` with the protocol version (tests and tools building odd messages)."""
     fields["v"] = PROTOCOL_VERSION
     fields["type"] = msg_type.value
     return fields
@@ -138,6 +190,88 @@ def pack(hdr: dict, payload: Sequence[FrameLike] = ()) -> list[FrameLike]:
     return [_packb(hdr), *payload]
 
 
+# ---- builders: the only code that writes a header. ``to`` prefixes a ROUTER peer identity. ----
+
+def hello(replica_id: str, model: str, version: str, input_type: str, input_shape: list[int] | None,
+          pid: int, pidns: str, host: str, cpus: list[int], gpu: int | None) -> list[FrameLike]:
+    """HELLO frames: a replica registers."""
+    hdr: HelloHeader = {"v": PROTOCOL_VERSION, "type": "hello", "replica_id": replica_id, "model": model,
+                        "version": version, "input_type": input_type, "input_shape": input_shape,
+                        "pid": pid, "pidns": pidns, "host": host, "cpus": cpus, "gpu": gpu}
+    return [_packb(hdr)]
+
+
+def welcome(replica_id: str, heartbeat_interval_s: float, heartbeat_timeout_s: float,
+            to: Any = None) -> list[FrameLike]:
+    """WELCOME frames: the frontend's answer to HELLO."""
+    hdr: WelcomeHeader = {"v": PROTOCOL_VERSION, "type": "welcome", "replica_id": replica_id,
+                          "heartbeat_interval_s": heartbeat_interval_s,
+                          "heartbeat_timeout_s": heartbeat_timeout_s}
+    return _frames(to, hdr, ())
+
+
+def heartbeat(replica_id: str | None = None, sideband: bool = False, to: Any = None) -> list[FrameLike]:
+    """HEARTBEAT frames (a replica names itself; its sideband socket says so)."""
+    hdr: HeartbeatHeader = {"v": PROTOCOL_VERSION, "type": "heartbeat"}
+    if replica_id is not None:
+        hdr["replica_id"] = replica_id
+    if sideband:
+        hdr["sideband"] = True
+    return _frames(to, hdr, ())
+
+
+def bye(replica_id: str) -> list[FrameLike]:
+    """BYE frames, sent on a replica's sideband socket: it is draining."""
+    return [_packb({"v": PROTOCOL_VERSION, "type": "bye", "replica_id": replica_id, "sideband": True})]
+
+
+def predict(batch_id: int, model: str, version: str, metas: list, payload: Sequence[FrameLike],
+            to: Any = None) -> list[FrameLike]:
+    """PREDICT frames: a batch of items (``metas`` as :func:`encode_items` writes a list) for a replica."""
+    hdr: PredictHeader = {"v": PROTOCOL_VERSION, "type": "predict", "batch_id": batch_id, "model": model,
+                          "version": version, "items": {"list": metas}}
+    return _frames(to, hdr, payload)
+
+
+def result(batch_id: int, items: dict, payload: Sequence[FrameLike]) -> list[FrameLike]:
+    """RESULT frames: a batch's outputs (``items`` from :func:`encode_items`)."""
+    hdr: ResultHeader = {"v": PROTOCOL_VERSION, "type": "result", "batch_id": batch_id, "items": items}
+    return _frames(None, hdr, payload)
+
+
+def query(request_id: Any, app: str, items: dict, payload: Sequence[FrameLike]) -> list[FrameLike]:
+    """QUERY frames: a client's input(s) for ``app``."""
+    hdr: QueryHeader = {"v": PROTOCOL_VERSION, "type": "query", "id": request_id, "app": app, "items": items}
+    return _frames(None, hdr, payload)
+
+
+def reply(request_id: Any, query_id: int, metas: list, payload: Sequence[FrameLike], n_defaults: int,
+          defaults: list[bool] | None = None, explanation: str = "", to: Any = None) -> list[FrameLike]:
+    """REPLY frames: a query's outputs; ``defaults`` (per output) only for a multi-input query."""
+    hdr: ReplyHeader = {"v": PROTOCOL_VERSION, "type": "reply", "id": request_id, "query_id": query_id,
+                        "items": {"list": metas}, "default": n_defaults > 0}
+    if defaults is not None:
+        hdr["defaults"] = defaults
+    if n_defaults:
+        hdr["default_explanation"] = explanation
+    return _frames(to, hdr, payload)
+
+
+def error(code: ErrorCode, message: str, id: Any = None, batch_id: int | None = None,  # noqa: A002
+          retry_after_s: float | None = None, to: Any = None) -> list[FrameLike]:
+    """ERROR frames: ``id`` answers a client request, ``batch_id`` a replica batch."""
+    hdr: ErrorHeader = {"v": PROTOCOL_VERSION, "type": "error", "code": code.value, "message": message}
+    if id is not None:
+        hdr["id"] = id
+    if batch_id is not None:
+        hdr["batch_id"] = batch_id
+    if retry_after_s is not None:
+        hdr["retry_after_s"] = retry_after_s
+    return _frames(to, hdr, ())
+
+
+# ---- parsing --------------------------------------------------------------------------------
+
 def unpack(frames: Sequence[FrameLike]) -> tuple[dict, list[FrameLike]]:
     """Split a received message into (header, payload frames).
 
@@ -147,9 +281,8 @@ def unpack(frames: Sequence[FrameLike]) -> tuple[dict, list[FrameLike]]:
     if not frames:
         raise ProtocolError("empty message")
     raw = frames[0]
-    buf = raw.buffer if isinstance(raw, zmq.Frame) else raw
     try:
-        hdr = msgpack.unpackb(buf, raw=False)
+        hdr = _unpackb(raw.buffer if isinstance(raw, zmq.Frame) else raw)
     except Exception as err:  # msgpack raises several unrelated types
         raise ProtocolError(f"header is not valid msgpack: {err}") from err
     if not isinstance(hdr, dict):
@@ -157,16 +290,19 @@ def unpack(frames: Sequence[FrameLike]) -> tuple[dict, list[FrameLike]]:
     version = hdr.get("v")
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {version!r} is not supported (expected {PROTOCOL_VERSION})")
-    try:
-        MsgType(hdr.get("type"))
-    except ValueError:
-        raise ProtocolError(f"unknown message type {hdr.get('type')!r}") from None
+    kind = hdr.get("type")
+    if kind.__class__ is not str or kind not in _TYPES:
+        raise ProtocolError(f"unknown message type {kind!r}")
     return hdr, list(frames[1:])
 
 
-def error(code: ErrorCode, message: str, **ids: Any) -> list[FrameLike]:
-    """Frames of an ERROR message (``ids``: ``id=`` or ``batch_id=``)."""
-    return pack(header(MsgType.ERROR, code=code.value, message=message, **ids))
+def request_id(frame: FrameLike) -> Any:
+    """The ``id`` of a message's header frame, None when it has none (to address an error reply)."""
+    try:
+        hdr = _unpackb(frame.buffer if isinstance(frame, zmq.Frame) else frame)
+    except Exception:  # only used to address an error reply
+        return None
+    return hdr.get("id") if isinstance(hdr, dict) else None
 
 
 def encode_items(items: np.ndarray | Sequence[Item]) -> tuple[dict, list[FrameLike]]:

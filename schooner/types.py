@@ -56,6 +56,16 @@ class ReplicaState(str, enum.Enum):
     DEAD = "dead"  # missed heartbeats or its process is gone
     STOPPED = "stopped"  # stopped on purpose
 
+    @property
+    def live(self) -> bool:
+        """Whether a replica in this state is registered and serving (ready, busy or draining)."""
+        return self in LIVE_REPLICA_STATES
+
+
+# The one definition of "live": registered with a frontend and not gone. STARTING is not live
+# (not registered yet); DRAINING is (it still finishes the batch it holds).
+LIVE_REPLICA_STATES = frozenset({ReplicaState.READY, ReplicaState.BUSY, ReplicaState.DRAINING})
+
 
 @dataclass
 class AppSpec:
