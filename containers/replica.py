@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 def _parse_args(argv: list[str] | None) -> ReplicaConfig:
     p = argparse.ArgumentParser(prog="schooner-replica", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="zoo model to serve (SCHOONER_MODEL)")
-    p.add_argument("--frontend", help="frontend replica address, default tcp://127.0.0.1:7000")
+    p.add_argument("--frontend", help="frontend replica address(es), comma-separated; default "
+                                      "tcp://127.0.0.1:7000 (the others are learnt from the frontends)")
     p.add_argument("--cpus", help="cpus to pin to, e.g. 0,1 or 0-3,6 (default: not pinned)")
     p.add_argument("--gpu", help="gpu index to use (default: none)")
     p.add_argument("--name", help="model name announced to the frontend (default: --model)")

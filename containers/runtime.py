@@ -1,10 +1,20 @@
 """The replica runtime: serve one loaded model to the query frontend over ZeroMQ.
 
 A :class:`Replica` (run by ``python -m containers.replica``, which pins the
-process and loads the model first) connects a DEALER to the frontend's replica
+process and loads the model first) connects a DEALER to each frontend's replica
 port, says HELLO and then answers
 each PREDICT with one ``model.predict(inputs)`` call: RESULT, or ERROR
 ``model_error`` for the whole batch when the model raises.
+
+Several frontends: the replica starts from the frontend address(es) it is given
+(``--frontend a,b``) and learns the others from the frontends themselves:
+WELCOME and heartbeats carry ``frontends``, the replica addresses of every live
+frontend in Redis's directory. It connects a link (data + sideband socket) to
+each one it learns of, and closes a learnt link that is no longer listed and has
+been silent for ``frontend_timeout_s``. Each frontend sends this replica at most
+one batch at a time (it is "busy" in that frontend's pool until the RESULT), so
+a replica serving F frontends holds at most F batches; it runs them one at a
+time, reading its links in turn so that no frontend starves the others.
 
 Threads: the main thread owns the data socket and runs each batch inline, right
 where it read the PREDICT (no handoff to another thread: that handoff was most
@@ -57,7 +67,7 @@ class ReplicaConfig:
     """Everything a replica is told at start."""
 
     model: str
-    frontend: str = f"tcp://{defaults.HOST}:{defaults.REPLICA_PORT}"
+    frontend: str = f"tcp://{defaults.HOST}:{defaults.REPLICA_PORT}"  # one address, or several joined by ","
     cpus: list[int] | None = None  # None: not pinned, all allowed cpus
     gpu: int | None = None
     name: str = ""  # model name announced to the frontend; "" = model
@@ -73,6 +83,8 @@ class ReplicaConfig:
     def __post_init__(self) -> None:
         if not self.model:
             raise ValueError("model must be a zoo model name")
+        if not self.frontends:
+            raise ValueError("frontend must name at least one tcp:// (or ipc://) address")
         self.name = self.name or self.model
         self.version = str(self.version)
         self.replica_id = self.replica_id or uuid.uuid4().hex
@@ -88,8 +100,29 @@ class ReplicaConfig:
             raise ValueError(f"spin_us must be an integer >= 0, got {self.spin_us!r}")
 
 
+    @property
+    def frontends(self) -> list[str]:
+        """The frontend addresses given at start (``frontend`` split on commas)."""
+        return [a.strip() for a in str(self.frontend).split(",") if a.strip()]
+
+
+class _Link:
+    """The replica's connection to one frontend: its data socket and registration state."""
+
+    __slots__ = ("address", "sock", "seed", "registered", "last_hello", "last_heard", "next_heartbeat")
+
+    def __init__(self, address: str, sock: zmq.Socket, seed: bool, now: float) -> None:
+        self.address = address
+        self.sock = sock
+        self.seed = seed  # given at start: kept even while silent
+        self.registered = False
+        self.last_hello = -float("inf")
+        self.last_heard = now
+        self.next_heartbeat = -float("inf")
+
+
 class Replica:
-    """Serves ``model`` to the frontend named in ``config`` until :meth:`stop`."""
+    """Serves ``model`` to the frontend(s) named in ``config``, and those they name, until :meth:`stop`."""
 
     def __init__(self, config: ReplicaConfig, model: Model, ctx: zmq.Context, cpus: list[int],
                  num_threads: int | None = None) -> None:
@@ -108,6 +141,12 @@ class Replica:
         self._timeout_s = config.frontend_timeout_s
         self._busy = False  # a batch is running on the serving thread
         self.batches_done = 0
+        self._links: dict[str, _Link] = {}  # owned by the serving thread
+        # Addresses the sideband thread keeps a socket to; replaced (never mutated) by the serving thread.
+        self._addresses: tuple[str, ...] = tuple(config.frontends)
+        self._listed: set[str] = set()  # the frontends the latest WELCOME/heartbeat named
+        # Listed addresses a link already reaches under another name (its WELCOME said "frontend": it).
+        self._aliases: set[str] = set()
 
     def stop(self) -> None:
         """Begin draining (thread- and signal-safe)."""
@@ -125,108 +164,163 @@ class Replica:
         if self.num_threads:
             # Some thread-count settings (OpenMP's) are per thread; predict runs on this one.
             pinning.limit_threads(self.num_threads)
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, LINGER_MS)
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        sock.connect(self.config.frontend)
+        poller = zmq.Poller()
+        poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        now = time.monotonic()
+        for address in self.config.frontends:
+            self._open_link(poller, address, seed=True, now=now)
         sideband = threading.Thread(target=self._sideband, name="sideband", daemon=True)
         sideband.start()
         try:
-            self._serve(sock)
+            self._serve(poller)
         finally:
             self._done.set()
             sideband.join(10)
-            sock.close(linger=LINGER_MS)
+            for link in self._links.values():
+                link.sock.close(linger=LINGER_MS)
             self._wake_r.close()
             self._wake_w.close()
         log.info("replica %s stopped after %d batches", self.config.replica_id, self.batches_done)
         return 0
 
-    def _sideband(self) -> None:
-        """Heartbeats and BYE on a socket of their own, so they flow while predict holds the main thread."""
+    def _open_link(self, poller: zmq.Poller, address: str, seed: bool, now: float) -> None:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, LINGER_MS)
-        sock.setsockopt(zmq.SNDHWM, 16)
-        sock.connect(self.config.frontend)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        # Queue nothing for a frontend not (yet) connected: HELLO and heartbeats are resent each interval
+        # anyway, and a dead frontend must not collect a backlog of them.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.connect(address)
+        poller.register(sock, zmq.POLLIN)
+        self._links[address] = _Link(address, sock, seed, now)
+        self._addresses = tuple(self._links)
+        if not seed:
+            log.info("connecting to frontend %s", address)
+
+    def _close_link(self, poller: zmq.Poller, link: _Link) -> None:
+        log.info("frontend %s left the deployment; closing its link", link.address)
+        poller.unregister(link.sock)
+        link.sock.close(linger=0)
+        del self._links[link.address]
+        self._addresses = tuple(self._links)
+
+    def _learn(self, hdr: dict) -> None:
+        """Note the frontends a WELCOME or heartbeat names (links open at the serving loop's top)."""
+        names = hdr.get("frontends")
+        if isinstance(names, list) and all(isinstance(a, str) and a for a in names):
+            self._listed = set(names)
+
+    def _sync_links(self, poller: zmq.Poller, now: float) -> None:
+        for address in sorted(self._listed - set(self._links) - self._aliases):
+            self._open_link(poller, address, seed=False, now=now)
+        for link in list(self._links.values()):
+            if (not link.seed and link.address not in self._listed
+                    and now - link.last_heard > self._timeout_s and len(self._links) > 1):
+                self._close_link(poller, link)
+
+    def _sideband(self) -> None:
+        """Heartbeats and BYE on sockets of their own, so they flow while predict holds the main thread."""
+        socks: dict[str, zmq.Socket] = {}
         rid = self.config.replica_id
         bye_sent = False
         try:
             while True:
+                wanted = self._addresses
+                for address in [a for a in socks if a not in wanted]:
+                    socks.pop(address).close(linger=0)
+                for address in wanted:
+                    if address not in socks:
+                        sock = socks[address] = self._ctx.socket(zmq.DEALER)
+                        sock.setsockopt(zmq.LINGER, LINGER_MS)
+                        sock.setsockopt(zmq.SNDHWM, 16)
+                        sock.connect(address)
                 if self._stop.is_set() and not bye_sent:
                     bye_sent = True
-                    self._send(sock, protocol.bye(rid))
+                    for sock in socks.values():
+                        self._send(sock, protocol.bye(rid))
                     log.info("draining: BYE sent, %d batch(es) in flight", int(self._busy))
                 if self._done.is_set():
                     return
-                self._send(sock, protocol.heartbeat(rid, sideband=True))
-                while sock.poll(0):  # the frontend never answers sideband messages; discard whatever comes
-                    sock.recv_multipart()
+                for sock in socks.values():
+                    self._send(sock, protocol.heartbeat(rid, sideband=True))
+                    while sock.poll(0):  # the frontend never answers sideband messages; discard whatever comes
+                        sock.recv_multipart()
                 if bye_sent:
                     self._done.wait(self._interval_s)
                 else:
                     self._stop.wait(self._interval_s)
         finally:
-            sock.close()
+            for sock in socks.values():
+                sock.close()
 
-    def _serve(self, sock: zmq.Socket) -> None:
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r.fileno(), zmq.POLLIN)
-        registered = False
-        last_hello = next_heartbeat = -float("inf")
-        last_heard = last_activity = time.monotonic()
+    def _serve(self, poller: zmq.Poller) -> None:
+        last_activity = time.monotonic()
         draining = False
-        recv = sock.recv_multipart
         spin_ns = self.config.spin_us * 1000
         spin_until = 0
         clock_ns = time.monotonic_ns
         yield_cpu = os.sched_yield
+        turn = 0  # which link is read first, rotated so that no frontend starves the others
         while True:
             now = time.monotonic()
             if self._stop.is_set() and not draining:  # the sideband thread sends BYE
                 draining, last_activity = True, now
             if draining and now - last_activity >= DRAIN_GRACE_S:
                 return
-            if registered and now - last_heard > self._timeout_s:
-                log.warning("frontend silent for %.1f s; registering again", now - last_heard)
-                registered = False
-            if not registered and not draining and now - last_hello >= self._interval_s:
-                self._send(sock, self._hello())
-                last_hello = now
-            if now >= next_heartbeat:
-                self._send(sock, protocol.heartbeat(self.config.replica_id))
-                next_heartbeat = now + self._interval_s
-            wait_s = next_heartbeat - now
-            if not registered:
-                wait_s = min(wait_s, last_hello + self._interval_s - now)
+            self._sync_links(poller, now)
+            wait_s = float("inf")
+            for link in self._links.values():
+                if link.registered and now - link.last_heard > self._timeout_s:
+                    log.warning("frontend %s silent for %.1f s; registering again", link.address,
+                                now - link.last_heard)
+                    link.registered = False
+                if not link.registered and not draining and now - link.last_hello >= self._interval_s:
+                    self._send(link.sock, self._hello(), quiet=True)
+                    link.last_hello = now
+                if now >= link.next_heartbeat:
+                    self._send(link.sock, protocol.heartbeat(self.config.replica_id), quiet=True)
+                    link.next_heartbeat = now + self._interval_s
+                wait_s = min(wait_s, link.next_heartbeat - now)
+                if not link.registered:
+                    wait_s = min(wait_s, link.last_hello + self._interval_s - now)
             if draining:
                 wait_s = min(wait_s, DRAIN_GRACE_S)
-            events = dict(poller.poll(max(0.0, wait_s) * 1000))
+            events = dict(poller.poll(max(0.0, min(wait_s, self._interval_s)) * 1000))
             if self._wake_r.fileno() in events:
                 self._drain_wake()
-            # Read until the socket is empty; a batch runs right here, on the thread that owns the socket.
-            # After a batch, keep polling for spin_us: the next PREDICT usually follows within a round
-            # trip, and taking it while this core is still awake skips a sleep and a wakeup (tens of µs
-            # each way on a virtual machine).
+            # Read until every socket is empty, one message per link in turn; a batch runs right here, on
+            # the thread that owns the sockets. After a batch, keep polling for spin_us: the next PREDICT
+            # usually follows within a round trip, and taking it while this core is still awake skips a
+            # sleep and a wakeup (tens of µs each way on a virtual machine).
+            links = list(self._links.values())
             while True:
-                try:
-                    frames = recv(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    if spin_until and clock_ns() < spin_until and not self._stop.is_set():
-                        yield_cpu()  # lets this process's ZMQ I/O thread, woken by the arrival, run now
+                got = False
+                turn += 1
+                for i in range(len(links)):
+                    link = links[(turn + i) % len(links)]
+                    try:
+                        frames = link.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
                         continue
-                    break
-                last_heard = time.monotonic()
-                registered, ran = self._handle(sock, frames, registered)
-                if ran:
-                    last_activity = time.monotonic()
-                    spin_until = clock_ns() + spin_ns if spin_ns else 0
+                    got = True
+                    link.last_heard = time.monotonic()
+                    link.registered, ran = self._handle(link, frames)
+                    if ran:
+                        last_activity = time.monotonic()
+                        spin_until = clock_ns() + spin_ns if spin_ns else 0
+                if got:
                     if self._stop.is_set() and not draining:
                         break  # let the loop's top start the drain
+                    continue
+                if spin_until and clock_ns() < spin_until and not self._stop.is_set():
+                    yield_cpu()  # lets this process's ZMQ I/O thread, woken by the arrival, run now
+                    continue
+                break
 
-    def _handle(self, sock: zmq.Socket, frames: list, registered: bool) -> tuple[bool, bool]:
+    def _handle(self, link: _Link, frames: list) -> tuple[bool, bool]:
         """Act on one message; returns (whether the frontend now knows this replica, whether a batch ran)."""
+        sock, registered = link.sock, link.registered
         try:
             hdr, payload = protocol.unpack(frames)
         except ProtocolError as err:
@@ -238,10 +332,15 @@ class Replica:
             self._run_batch(sock, hdr, payload)
             return True, True
         if kind == "heartbeat":
+            self._learn(hdr)
             return True, False
         if kind == "welcome":
             self._adopt_settings(hdr)
-            log.info("registered with the frontend at %s", self.config.frontend)
+            self._learn(hdr)
+            own = hdr.get("frontend")
+            if isinstance(own, str) and own and own != link.address:
+                self._aliases.add(own)
+            log.info("registered with the frontend at %s", link.address)
             return True, False
         if kind == "error":
             if "batch_id" in hdr:
@@ -308,11 +407,14 @@ class Replica:
             host=socket.gethostname(), cpus=list(self.cpus), gpu=self.config.gpu)
 
     @staticmethod
-    def _send(sock: zmq.Socket, frames: list) -> None:
+    def _send(sock: zmq.Socket, frames: list, quiet: bool = False) -> None:
         try:
             sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            log.warning("frontend unreachable (send queue full); dropped a %d-frame message", len(frames))
+            if quiet:  # HELLO or heartbeat to a frontend not connected yet: sent again next interval
+                log.debug("frontend not connected; a %d-frame message was not sent", len(frames))
+            else:
+                log.warning("frontend unreachable (send queue full); dropped a %d-frame message", len(frames))
 
     def _drain_wake(self) -> None:
         try:

@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heartbeat-timeout-s", type=float)
     p.add_argument("--batch-timeout-s", type=float, help="a batch in flight longer marks its replica dead")
     p.add_argument("--spin-us", type=int, help="busy-poll window after a burst, µs (0 = off)")
+    p.add_argument("--advertise-host", help="host others reach this frontend by, announced in Redis "
+                                            "(default: --host, or this machine's address for 0.0.0.0)")
+    p.add_argument("--frontend-id", help="this frontend's id in Redis's frontend directory")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--config", help="DeploymentState JSON file to serve")
     source.add_argument("--redis-url", help="follow the deployment kept in this Redis")
@@ -52,6 +55,8 @@ def build_config(args: argparse.Namespace) -> FrontendConfig:
                                              defaults.HEARTBEAT_TIMEOUT_S, float),
         batch_timeout_s=defaults.resolve(args.batch_timeout_s, "batch_timeout_s", defaults.BATCH_TIMEOUT_S, float),
         spin_us=defaults.resolve(args.spin_us, "spin_us", defaults.FRONTEND_SPIN_US, int),
+        advertise_host=defaults.resolve(args.advertise_host, "advertise_host", ""),
+        frontend_id=defaults.resolve(args.frontend_id, "frontend_id", ""),
     )
 
 
@@ -66,17 +71,24 @@ async def run(config: FrontendConfig, config_file: str | None, redis_url: str | 
     if config_file:
         fe.apply_state(load_state_file(config_file))
     await fe.start()
-    follower = None
+    follower = announcer = None
     if redis_url:
-        from frontend import follower as follower_mod  # only the Redis-backed deployment needs it
+        from frontend import announce, follower as follower_mod  # only the Redis-backed deployment needs them
 
         follower = loop.create_task(follower_mod.follow(fe, redis_url, stop))
+        announcer = loop.create_task(announce.announce(fe, redis_url, stop, frontend_id=config.frontend_id))
     try:
         await stop.wait()
     finally:
         if follower is not None:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
+        if announcer is not None:
+            stop.set()  # the announcer withdraws this frontend from Redis on its way out
+            try:
+                await asyncio.wait_for(announcer, 10)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - shutting down either way
+                log.warning("frontend record not withdrawn from Redis; it expires on its own")
         await fe.stop()
         ctx.term()
 

@@ -32,6 +32,10 @@ class FrontendConfig:
     spin_us: int = defaults.FRONTEND_SPIN_US  # busy-poll window after a burst (0 = block at once)
     # dead/stopped replicas stay listed this long, then are forgotten
     forget_gone_replicas_after_s: float = defaults.GONE_REPLICA_FORGET_AFTER_S
+    # The host others reach this frontend by, in Redis's frontend directory; "" = ``host``, or this
+    # machine's address when ``host`` is a wildcard (0.0.0.0).
+    advertise_host: str = ""
+    frontend_id: str = ""  # its id in the frontend directory; "" = <hostname>-<pid>-<random>
 
     def __post_init__(self) -> None:
         for name in ("client_port", "replica_port"):

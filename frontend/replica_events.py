@@ -33,6 +33,21 @@ class ReplicaEvents:
         self.config = config
         self.pool = pool
         self.dispatcher = dispatcher
+        # Replica addresses of every live frontend (this one's is ``own``), from Redis's frontend
+        # directory; WELCOME and heartbeats carry them, so each replica serves every frontend.
+        self.peers: list[str] = []
+        self.own = ""
+
+    def set_peers(self, addresses: list[str], own: str = "") -> None:
+        """Tell replicas (now, and in every WELCOME and heartbeat) which frontends to serve."""
+        peers = sorted(set(addresses))
+        self.own = own
+        if peers == self.peers:
+            return
+        log.info("frontends of this deployment: %s", peers)
+        self.peers = peers
+        for replica in self.pool.live():
+            self._send(protocol.heartbeat(to=replica.identity, frontends=peers))
 
     def _send(self, frames: list) -> None:
         self.dispatcher.send_replica(frames)
@@ -119,7 +134,8 @@ class ReplicaEvents:
         log.info("replica %s of %s:%s registered (pid %s, cpus %s)", info.replica_id, info.model_name,
                  info.model_version, info.pid, info.cpus)
         self._send(protocol.welcome(info.replica_id, self.config.heartbeat_interval_s,
-                                    self.config.heartbeat_timeout_s, to=identity))
+                                    self.config.heartbeat_timeout_s, to=identity, frontends=self.peers,
+                                    frontend=self.own))
         self.dispatcher.replica_registered(replica)
 
     def _on_result(self, replica: Replica, hdr: dict, payload: list, now: float) -> None:
@@ -165,7 +181,7 @@ class ReplicaEvents:
         self.pool.prune(now)
         if send_heartbeats:
             for replica in self.pool.live():
-                self._send(protocol.heartbeat(to=replica.identity))
+                self._send(protocol.heartbeat(to=replica.identity, frontends=self.peers))
         self.dispatcher.pump_dirty()
 
     def replica_gone(self, replica: Replica, now: float) -> None:

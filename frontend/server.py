@@ -219,6 +219,10 @@ class Frontend:
         self.state.current_versions[model_name] = str(version)
         self._sync()
 
+    def set_peers(self, replica_addresses: list[str], own: str = "") -> None:
+        """The replica addresses of every live frontend (``own`` is this one's); replicas serve them all."""
+        self.replica_events.set_peers(replica_addresses, own)
+
     def _sync(self) -> None:
         self.dispatcher.sync(self.state)
 

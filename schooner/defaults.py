@@ -43,6 +43,9 @@ HEARTBEAT_TIMEOUT_S = 5.0  # a replica silent this long is dead
 # A batch in flight this long marks its replica dead (stuck in predict) and is retried elsewhere.
 # Generous: a VGG batch of 16 on one core takes ~7 s, and a slow batch must not be taken for a stuck one.
 BATCH_TIMEOUT_S = 30.0
+# A frontend re-announces itself in Redis this often; its record expires after FRONTEND_TTL_S without one.
+FRONTEND_ANNOUNCE_INTERVAL_S = 1.0
+FRONTEND_TTL_S = 5.0
 RETRY_AFTER_S = 1  # Retry-After on 429
 # A dead or stopped replica stays listed (state dead/stopped) this long, then the frontend forgets it.
 GONE_REPLICA_FORGET_AFTER_S = 60.0

@@ -47,6 +47,14 @@ class Keys:
         model, version = key[len(f"{self.p}:replicas:"):].split(":", 1)
         return model, version
 
+    @property
+    def frontends(self) -> str:
+        """Set of the ids of registered frontends (each also has a :meth:`frontend` hash with a TTL)."""
+        return f"{self.p}:frontends"
+
+    def frontend(self, frontend_id: str) -> str:
+        return f"{self.p}:frontend:{frontend_id}"
+
     def desired(self, model: str, version: str) -> str:
         return f"{self.p}:desired:{model}:{version}"
 

@@ -83,7 +83,7 @@ class HelloHeader(TypedDict):
     gpu: int | None
 
 
-class WelcomeHeader(TypedDict):
+class _WelcomeBase(TypedDict):
     """WELCOME: the frontend registered a replica and tells it the heartbeat settings."""
 
     v: int
@@ -93,6 +93,13 @@ class WelcomeHeader(TypedDict):
     heartbeat_timeout_s: float
 
 
+class WelcomeHeader(_WelcomeBase, total=False):
+    """WELCOME, and the deployment's frontends when the frontend follows Redis."""
+
+    frontends: list[str]  # replica addresses of every live frontend of the deployment
+    frontend: str  # this frontend's own entry in ``frontends``
+
+
 class HeartbeatHeader(TypedDict, total=False):
     """HEARTBEAT: liveness; a replica's sideband copy names its ``replica_id``."""
 
@@ -100,6 +107,7 @@ class HeartbeatHeader(TypedDict, total=False):
     type: str
     replica_id: str
     sideband: bool  # from a replica's second socket: never answered, matched by replica_id
+    frontends: list[str]  # from a frontend: replica addresses of every live frontend (as in WELCOME)
 
 
 class PredictHeader(TypedDict):
@@ -202,21 +210,27 @@ def hello(replica_id: str, model: str, version: str, input_type: str, input_shap
 
 
 def welcome(replica_id: str, heartbeat_interval_s: float, heartbeat_timeout_s: float,
-            to: Any = None) -> list[FrameLike]:
-    """WELCOME frames: the frontend's answer to HELLO."""
+            to: Any = None, frontends: Sequence[str] = (), frontend: str = "") -> list[FrameLike]:
+    """WELCOME frames: the frontend's answer to HELLO (with the deployment's frontends, when known)."""
     hdr: WelcomeHeader = {"v": PROTOCOL_VERSION, "type": "welcome", "replica_id": replica_id,
                           "heartbeat_interval_s": heartbeat_interval_s,
                           "heartbeat_timeout_s": heartbeat_timeout_s}
+    if frontends:
+        hdr["frontends"] = list(frontends)
+        hdr["frontend"] = frontend
     return _frames(to, hdr, ())
 
 
-def heartbeat(replica_id: str | None = None, sideband: bool = False, to: Any = None) -> list[FrameLike]:
-    """HEARTBEAT frames (a replica names itself; its sideband socket says so)."""
+def heartbeat(replica_id: str | None = None, sideband: bool = False, to: Any = None,
+              frontends: Sequence[str] = ()) -> list[FrameLike]:
+    """HEARTBEAT frames (a replica names itself; its sideband socket says so; a frontend names its peers)."""
     hdr: HeartbeatHeader = {"v": PROTOCOL_VERSION, "type": "heartbeat"}
     if replica_id is not None:
         hdr["replica_id"] = replica_id
     if sideband:
         hdr["sideband"] = True
+    if frontends:
+        hdr["frontends"] = list(frontends)
     return _frames(to, hdr, ())
 
 

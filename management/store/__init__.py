@@ -5,6 +5,7 @@ an event (:mod:`management.store.events`) that frontends follow.
 """
 
 from management.store.events import EventKind, changes_state
+from management.store.frontends import FrontendDirectory
 from management.store.registry import Store
 
-__all__ = ["EventKind", "Store", "changes_state"]
+__all__ = ["EventKind", "FrontendDirectory", "Store", "changes_state"]

@@ -1,0 +1,80 @@
+"""Several frontends, one deployment: the frontend directory in Redis, replicas serving every frontend."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from frontend_support import FrontendThread, start_replica, wait_for
+from frontend_support import procs  # noqa: F401 - fixture
+
+from frontend.client import Client
+from management.embedded_redis import connect
+from management.store import FrontendDirectory
+from schooner.types import AppSpec, ModelSpec
+
+APPS = [AppSpec("a1", "floats", latency_slo_micros=5_000_000), AppSpec("a2", "floats",
+                                                                     latency_slo_micros=5_000_000)]
+MODELS = [ModelSpec("noop", "1", "floats", batch_size=4)]
+LINKS = {"a1": ["noop"], "a2": ["noop"]}
+
+
+@pytest.fixture
+def two_frontends():
+    """Two Frontends that know each other as peers (what the announcer does from Redis)."""
+    fronts = [FrontendThread().start(), FrontendThread().start()]
+    try:
+        peers = [f.replica_address for f in fronts]
+        for f in fronts:
+            f.deploy(APPS, MODELS, LINKS)
+            f.call(f.fe.set_peers, peers, f.replica_address)
+        yield fronts
+    finally:
+        for f in fronts:
+            f.stop()
+
+
+def test_replica_given_one_frontend_serves_every_frontend_it_is_told_of(two_frontends, procs):
+    first, second = two_frontends
+    procs.append(start_replica(first.replica_address, "noop", replica_id="shared"))
+    first.wait_ready(1)
+    second.wait_ready(1)  # learnt from the first frontend's WELCOME
+    x = np.ones(4, dtype=np.float32)
+    for f in two_frontends:
+        with Client(f.client_address, timeout_s=30) as client:
+            for app in ("a1", "a2"):
+                results = client.predict_many(app, [x] * 20, concurrency=8)
+                assert all(not isinstance(r, Exception) and not r.default for r in results), results
+
+
+def test_replica_keeps_serving_when_a_frontend_goes_away(two_frontends, procs):
+    first, second = two_frontends
+    procs.append(start_replica(second.replica_address, "noop", replica_id="shared"))
+    first.wait_ready(1)
+    second.wait_ready(1)
+    second.stop()
+    for _ in range(3):  # past the silence after which the replica registers again: it must not stall
+        with Client(first.client_address, timeout_s=30) as client:
+            assert not client.predict("a1", np.ones(4, dtype=np.float32)).default
+        time.sleep(0.5)
+
+
+def test_frontend_directory_lists_live_frontends_and_forgets_expired_ones(redis_url):
+    client = connect(redis_url)
+    try:
+        directory = FrontendDirectory(client)
+        directory.announce({"frontend_id": "f1", "client": "tcp://h:1", "http": "http://h:2",
+                            "replica": "tcp://h:3", "pid": 7}, ttl_s=30)
+        directory.announce({"frontend_id": "f2", "client": "tcp://h:4", "http": "http://h:5",
+                            "replica": "tcp://h:6"}, ttl_s=0.3)
+        assert [r["frontend_id"] for r in directory.live()] == ["f1", "f2"]
+        assert directory.live()[0]["pid"] == 7
+        assert directory.addresses("http") == ["http://h:2", "http://h:5"]
+        wait_for(lambda: [r["frontend_id"] for r in directory.live()] == ["f1"], 10, "f2's record to expire")
+        directory.withdraw("f1")
+        assert directory.live() == []
+        with pytest.raises(ValueError):
+            directory.addresses("grpc")
+    finally:
+        client.close()
