@@ -8,6 +8,7 @@ import sys
 from typing import Iterable, Sequence
 
 from containers.errors import PinningError
+from schooner import topology
 
 log = logging.getLogger(__name__)
 
@@ -16,48 +17,14 @@ _THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 
 def parse_cpus(spec: str | Iterable[int]) -> list[int]:
     """Parse a cpu list like ``"0-3,6"`` (or a list of ints) into sorted unique cpu ids."""
-    if not isinstance(spec, str):
-        try:
-            cpus = sorted({int(c) for c in spec})
-        except (TypeError, ValueError) as err:
-            raise PinningError(f"cpus must be integers, got {spec!r}") from err
-        if any(c < 0 for c in cpus):
-            raise PinningError(f"cpus must be >= 0, got {spec!r}")
-        return cpus
-    out: set[int] = set()
-    for part in spec.replace(" ", "").split(","):
-        if not part:
-            continue
-        lo, sep, hi = part.partition("-")
-        try:
-            first, last = int(lo), int(hi) if sep else int(lo)
-        except ValueError:
-            raise PinningError(f"cpus {spec!r}: {part!r} is not a cpu id or range like 0-3") from None
-        if first < 0 or last < first:
-            raise PinningError(f"cpus {spec!r}: bad range {part!r}")
-        out.update(range(first, last + 1))
-    if not out:
-        raise PinningError(f"cpus {spec!r} names no cpu")
-    return sorted(out)
+    try:
+        return topology.parse_cpu_list(spec)
+    except ValueError as err:
+        raise PinningError(str(err)) from err
 
 
-def format_cpus(cpus: Sequence[int]) -> str:
-    """The compact list form of ``cpus`` (``[0,1,2,5]`` -> ``"0-2,5"``), as in /proc Cpus_allowed_list."""
-    parts: list[str] = []
-    ordered = sorted(set(cpus))
-    i = 0
-    while i < len(ordered):
-        j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
-            j += 1
-        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
-        i = j + 1
-    return ",".join(parts)
-
-
-def allowed_cpus() -> list[int]:
-    """The cpus this process may run on."""
-    return sorted(os.sched_getaffinity(0))
+format_cpus = topology.format_cpu_list
+allowed_cpus = topology.allowed_cpus
 
 
 def validate_cpus(cpus: Sequence[int]) -> list[int]:

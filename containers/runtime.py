@@ -186,8 +186,8 @@ class Replica:
     def _open_link(self, poller: zmq.Poller, address: str, seed: bool, now: float) -> None:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, LINGER_MS)
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.setsockopt(zmq.RECONNECT_IVL, defaults.REPLICA_RECONNECT_INTERVAL_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, defaults.REPLICA_RECONNECT_INTERVAL_MAX_MS)
         # Queue nothing for a frontend not (yet) connected: HELLO and heartbeats are resent each interval
         # anyway, and a dead frontend must not collect a backlog of them.
         sock.setsockopt(zmq.IMMEDIATE, 1)

@@ -13,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
 
+from schooner.types import BatchSize  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 
@@ -44,7 +46,7 @@ def _series(doc: dict, x_key: str, group: Callable[[dict], str]) -> dict[str, li
 def _two_panel(doc: dict, x_key: str, xlabel: str, group: Callable[[dict], str], title: str,
                path: Path, categorical: bool) -> Path:
     series = _series(doc, x_key, group)
-    xs = sorted({x for pts in series.values() for x, _ in pts}, key=lambda b: (b == -1, b))
+    xs = sorted({x for pts in series.values() for x, _ in pts}, key=lambda b: (b == BatchSize.ADAPTIVE, b))
     pos = {x: i for i, x in enumerate(xs)} if categorical else {x: x for x in xs}
     fig, (ax_t, ax_p) = plt.subplots(1, 2, figsize=(11, 4.2))
     for label, pts in sorted(series.items()):

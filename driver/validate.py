@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from driver.errors import ImpossibleSweep
+from schooner import topology
+from schooner.types import BACKENDS, BatchSize
 from driver.load import Arrival, LoadLevel
 
 log = logging.getLogger(__name__)
 
 MODES = ("sweep", "latency", "throughput", "load", "repeated_scale_calls", "concurrent_inference")
-BACKENDS = ("process", "docker")
 MAX_BATCH_SIZE_LIMIT = 4096  # larger fixed batch sizes are refused as a typo
 
 
@@ -48,12 +45,17 @@ class Machine:
 
     usable_cpus: tuple[int, ...]  # cores processes may be pinned to (online, in our cpuset)
     driver_cpus: tuple[int, ...]  # the driver's own affinity (numactl -C puts it here)
-    gpu_count: int
+    gpus: tuple[int, ...] = ()  # GPU ids replicas may be given (schooner.topology.detect_gpus)
 
     @classmethod
     def detect(cls) -> Machine:
         """The machine this process runs on."""
-        return cls(tuple(usable_cpus()), tuple(sorted(os.sched_getaffinity(0))), gpu_count())
+        return cls(tuple(topology.online_cpus()), tuple(topology.allowed_cpus()), tuple(topology.detect_gpus()))
+
+    @property
+    def gpu_count(self) -> int:
+        """How many GPUs replicas may be given."""
+        return len(self.gpus)
 
     def reserved_cpus(self) -> list[int]:
         """Cores for the driver and the frontend: the driver's affinity, or the first core if unpinned."""
@@ -65,42 +67,6 @@ class Machine:
         """Every usable core except those the driver and frontend run on (all of them on a 1-core box)."""
         rest = sorted(set(self.usable_cpus) - set(self.reserved_cpus()))
         return rest or sorted(self.usable_cpus)
-
-
-def parse_cpu_list(text: str) -> list[int]:
-    """Parse a kernel cpu list such as ``0-3,8,10-11``."""
-    cpus: list[int] = []
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
-    return cpus
-
-
-def usable_cpus() -> list[int]:
-    """Online cores, restricted to this cgroup's cpuset when there is one."""
-    online_path = Path("/sys/devices/system/cpu/online")
-    online = parse_cpu_list(online_path.read_text()) if online_path.exists() else list(range(os.cpu_count() or 1))
-    for cpuset in ("/sys/fs/cgroup/cpuset.cpus.effective", "/sys/fs/cgroup/cpuset/cpuset.effective_cpus"):
-        path = Path(cpuset)
-        if path.exists() and path.read_text().strip():
-            allowed = set(parse_cpu_list(path.read_text()))
-            return [c for c in online if c in allowed]
-    return online
-
-
-def gpu_count() -> int:
-    """Number of NVIDIA GPUs visible (nvidia-smi, else /proc/driver/nvidia), 0 when none."""
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
-            if out.returncode == 0:
-                return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
-        except (OSError, subprocess.SubprocessError) as err:
-            log.warning("nvidia-smi failed: %s", err)
-    proc = Path("/proc/driver/nvidia/gpus")
-    return len(list(proc.iterdir())) if proc.is_dir() else 0
 
 
 @dataclass
@@ -165,7 +131,11 @@ def build_spec(args, machine: Machine) -> SweepSpec:
     _positive("warmup_s", args.warmup_s, allow_zero=True)
     _positive("target_qps", args.target_qps)
     for b in args.batch_sizes:
-        if b == 0 or b < -1 or b > MAX_BATCH_SIZE_LIMIT:
+        try:
+            size = BatchSize.parse(b)
+        except ValueError:
+            size = None
+        if size is None or size > MAX_BATCH_SIZE_LIMIT:
             raise ImpossibleSweep(
                 f"bad batch size {b}: use a positive size up to {MAX_BATCH_SIZE_LIMIT}, or -1 for adaptive")
     for r in args.num_replicas:
@@ -189,9 +159,10 @@ def build_spec(args, machine: Machine) -> SweepSpec:
             f"mode load deploys {args.count} models x {widest} cores but model_cpus {model_cpus} "
             f"has only {len(model_cpus)}")
     gpus = sorted(set(args.model_gpus or []))
-    bad_gpus = [g for g in gpus if g < 0 or g >= machine.gpu_count]
+    bad_gpus = [g for g in gpus if g not in machine.gpus]
     if bad_gpus:
-        raise ImpossibleSweep(f"GPU(s) {bad_gpus} are not there; this machine has {machine.gpu_count} GPU(s)")
+        have = f"GPU ids {list(machine.gpus)}" if machine.gpus else "no GPU"
+        raise ImpossibleSweep(f"GPU(s) {bad_gpus} are not there; this machine has {have}")
     frontend = _address("--frontend", args.frontend or "")
     management = _address("--management", args.management or "")
     if bool(frontend) != bool(management):

@@ -22,7 +22,7 @@ from typing import Any
 from schooner import defaults
 from schooner import metric_names as names
 from frontend.queries import Entry
-from schooner.types import ModelSpec
+from schooner.types import BatchSize, ModelSpec
 
 
 class FireReason(str, enum.Enum):
@@ -36,7 +36,7 @@ class FireReason(str, enum.Enum):
 class BatchSizeController:
     """The batch size a model version dispatches: fixed, or adaptive (AIMD).
 
-    Adaptive (``batch_size == -1``): start at 1; after a *full* batch whose
+    Adaptive (:attr:`BatchSize.ADAPTIVE`): start at 1; after a *full* batch whose
     processing latency (PREDICT sent -> RESULT received) stays within the
     objective, add ``AIMD_ADDITIVE_STEP``; after any batch that misses it, cut
     the size by ``AIMD_BACKOFF_FRACTION`` (at least by one). Bounded by
@@ -52,7 +52,7 @@ class BatchSizeController:
     def __init__(self, batch_size: int, max_batch_size: int,
                  step: int = defaults.AIMD_ADDITIVE_STEP,
                  backoff: float = defaults.AIMD_BACKOFF_FRACTION) -> None:
-        self.adaptive = batch_size == -1
+        self.adaptive = BatchSize.parse(batch_size).adaptive
         self.max_batch_size = max_batch_size
         self.step = step
         self.backoff = backoff
@@ -62,7 +62,7 @@ class BatchSizeController:
     def reconfigure(self, batch_size: int, max_batch_size: int) -> None:
         """Apply new batching settings, keeping the learnt size when staying adaptive."""
         was_adaptive = self.adaptive
-        self.adaptive = batch_size == -1
+        self.adaptive = BatchSize.parse(batch_size).adaptive
         self.max_batch_size = max_batch_size
         if not self.adaptive:
             self.target = batch_size

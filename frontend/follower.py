@@ -60,7 +60,8 @@ async def _wait(stop: asyncio.Event, timeout_s: float) -> None:
         pass
 
 
-async def follow(frontend: StateSink, redis_url: str, stop: asyncio.Event, retry_s: float = 0.5, *,
+async def follow(frontend: StateSink, redis_url: str, stop: asyncio.Event,
+                 retry_s: float = defaults.REDIS_RETRY_INTERVAL_S, *,
                  prefix: str = defaults.REDIS_KEY_PREFIX) -> None:
     """Apply Redis's deployment to ``frontend`` until ``stop`` is set, surviving Redis outages."""
     if not hasattr(frontend, "apply_state"):

@@ -23,16 +23,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATUS_OF = {"unknown_app": 404, "bad_input": 400, "protocol_error": 400, "overloaded": 429,
-             "no_model": 503, "shutting_down": 503, "model_error": 500, "replica_lost": 502, "internal": 500}
-
-
 def error_response(err: SchoonerError) -> web.Response:
     """The JSON error response for ``err``, with Retry-After when overloaded."""
     headers = {}
     if isinstance(err, Overloaded):
         headers["Retry-After"] = str(max(1, round(err.retry_after_s)))
-    return web.json_response({"error": err.code, "message": str(err)}, status=STATUS_OF.get(err.code, 500),
+    return web.json_response({"error": err.code, "message": str(err)}, status=err.http_status,
                              headers=headers)
 
 

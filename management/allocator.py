@@ -12,18 +12,13 @@ gives new ones cores nobody else holds.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import subprocess
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from management.errors import AllocationError
+from schooner.topology import detect_gpus, online_cpus
 
 log = logging.getLogger(__name__)
-
-_ONLINE_CPUS_PATH = "/sys/devices/system/cpu/online"
-
 
 @dataclass
 class Placement:
@@ -41,49 +36,6 @@ class Placement:
 class _Claim:
     owner: str  # "<model>:<version>": replicas of one owner never share cores
     placement: Placement = field(default_factory=lambda: Placement([]))
-
-
-def parse_cpu_list(text: str) -> list[int]:
-    """Parse a kernel cpu list such as ``0-3,6,8-9`` (or ``0,1``) into sorted ints."""
-    cpus: set[int] = set()
-    for part in text.strip().split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, sep, hi = part.partition("-")
-        try:
-            if sep:
-                cpus.update(range(int(lo), int(hi) + 1))
-            else:
-                cpus.add(int(lo))
-        except ValueError:
-            raise ValueError(f"not a cpu list: {text!r}") from None
-    return sorted(cpus)
-
-
-def online_cpus() -> list[int]:
-    """The machine's online cpus (ignores this process's affinity on purpose)."""
-    try:
-        with open(_ONLINE_CPUS_PATH, encoding="ascii") as fh:
-            return parse_cpu_list(fh.read())
-    except (OSError, ValueError):
-        return list(range(os.cpu_count() or 1))
-
-
-def detect_gpus() -> list[int]:
-    """GPU indices this machine offers: ``CUDA_VISIBLE_DEVICES`` if set, else ``nvidia-smi -L``."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        entries = [e for e in visible.split(",") if e.strip() and e.strip() != "-1"]
-        return list(range(len(entries)))
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return []
-    try:
-        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return list(range(sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))))
 
 
 class CpuAllocator:

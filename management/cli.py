@@ -13,7 +13,8 @@ from typing import Sequence
 import requests
 
 from schooner import defaults
-from management.allocator import parse_cpu_list
+from schooner.topology import parse_cpu_list
+from schooner.types import BACKENDS
 from management.errors import ManagementError
 from management.stack import Stack
 
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--management-port", type=int, default=None,
                     help=f"management REST port (default {defaults.MANAGEMENT_PORT})")
     up.add_argument("--free-ports", action="store_true", help="use free loopback ports instead of the defaults")
-    up.add_argument("--backend", choices=("process", "docker"), default=None, help="replica backend (default process)")
+    up.add_argument("--backend", choices=BACKENDS, default=None, help="replica backend (default process)")
     up.add_argument("--admin-token", default=None, help="token the management API's writes require")
     up.add_argument("--state-dir", default=None, help=f"where embedded Redis and logs live "
                                                        f"(default {defaults.STATE_DIR})")

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from schooner import defaults
+from schooner.types import BACKENDS, Backend
 
-BACKENDS = ("process", "docker")
 RECONCILE_INTERVAL_S = 1.0
 _NAMESPACE_RE = re.compile(r"^[a-zA-Z0-9_.-]+$")
 
@@ -39,7 +39,7 @@ class ServiceConfig:
     state_dir: str = defaults.STATE_DIR
     frontend_http: str = f"http://{defaults.HOST}:{defaults.HTTP_PORT}"
     frontend_rpc: str = f"tcp://{defaults.HOST}:{defaults.REPLICA_PORT}"
-    backend: str = "process"
+    backend: str = Backend.PROCESS.value
     admin_token: str = ""
     log_dir: str = ""  # replica logs; empty: <state_dir>/logs/replicas
     frontend_cpus: list[int] = field(default_factory=list)
@@ -74,7 +74,7 @@ class ServiceConfig:
 
 
 def _cpu_list(text: str) -> list[int]:
-    from management.allocator import parse_cpu_list  # noqa: PLC0415 - keeps --help fast
+    from schooner.topology import parse_cpu_list  # noqa: PLC0415 - keeps --help fast
 
     return parse_cpu_list(text) if text.strip() else []
 
@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> ServiceConfig:
             state_dir=defaults.resolve(args.state_dir, "state_dir", defaults.STATE_DIR),
             frontend_http=defaults.resolve(args.frontend_http, "frontend_http", base["frontend_http"].default),
             frontend_rpc=defaults.resolve(args.frontend_rpc, "frontend_rpc", base["frontend_rpc"].default),
-            backend=defaults.resolve(args.backend, "backend", "process"),
+            backend=defaults.resolve(args.backend, "backend", Backend.PROCESS.value),
             admin_token=defaults.resolve(args.admin_token, "admin_token", ""),
             log_dir=defaults.resolve(args.log_dir, "log_dir", ""),
             frontend_cpus=_cpu_list(defaults.resolve(args.frontend_cpus, "frontend_cpus", "")),

@@ -9,11 +9,11 @@ import time
 
 import aiohttp
 
-from schooner.types import ReplicaState
+from schooner.types import SERVING_REPLICA_STATES, ReplicaState
 
 log = logging.getLogger(__name__)
 
-SERVING = frozenset({ReplicaState.READY.value, ReplicaState.BUSY.value})
+SERVING = frozenset(s.value for s in SERVING_REPLICA_STATES)
 
 
 class FrontendView:

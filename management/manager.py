@@ -15,6 +15,7 @@ import socket
 import time
 from typing import Any
 
+from schooner import defaults
 from schooner.types import ModelSpec, ReplicaState
 from management import replica_launch as launch
 from management.replica_launch import Health
@@ -32,7 +33,8 @@ class ReplicaManager:
 
     def __init__(self, store: Any, backend: ReplicaBackend, allocator: CpuAllocator, *, frontend_rpc: str,
                  frontend_http_url: str, reconcile_interval_s: float = 1.0,
-                 restart_backoff_s: tuple[float, float] = (0.5, 30.0), frontend_cpus: list[int] | None = None,
+                 restart_backoff_s: tuple[float, float] = (defaults.REPLICA_RESTART_BACKOFF_MIN_S,
+                                                            defaults.REPLICA_RESTART_BACKOFF_MAX_S), frontend_cpus: list[int] | None = None,
                  stop_timeout_s: float = 30.0, replica_env: dict[str, str] | None = None,
                  http_timeout_s: float = 5.0) -> None:
         if not frontend_rpc:

@@ -7,11 +7,12 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from schooner import defaults
 from schooner.types import ModelSpec, ReplicaState
 from management.allocator import Placement
 from management.backends.base import LaunchSpec
 
-HEALTHY_RUN_S = 30.0  # a replica that ran this long before dying restarts with the shortest backoff
+HEALTHY_RUN_S = defaults.REPLICA_HEALTHY_RUN_S
 
 
 @dataclass

@@ -26,13 +26,13 @@ import psutil
 import requests
 
 from schooner import defaults
+from schooner.types import BACKENDS
 from management.embedded_redis import EmbeddedRedis, free_port
 from management.errors import ManagementError
 
 log = logging.getLogger(__name__)
 
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
-_BACKENDS = ("process", "docker")
 _MANAGEMENT_STOP_S = 45.0  # the management service drains every replica before it exits
 _PROCESS_STOP_S = 15.0
 _START_ATTEMPTS = 2  # free ports are picked before binding: retry once if one was taken meanwhile
@@ -54,8 +54,8 @@ class Stack:
                  heartbeat_timeout_s: float | None = None, env: dict[str, str] | None = None,
                  log_dir: str | os.PathLike | None = None, python: str = sys.executable,
                  reconcile_interval_s: float | None = None) -> None:
-        if backend not in _BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(_BACKENDS)}, got {backend!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         for name, port in (("client_port", client_port), ("replica_port", replica_port),
                            ("http_port", http_port), ("management_port", management_port)):
             if not isinstance(port, int) or not 0 <= port < 65536:

@@ -24,14 +24,23 @@ MAX_INPUT_BYTES = 16 * 1024 * 1024  # one input; larger is refused (BadInput)
 
 DEFAULT_OUTPUT = "None"
 LATENCY_SLO_MICROS = 100_000
-BATCH_SIZE = -1  # adaptive (AIMD)
+BATCH_SIZE = -1  # schooner.types.BatchSize.ADAPTIVE
 MAX_BATCH_SIZE = 64
 BATCH_WAIT_TIMEOUT_MICROS = 0
 MAX_QUEUE_SIZE = 10_000
 AIMD_ADDITIVE_STEP = 1
 AIMD_BACKOFF_FRACTION = 0.10
 LATENCY_EWMA_WEIGHT = 0.2  # weight of the newest batch in the per-size latency estimate
+
+# Retries and backoff, everywhere they happen.
 MAX_BATCH_RETRIES = 2  # a batch whose replica died is retried this many times
+REPLICA_RESTART_BACKOFF_MIN_S = 0.5  # a crashed replica restarts after min * 2**(failures-1) s ...
+REPLICA_RESTART_BACKOFF_MAX_S = 30.0  # ... capped here
+REPLICA_HEALTHY_RUN_S = 30.0  # a replica that ran this long before dying restarts with the shortest backoff
+REDIS_RETRY_INTERVAL_S = 0.5  # the frontend tries Redis again this often while it is down
+REPLICA_RECONNECT_INTERVAL_MS = 100  # ZMQ reconnect of a replica to the frontend, first interval ...
+REPLICA_RECONNECT_INTERVAL_MAX_MS = 1000  # ... doubling up to this
+
 
 # Busy-poll windows after handling a message (see docs/ARCHITECTURE.md, "Latency"); 0 = block at once.
 REPLICA_SPIN_US = 1000  # covers a c=1 round trip (~400-500 µs here); replicas own their cores

@@ -32,7 +32,7 @@ import numpy as np
 import zmq
 
 from schooner.defaults import PROTOCOL_VERSION
-from schooner.errors import ProtocolError
+from schooner.errors import ErrorCode, ProtocolError
 
 Item = Union[np.ndarray, bytes, str]
 FrameLike = Union[zmq.Frame, bytes, memoryview, np.ndarray]
@@ -50,20 +50,6 @@ class MsgType(str, enum.Enum):
     QUERY = "query"  # client -> frontend: one input or a batch of inputs for an app
     REPLY = "reply"  # frontend -> client: output(s) of a query
     ERROR = "error"  # any direction: a named error about a request or batch
-
-
-class ErrorCode(str, enum.Enum):
-    """Names of the errors a peer can be told about."""
-
-    UNKNOWN_APP = "unknown_app"
-    NO_MODEL = "no_model"
-    BAD_INPUT = "bad_input"
-    OVERLOADED = "overloaded"
-    MODEL_ERROR = "model_error"
-    REPLICA_LOST = "replica_lost"
-    PROTOCOL_ERROR = "protocol_error"
-    SHUTTING_DOWN = "shutting_down"
-    INTERNAL = "internal"
 
 
 class HelloHeader(TypedDict):

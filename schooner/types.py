@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -46,6 +47,48 @@ _DTYPES = {
 }
 
 
+class BatchSize(int):
+    """The batch-size rule of a model version: a fixed size (>= 1), or :attr:`ADAPTIVE`.
+
+    An ``int`` so that it goes into JSON, msgpack and Redis unchanged; adaptive
+    is stored and sent as ``-1`` (Clipper's convention, kept on the REST API),
+    and ``"adaptive"`` is accepted wherever a batch size is parsed.
+    """
+
+    ADAPTIVE: ClassVar[BatchSize]
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the frontend chooses the size (bounded by the model's max_batch_size)."""
+        return int(self) == _ADAPTIVE_WIRE
+
+    @classmethod
+    def parse(cls, value: Any, field: str = "batch_size") -> BatchSize:
+        """A BatchSize from a positive int, ``-1`` or ``"adaptive"``; ValueError names ``field``."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str) and value.strip().lower() == "adaptive":
+            return cls.ADAPTIVE
+        if isinstance(value, bool) or not isinstance(value, int) or (value < 1 and value != _ADAPTIVE_WIRE):
+            raise ValueError(f"{field} must be a positive integer, or -1 / \"adaptive\" for adaptive batching, "
+                             f"got {value!r}")
+        return cls.ADAPTIVE if value == _ADAPTIVE_WIRE else cls(value)
+
+
+_ADAPTIVE_WIRE = -1
+BatchSize.ADAPTIVE = BatchSize(_ADAPTIVE_WIRE)
+
+
+class Backend(str, enum.Enum):
+    """Where the manager runs replicas; the value is the name in flags, config and Redis."""
+
+    PROCESS = "process"  # local processes (the default)
+    DOCKER = "docker"  # containers on a Docker engine
+
+
+BACKENDS = tuple(b.value for b in Backend)
+
+
 class ReplicaState(str, enum.Enum):
     """Life of a replica, as the frontend and the manager see it."""
 
@@ -65,6 +108,8 @@ class ReplicaState(str, enum.Enum):
 # The one definition of "live": registered with a frontend and not gone. STARTING is not live
 # (not registered yet); DRAINING is (it still finishes the batch it holds).
 LIVE_REPLICA_STATES = frozenset({ReplicaState.READY, ReplicaState.BUSY, ReplicaState.DRAINING})
+# Live and taking batches: what "the replica is up" means to the manager and the tests.
+SERVING_REPLICA_STATES = frozenset({ReplicaState.READY, ReplicaState.BUSY})
 
 
 @dataclass
@@ -89,8 +134,8 @@ class AppSpec:
 class ModelSpec:
     """A model version and how the frontend batches for it.
 
-    ``batch_size`` is a fixed batch size, or ``-1`` for adaptive (AIMD) batching
-    bounded by ``max_batch_size``. ``input_shape`` (optional) is the shape every
+    ``batch_size`` is a :class:`BatchSize`: a fixed size, or adaptive batching
+    (``-1`` on the wire) bounded by ``max_batch_size``. ``input_shape`` (optional) is the shape every
     input must have; the frontend rejects others with BadInput.
     """
 
@@ -98,7 +143,7 @@ class ModelSpec:
     version: str
     input_type: InputType
     labels: list[str] = field(default_factory=list)
-    batch_size: int = defaults.BATCH_SIZE
+    batch_size: int = defaults.BATCH_SIZE  # a BatchSize after __post_init__
     max_batch_size: int = defaults.MAX_BATCH_SIZE
     batch_wait_timeout_micros: int = defaults.BATCH_WAIT_TIMEOUT_MICROS
     input_shape: list[int] | None = None
@@ -116,8 +161,7 @@ class ModelSpec:
             raise ValueError("name must be a non-empty string")
         self.version = str(self.version)
         self.input_type = InputType.parse(self.input_type)
-        if not isinstance(self.batch_size, int) or (self.batch_size < 1 and self.batch_size != -1):
-            raise ValueError("batch_size must be a positive integer or -1 (adaptive)")
+        self.batch_size = BatchSize.parse(self.batch_size)
         if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
             raise ValueError("max_batch_size must be a positive integer")
         if self.batch_wait_timeout_micros < 0:

@@ -6,14 +6,15 @@ import os
 
 import pytest
 
-from management.allocator import CpuAllocator, Placement, detect_gpus, online_cpus, parse_cpu_list
+from management.allocator import CpuAllocator, Placement
+from schooner.topology import detect_gpus, online_cpus, parse_cpu_list
 from management.errors import AllocationError
 
 
 def test_parse_cpu_list_reads_kernel_ranges():
     assert parse_cpu_list("0-3,6,8-9\n") == [0, 1, 2, 3, 6, 8, 9]
     assert parse_cpu_list("0,1") == [0, 1]
-    with pytest.raises(ValueError, match="not a cpu list"):
+    with pytest.raises(ValueError, match="not a cpu id"):
         parse_cpu_list("a-b")
 
 

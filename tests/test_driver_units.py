@@ -19,11 +19,12 @@ from driver.plots import draw_all
 from driver.results import batch_size_stats, rows
 from driver.sweep import auto_concurrency, plan, steady
 from driver.load import WindowStats
-from driver.validate import Machine, build_spec, parse_cpu_list
+from driver.validate import Machine, build_spec
+from schooner.topology import parse_cpu_list
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FOUR_CORES = Machine(usable_cpus=(0, 1, 2, 3), driver_cpus=(0,), gpu_count=1)
+FOUR_CORES = Machine(usable_cpus=(0, 1, 2, 3), driver_cpus=(0,), gpus=(0,))
 
 
 def args(*argv: str) -> argparse.Namespace:
@@ -82,7 +83,7 @@ def test_default_model_cpus_leave_the_driver_cores_out():
     spec = build_spec(args("-m", "sleep"), FOUR_CORES)
     assert spec.model_cpus == [1, 2, 3]
     assert spec.frontend_cpus == [0]
-    unpinned = Machine(usable_cpus=(0, 1), driver_cpus=(0, 1), gpu_count=0)
+    unpinned = Machine(usable_cpus=(0, 1), driver_cpus=(0, 1))
     assert build_spec(args("-m", "sleep"), unpinned).model_cpus == [1]
 
 

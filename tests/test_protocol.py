@@ -76,11 +76,17 @@ def test_error_message_carries_code_message_and_ids():
 
 
 def test_error_codes_map_to_named_errors():
-    for code in ErrorCode:
-        err = errors.from_code(code.value, "msg")
-        assert isinstance(err, errors.SchoonerError) and str(err) == "msg"
-        assert err.code == code.value
+    for code, (status, cls) in errors.ERROR_TABLE.items():
+        assert cls.code == code.value and errors.http_status(code.value) == status
+        if issubclass(cls, errors.SchoonerError) and cls is not errors.QueryTimeout:
+            err = errors.from_code(code.value, "msg")
+            assert type(err) is cls and str(err) == "msg" and err.http_status == status
+        else:
+            assert type(errors.from_code(code.value, "x")) is errors.SchoonerError  # not sent on the wire
+    assert set(errors.ERROR_TABLE) == set(ErrorCode)
     assert type(errors.from_code("unheard_of", "x")) is errors.SchoonerError
+    assert errors.http_status("unheard_of") == 500
+    assert errors.Overloaded.http_status == 429 and errors.NotFound.status == 404
 
 
 @pytest.mark.parametrize("frames, message", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from management.errors import BadRequest
+from schooner.types import BatchSize
 
 _MISSING = object()
 
@@ -56,6 +57,16 @@ class Body:
         if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
             raise self._fail(name, what)
         return value
+
+    def batch_size(self, name: str, default: Any = _MISSING) -> Any:
+        """A :class:`~schooner.types.BatchSize`: a positive integer, -1 (Clipper's adaptive) or "adaptive"."""
+        value = self._get(name, default, "a positive integer, or -1 / \"adaptive\" for adaptive batching")
+        if value is default and default is not _MISSING:
+            return value
+        try:
+            return BatchSize.parse(value, f"field '{name}'")
+        except ValueError as err:
+            raise BadRequest(str(err)) from None
 
     def number(self, name: str, default: Any = _MISSING, *, minimum: float | None = None) -> Any:
         """A number field (int or float)."""

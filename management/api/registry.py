@@ -56,7 +56,7 @@ async def add_model(request: web.Request) -> web.Response:
     name = body.string("model_name", allow_empty=False)
     input_type = body.string("input_type", allow_empty=False)
     image = body.string("image", "") or body.string("container_name", "")
-    optional = {"batch_size": body.integer("batch_size", defaults.BATCH_SIZE),
+    optional = {"batch_size": body.batch_size("batch_size", defaults.BATCH_SIZE),
                 "max_batch_size": body.integer("max_batch_size", defaults.MAX_BATCH_SIZE, minimum=1),
                 "batch_wait_timeout_micros": body.integer("batch_wait_timeout_micros",
                                                           defaults.BATCH_WAIT_TIMEOUT_MICROS, minimum=0),

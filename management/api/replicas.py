@@ -9,7 +9,7 @@ from aiohttp import web
 
 from management.api.common import FRONTEND_URL_KEY, call, error_response, manager_of, read_body, store_of, write
 from management.api.registry import model_info
-from management.errors import BadRequest, NotFound
+from management.errors import NotFound
 from management.store import Store
 
 async def _version_or_current(store: Store, name: str, version: str | None) -> str:
@@ -50,14 +50,12 @@ async def get_model_replicas(request: web.Request) -> web.Response:
 
 @write
 async def set_model_batching(request: web.Request) -> web.Response:
-    """Change a model version's batch size (-1 = adaptive), max batch size and batch wait."""
+    """Change a model version's batch size (a BatchSize: -1 or "adaptive" = adaptive), max batch size, batch wait."""
     body = await read_body(request)
     store = store_of(request)
     name = body.string("model_name", allow_empty=False)
     version = await _version_or_current(store, name, body.version("model_version", None))
-    batch_size = body.integer("batch_size")
-    if batch_size < 1 and batch_size != -1:
-        raise BadRequest("field 'batch_size' must be a positive integer or -1 (adaptive)")
+    batch_size = body.batch_size("batch_size")
     model = await call(store.update_model_batching, name, version, batch_size,
                        body.integer("max_batch_size", None, minimum=1),
                        body.integer("batch_wait_timeout_micros", None, minimum=0))
