@@ -7,6 +7,13 @@ an :class:`~schooner.types.InputType` name or a numpy dtype; without one,
 integers become int32 and other numbers float32). An ERROR reply raises the
 named error of :mod:`schooner.errors`; no reply within ``timeout_s`` raises
 :class:`~schooner.errors.QueryTimeout` (a :class:`TimeoutError`).
+
+Several frontends: ``address`` may name several (a list, or one string joined
+by commas), or :meth:`Client.from_redis` reads them from Redis's frontend
+directory. :class:`Client` sends each query to the next connected frontend and,
+when one disconnects, sends its unanswered queries again on another (see
+:mod:`frontend.failover`). :class:`AsyncClient` spreads its queries over the
+connected frontends; a query in the hands of a frontend that dies times out.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from schooner import defaults, protocol
 from schooner.errors import Overloaded, ProtocolError, QueryTimeout, SchoonerError, from_code
 from schooner.protocol import MsgType
 from schooner.types import InputType
+from frontend.failover import HEARTBEAT_IVL_MS, HEARTBEAT_TIMEOUT_MS, FrontendLinks, split_addresses
 
 log = logging.getLogger(__name__)
 
@@ -128,24 +136,47 @@ def _check_args(timeout_s: float, concurrency: int = 1) -> None:
         raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
 
 
-class Client:
-    """Blocking client over one DEALER socket; not thread-safe (one per thread: headers are packed per thread)."""
+def _announced(redis_url: str, prefix: str) -> list[str]:
+    """Client addresses of the frontends announced in Redis."""
+    import redis  # noqa: PLC0415 - only this way of finding frontends needs it
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float = 30.0,
+    from management.store import FrontendDirectory  # noqa: PLC0415
+
+    conn = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        addresses = FrontendDirectory(conn, prefix=prefix).addresses("client")
+    finally:
+        conn.close()
+    if not addresses:
+        raise ValueError(f"no frontend is announced in the Redis at {redis_url}")
+    return addresses
+
+
+class Client:
+    """Blocking client over one DEALER socket per frontend; not thread-safe (one per thread: headers are
+    packed per thread)."""
+
+    @classmethod
+    def from_redis(cls, redis_url: str, prefix: str = defaults.REDIS_KEY_PREFIX, **kwargs: Any) -> Client:
+        """A client of every frontend announced in the Redis at ``redis_url`` (as they are now)."""
+        return cls(_announced(redis_url, prefix), **kwargs)
+
+    def __init__(self, address: str | Sequence[str] = DEFAULT_ADDRESS, timeout_s: float = 30.0,
                  ctx: zmq.Context | None = None, input_type: DTypeLike = None,
                  spin_us: int = defaults.CLIENT_SPIN_US) -> None:
         _check_args(timeout_s)
         if not isinstance(spin_us, int) or spin_us < 0:
             raise ValueError(f"spin_us must be an integer >= 0, got {spin_us!r}")
-        self.address = address
+        self.addresses = split_addresses(address)
+        self.address = ",".join(self.addresses)
         self.timeout_s = float(timeout_s)
         self.spin_ns = spin_us * 1000  # poll without blocking this long before sleeping on a reply
         self._dtype = _dtype(input_type)
         self._own_ctx = ctx is None
         self._ctx = zmq.Context() if ctx is None else ctx
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(address)
+        self._links = FrontendLinks(self._ctx, self.addresses)
+        self._sent: dict[int, tuple[int, list]] = {}  # several frontends: query id -> (link, frames)
+        self.resent = 0  # queries sent again because their frontend disconnected
         self._ids = itertools.count(1)
 
     def __enter__(self) -> Client:
@@ -155,16 +186,32 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close the socket (and the context if this client made it)."""
-        if not self._sock.closed:
-            self._sock.close(linger=0)
+        """Close the sockets (and the context if this client made it)."""
+        if not self._links.socks[0].closed:
+            self._links.close()
             if self._own_ctx:
                 self._ctx.term()
 
     def _send(self, app: str, meta: dict, frames: list) -> int:
         qid = next(self._ids)
-        self._sock.send_multipart(_query(app, qid, meta, frames), copy=False)
+        msg = _query(app, qid, meta, frames)
+        i = self._links.pick()
+        self._links.socks[i].send_multipart(msg, copy=False)
+        if self._links.many:
+            self._sent[qid] = (i, msg)
         return qid
+
+    def _fail_over(self, down: int) -> None:
+        """Send the unanswered queries of link ``down`` again on another link."""
+        moved = [qid for qid, (i, _) in self._sent.items() if i == down]
+        for qid in moved:
+            msg = self._sent[qid][1]
+            j = self._links.other_than(down)
+            self._links.socks[j].send_multipart(msg, copy=False)
+            self._sent[qid] = (j, msg)
+        if moved:
+            self.resent += len(moved)
+            log.warning("sent %d unanswered queries of %s again", len(moved), self._links.addresses[down])
 
     def _recv(self, deadline: float) -> tuple[dict, list] | None:
         """The next well-formed message, or None at the deadline."""
@@ -177,17 +224,22 @@ class Client:
                 os.sched_yield()  # lets the ZMQ I/O thread (or a frontend on this core) run now
         while True:
             remaining_ms = (deadline - time.monotonic()) * 1000
-            if remaining_ms <= 0 or not self._sock.poll(remaining_ms, zmq.POLLIN):
+            if remaining_ms <= 0:
                 return None
-            msg = self._recv_nowait()
-            if msg is not None:
-                return msg
+            readable, went_down = self._links.poll(remaining_ms)
+            for i in went_down:
+                self._fail_over(i)
+            if readable:
+                msg = self._recv_nowait()
+                if msg is not None:
+                    return msg
 
     def _wait(self, qid: int, started: float) -> tuple[dict, list, float]:
         deadline = started + self.timeout_s
         while True:
             msg = self._recv(deadline)
             if msg is None:
+                self._sent.pop(qid, None)
                 raise QueryTimeout(f"no reply to query {qid} within {self.timeout_s} s")
             if msg[0].get("id") == qid:
                 return msg[0], msg[1], time.monotonic() - started
@@ -234,14 +286,17 @@ class Client:
     def _recv_nowait(self) -> tuple[dict, list] | None:
         """A message already here (malformed ones are logged and skipped), else None."""
         while True:
-            try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            got = self._links.recv_nowait()
+            if got is None:
                 return None
             try:
-                return protocol.unpack(frames)
+                msg = protocol.unpack(got[1])
             except ProtocolError as err:
                 log.warning("malformed message from the frontend: %s", err)
+                continue
+            if self._sent:
+                self._sent.pop(msg[0].get("id"), None)  # type: ignore[arg-type]
+            return msg
 
     @staticmethod
     def _settle(msg: tuple[dict, list], inflight: dict[int, tuple[int, float]], results: list) -> None:
@@ -261,16 +316,24 @@ class Client:
         for qid, (index, sent) in list(inflight.items()):
             if now - sent >= self.timeout_s:
                 del inflight[qid]
+                self._sent.pop(qid, None)
                 results[index] = QueryTimeout(f"no reply to query {qid} within {self.timeout_s} s")
 
 
 class AsyncClient:
-    """asyncio client: one DEALER socket, one reader task handing replies to futures by id."""
+    """asyncio client: one DEALER socket (to every frontend named), one reader task handing replies to
+    futures by id."""
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float = 30.0,
+    @classmethod
+    def from_redis(cls, redis_url: str, prefix: str = defaults.REDIS_KEY_PREFIX, **kwargs: Any) -> AsyncClient:
+        """A client of every frontend announced in the Redis at ``redis_url`` (as they are now)."""
+        return cls(_announced(redis_url, prefix), **kwargs)
+
+    def __init__(self, address: str | Sequence[str] = DEFAULT_ADDRESS, timeout_s: float = 30.0,
                  ctx: zmq.Context | None = None, input_type: DTypeLike = None) -> None:
         _check_args(timeout_s)
-        self.address = address
+        self.addresses = split_addresses(address)
+        self.address = ",".join(self.addresses)
         self.timeout_s = float(timeout_s)
         self._dtype = _dtype(input_type)
         self._own_ctx = ctx is None
@@ -282,7 +345,15 @@ class AsyncClient:
             self._ctx = zmq.asyncio.Context.shadow(ctx)
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(address)
+        if len(self.addresses) > 1:
+            # DEALER sends round-robin over connected peers only (IMMEDIATE); heartbeats notice a
+            # frontend whose host vanished.
+            self._sock.setsockopt(zmq.IMMEDIATE, 1)
+            self._sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+            self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        for address in self.addresses:
+            self._sock.connect(address)
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
         self._reader: asyncio.Task | None = None

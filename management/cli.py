@@ -56,8 +56,45 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"management URL (default http://{defaults.HOST}:{defaults.MANAGEMENT_PORT})")
     status.add_argument("--frontend", default=None,
                         help=f"frontend URL (default http://{defaults.HOST}:{defaults.HTTP_PORT})")
+    haproxy = sub.add_parser("haproxy", help="write an HAProxy configuration balancing HTTP over the "
+                                             "frontends announced in Redis (--watch: keep it current)")
+    haproxy.add_argument("--redis-url", default=None, help="the deployment's Redis (SCHOONER_REDIS_URL)")
+    haproxy.add_argument("--out", required=True, help="configuration file to write")
+    haproxy.add_argument("--bind", default="127.0.0.1:8080", help="where HAProxy listens (default 127.0.0.1:8080)")
+    haproxy.add_argument("--watch", action="store_true", help="rewrite the file as frontends join and leave")
+    haproxy.add_argument("--pid-file", default="", help="pid file of HAProxy (-W -p FILE): reload it on change")
+    haproxy.add_argument("--interval-s", type=float, default=1.0, help="how often --watch reads Redis")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
+
+
+def haproxy(args: argparse.Namespace) -> int:
+    """Write (and with --watch, keep writing) the HAProxy configuration."""
+    from management import haproxy as balancer  # noqa: PLC0415 - only this command needs it
+    from management.embedded_redis import connect  # noqa: PLC0415
+    from management.store import FrontendDirectory  # noqa: PLC0415
+
+    redis_url = defaults.resolve(args.redis_url, "redis_url", "")
+    if not redis_url:
+        log.error("schooner haproxy needs --redis-url (or SCHOONER_REDIS_URL)")
+        return 2
+    try:
+        config = balancer.BalancerConfig(bind=args.bind)
+        directory = FrontendDirectory(connect(redis_url))
+        balancer.sync(directory, args.out, config, args.pid_file)
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
+    except ManagementError as err:
+        log.error("cannot write %s: %s", args.out, err)
+        return 1
+    if not args.watch:
+        return 0
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    balancer.watch(directory, args.out, config, stop, args.interval_s, args.pid_file)
+    return 0
 
 
 def _port(flag: int | None, name: str, default: int, free: bool) -> int:
@@ -132,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.command == "up":
         return up(args)
+    if args.command == "haproxy":
+        return haproxy(args)
     return status(args)
 
 

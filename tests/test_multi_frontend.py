@@ -78,3 +78,25 @@ def test_frontend_directory_lists_live_frontends_and_forgets_expired_ones(redis_
             directory.addresses("grpc")
     finally:
         client.close()
+
+
+def test_haproxy_configuration_follows_the_frontend_directory(redis_url, tmp_path):
+    from management import haproxy
+
+    client = connect(redis_url)
+    try:
+        directory = FrontendDirectory(client)
+        out = str(tmp_path / "haproxy.cfg")
+        config = haproxy.BalancerConfig(bind="127.0.0.1:9")
+        assert haproxy.sync(directory, out, config)
+        assert "every request gets 503" in open(out).read()
+        directory.announce({"frontend_id": "f:1", "http": "http://10.0.0.1:1337", "client": "tcp://10.0.0.1:4455",
+                            "replica": "tcp://10.0.0.1:7000"}, ttl_s=30)
+        assert haproxy.sync(directory, out, config)
+        assert not haproxy.sync(directory, out, config)  # unchanged: not rewritten, HAProxy not reloaded
+        text = open(out).read()
+        assert "server f_1 10.0.0.1:1337 check" in text and "bind 127.0.0.1:9" in text
+        with pytest.raises(ValueError):
+            haproxy.BalancerConfig(bind="nowhere")
+    finally:
+        client.close()
