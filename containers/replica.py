@@ -26,6 +26,16 @@ __all__ = ["Replica", "ReplicaConfig", "main"]
 
 log = logging.getLogger(__name__)
 
+
+def _yes_no(text: str | None, name: str) -> bool | None:
+    if text is None or text == "":
+        return None
+    value = {"1": True, "yes": True, "true": True, "0": False, "no": False, "false": False}.get(text.lower())
+    if value is None:
+        raise ValueError(f"{name} must be yes or no, got {text!r}")
+    return value
+
+
 def _parse_args(argv: list[str] | None) -> ReplicaConfig:
     p = argparse.ArgumentParser(prog="schooner-replica", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="zoo model to serve (SCHOONER_MODEL)")
@@ -43,6 +53,10 @@ def _parse_args(argv: list[str] | None) -> ReplicaConfig:
     p.add_argument("--frontend-timeout-s", help="frontend silence before registering again (default 5)")
     p.add_argument("--spin-us", help="after a batch, poll without blocking this many µs "
                                      f"(default {defaults.REPLICA_SPIN_US}; 0 = off)")
+    p.add_argument("--spin-mode", help="placement (default: spin only on cores this replica owns, adaptively "
+                                       "when unknown), adaptive, always or never")
+    p.add_argument("--owns-cores", help="yes/no: no other process is placed on this replica's cores "
+                                        "(the manager says; default unknown)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING... (default INFO)")
     args = p.parse_args(argv)
 
@@ -73,6 +87,8 @@ def _parse_args(argv: list[str] | None) -> ReplicaConfig:
             frontend_timeout_s=float(opt("frontend_timeout_s") or defaults.HEARTBEAT_TIMEOUT_S),
             spin_us=defaults.resolve(None if args.spin_us is None else int(args.spin_us), "replica_spin_us",
                                      defaults.REPLICA_SPIN_US, int),
+            spin_mode=opt("spin_mode") or "placement",
+            owns_cores=_yes_no(opt("owns_cores"), "owns_cores"),
         )
     except (ValueError, json.JSONDecodeError) as err:
         p.error(str(err))
@@ -100,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     replica = Replica(config, model, ctx, cpus, num_threads=len(cpus) if config.cpus else None)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _s, _f: replica.stop())
-    log.info("replica %s serving %s:%s (cpus %s, gpu %s) to %s", config.replica_id, config.name,
-             config.version, pinning.format_cpus(cpus), config.gpu, config.frontend)
+    log.info("replica %s serving %s:%s (cpus %s, gpu %s, spin %s) to %s", config.replica_id, config.name,
+             config.version, pinning.format_cpus(cpus), config.gpu, replica.spin.effective.value, config.frontend)
     try:
         return replica.run()
     finally:

@@ -49,6 +49,7 @@ import numpy as np
 import zmq
 
 from containers import pinning
+from containers.spin import CONTENDED_YIELD_NS, SpinMode, SpinPolicy
 from containers.models.base import Model
 from schooner import defaults, protocol
 from schooner.errors import ProtocolError
@@ -78,7 +79,9 @@ class ReplicaConfig:
     input_type: InputType | None = None  # None = the model's own
     heartbeat_interval_s: float = defaults.HEARTBEAT_INTERVAL_S
     frontend_timeout_s: float = defaults.HEARTBEAT_TIMEOUT_S  # silence after which HELLO is sent again
-    spin_us: int = defaults.REPLICA_SPIN_US  # after a batch, poll without blocking this long (0 = off)
+    spin_us: int = defaults.REPLICA_SPIN_US  # after a batch, poll without blocking up to this long (0 = off)
+    spin_mode: SpinMode | str = SpinMode.PLACEMENT  # see containers/spin.py
+    owns_cores: bool | None = None  # the manager's word: no other process is placed on these cores
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -98,6 +101,13 @@ class ReplicaConfig:
             raise ValueError("frontend_timeout_s must be > 0")
         if not isinstance(self.spin_us, int) or self.spin_us < 0:
             raise ValueError(f"spin_us must be an integer >= 0, got {self.spin_us!r}")
+        try:
+            self.spin_mode = SpinMode(self.spin_mode)
+        except ValueError:
+            raise ValueError(f"spin_mode must be one of {', '.join(m.value for m in SpinMode)}, "
+                             f"got {self.spin_mode!r}") from None
+        if self.owns_cores is not None and not isinstance(self.owns_cores, bool):
+            raise ValueError(f"owns_cores must be true, false or unset, got {self.owns_cores!r}")
 
 
     @property
@@ -141,6 +151,7 @@ class Replica:
         self._timeout_s = config.frontend_timeout_s
         self._busy = False  # a batch is running on the serving thread
         self.batches_done = 0
+        self.spin = SpinPolicy(config.spin_us, config.spin_mode, config.owns_cores)
         self._links: dict[str, _Link] = {}  # owned by the serving thread
         # Addresses the sideband thread keeps a socket to; replaced (never mutated) by the serving thread.
         self._addresses: tuple[str, ...] = tuple(config.frontends)
@@ -257,10 +268,13 @@ class Replica:
     def _serve(self, poller: zmq.Poller) -> None:
         last_activity = time.monotonic()
         draining = False
-        spin_ns = self.config.spin_us * 1000
-        spin_until = 0
+        spin = self.spin
+        adaptive = spin.adaptive
+        spin_until = 0  # monotonic ns; 0 = not spinning
+        late = False  # this spin's last yield came back late: another process wants the core
         clock_ns = time.monotonic_ns
         yield_cpu = os.sched_yield
+        stopping = self._stop.is_set
         turn = 0  # which link is read first, rotated so that no frontend starves the others
         while True:
             now = time.monotonic()
@@ -290,9 +304,9 @@ class Replica:
             if self._wake_r.fileno() in events:
                 self._drain_wake()
             # Read until every socket is empty, one message per link in turn; a batch runs right here, on
-            # the thread that owns the sockets. After a batch, keep polling for spin_us: the next PREDICT
-            # usually follows within a round trip, and taking it while this core is still awake skips a
-            # sleep and a wakeup (tens of µs each way on a virtual machine).
+            # the thread that owns the sockets. After a batch the spin policy may keep polling a while
+            # (containers/spin.py): the next PREDICT usually follows within a round trip, and taking it
+            # while this core is still awake skips a sleep and a wakeup (tens of µs each way on a VM).
             links = list(self._links.values())
             while True:
                 got = False
@@ -304,18 +318,28 @@ class Replica:
                     except zmq.Again:
                         continue
                     got = True
+                    if spin_until:  # the spin found work
+                        spin.ended(hit=True, contended=late)
+                        spin_until = 0
                     link.last_heard = time.monotonic()
                     link.registered, ran = self._handle(link, frames)
                     if ran:
                         last_activity = time.monotonic()
-                        spin_until = clock_ns() + spin_ns if spin_ns else 0
+                        window = spin.after_batch()
+                        if window:
+                            spin_until, late = clock_ns() + window, False
                 if got:
-                    if self._stop.is_set() and not draining:
+                    if stopping() and not draining:
                         break  # let the loop's top start the drain
                     continue
-                if spin_until and clock_ns() < spin_until and not self._stop.is_set():
-                    yield_cpu()  # lets this process's ZMQ I/O thread, woken by the arrival, run now
-                    continue
+                if spin_until:
+                    t = clock_ns()
+                    if t < spin_until and not late and not stopping():
+                        yield_cpu()  # lets this process's ZMQ I/O thread, woken by the arrival, run now
+                        late = adaptive and clock_ns() - t > CONTENDED_YIELD_NS
+                        continue
+                    spin.ended(hit=False, contended=late)
+                    spin_until = 0
                 break
 
     def _handle(self, link: _Link, frames: list) -> tuple[bool, bool]:

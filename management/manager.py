@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from typing import Any
@@ -67,6 +68,24 @@ class ReplicaManager:
         """Every online cpu minus those the frontend is pinned to (all of them if that leaves none)."""
         pool = [c for c in self.allocator.available if c not in self.frontend_cpus]
         return pool or list(self.allocator.available)
+
+    def owns_cores(self, cpus: list[int], owner: str) -> bool | None:
+        """Whether a replica of ``owner`` on ``cpus`` has them to itself (it busy-polls only then).
+
+        No when another model's replica holds one of them or the frontend may run there:
+        on its ``frontend_cpus``, else (the frontend of ``schooner up`` inherits this
+        service's affinity) on this process's cpus when they are not the whole machine.
+        Unknown (None) when neither is known: an unpinned frontend may run anywhere.
+        """
+        if any(c in self.allocator.in_use(exclude_owner=owner) for c in cpus):
+            return False
+        frontend = set(self.frontend_cpus)
+        if not frontend:
+            mine = os.sched_getaffinity(0)
+            if mine >= set(self.allocator.available):
+                return None
+            frontend = mine
+        return not frontend & set(cpus)
 
     async def set_num_replicas(self, model_name: str, model_version: str | None = None, num_replicas: int = 1,
                                cpus_per_replica: int | None = None, model_cpus: list[int] | None = None,
@@ -295,7 +314,8 @@ class ReplicaManager:
     async def _launch(self, model: ModelSpec, record: dict) -> dict:
         rid = record["replica_id"]
         spec = launch.launch_spec(model, rid, Placement(list(record["cpus"]), record.get("gpu")),
-                                  self.frontend_rpc, self.replica_env)
+                                  self.frontend_rpc, self.replica_env,
+                                  self.owns_cores(record["cpus"], launch.owner(model.name, model.version)))
         record["state"] = ReplicaState.STARTING.value
         await self._call(self.store.put_replica, record)  # first, so a crash here leaves a trace
         try:

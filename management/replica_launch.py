@@ -50,9 +50,15 @@ def new_record(model: ModelSpec, placement: Placement, number: int, backend: str
 
 
 def launch_spec(model: ModelSpec, replica_id: str, placement: Placement, frontend_rpc: str,
-                replica_env: dict[str, str]) -> LaunchSpec:
-    """What a backend needs to start ``replica_id`` of ``model`` on ``placement``."""
+                replica_env: dict[str, str], owns_cores: bool | None = None) -> LaunchSpec:
+    """What a backend needs to start ``replica_id`` of ``model`` on ``placement``.
+
+    ``owns_cores``: whether no other process is placed on the placement's cores (the
+    replica busy-polls only then; None = unknown, it spins adaptively).
+    """
     env = dict(replica_env)
+    if owns_cores is not None and "SCHOONER_OWNS_CORES" not in env:
+        env["SCHOONER_OWNS_CORES"] = "yes" if owns_cores else "no"
     # Also as env: a backend that passes only env (Docker) still gets them.
     env["SCHOONER_INPUT_TYPE"] = model.input_type.value
     if model.model_opts:

@@ -43,7 +43,7 @@ REPLICA_RECONNECT_INTERVAL_MAX_MS = 1000  # ... doubling up to this
 
 
 # Busy-poll windows after handling a message (see docs/ARCHITECTURE.md, "Latency"); 0 = block at once.
-REPLICA_SPIN_US = 1000  # covers a c=1 round trip (~400-500 µs here); replicas own their cores
+REPLICA_SPIN_US = 1000  # covers a c=1 round trip (~400-500 µs here); only on owned cores (containers/spin.py)
 FRONTEND_SPIN_US = 0
 CLIENT_SPIN_US = 0
 
