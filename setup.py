@@ -18,13 +18,15 @@ setup(
         "psutil>=5.9",
         "matplotlib>=3.7",
         "requests>=2.31",
+        "prometheus_client>=0.20",
     ],
     extras_require={
         "classic": ["scikit-learn>=1.3", "lightgbm>=4.0"],
         "torch": ["torch==2.14.1", "torchvision==0.29.1"],
         "docker": ["docker>=7"],
         "test": ["pytest>=8", "pytest-timeout>=2.2", "requests>=2.31", "ruff>=0.5",
-                 "scikit-learn>=1.3", "lightgbm>=4.0", "docker>=7"],
+                 "scikit-learn>=1.3", "lightgbm>=4.0", "docker>=7",
+                 "selenium>=4.20"],
     },
     entry_points={
         "console_scripts": [

@@ -126,6 +126,7 @@ class Dispatcher:
         mq = route.queue
         n = len(metas)
         if not mq.has_room(n):
+            self.count_error(route.app, Overloaded.code, n)
             raise Overloaded(f"queue of model {mq.spec.name}:{mq.spec.version} is full "
                              f"({mq.spec.max_queue_size} queries)", self.config.retry_after_s)
         append = mq.entries.append
@@ -142,6 +143,13 @@ class Dispatcher:
             app.throughput.mark(query.n)
             app.num_predictions.inc(query.n)
             app.default_ratio.inc(query.n_defaults, query.n)
+        else:
+            self.count_error(app, error.code, query.n)
+
+    def count_error(self, app: AppRoute, code: str, n: int) -> None:
+        """Count ``n`` queries of ``app`` answered with error ``code`` (the 429s are "overloaded")."""
+        self.metrics.counter(metric_names.app_prefix(app.spec.name)
+                             + metric_names.APP_ERRORS.format(code=code)).inc(n)
 
     def pending(self) -> list[Query]:
         """Every unanswered query the frontend still holds (queued or in flight)."""

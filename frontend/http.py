@@ -8,13 +8,14 @@ import dataclasses
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 from aiohttp import web
 
 from frontend.admission import validate_items
 from schooner.errors import BadInput, NoModel, Overloaded, SchoonerError, UnknownApp
+from frontend.prometheus import Exposition, RegistryCollector
 from frontend.queries import Query
 from schooner.types import InputType
 
@@ -87,6 +88,21 @@ class HttpApi:
 
     def __init__(self, frontend: Frontend) -> None:
         self.fe = frontend
+        self.exposition = Exposition(RegistryCollector(frontend.metrics, self._live_gauges))
+
+    def _live_gauges(self) -> Iterator[tuple[str, str, dict[str, str], float]]:
+        """Queue depth per model version and replicas per state, read at scrape time."""
+        fe = self.fe
+        for name, version in list(fe.dispatcher.queues):
+            yield ("model_queue_depth", "Queries waiting in the model version's queue now.",
+                   {"model": name, "version": version}, fe.queue_depth(name, version))
+        counts: dict[tuple[str, str, str], int] = {}
+        for info in fe.replicas():
+            key = (info.model_name, info.model_version, info.state.value)
+            counts[key] = counts.get(key, 0) + 1
+        for (name, version, state), n in sorted(counts.items()):
+            yield ("model_replicas", "Replicas registered with this frontend, per model version and state.",
+                   {"model": name, "version": version, "state": state}, n)
 
     def app(self) -> web.Application:
         """The aiohttp application."""
@@ -162,8 +178,9 @@ class HttpApi:
         return web.json_response(self.fe.metrics.dump())
 
     async def prometheus(self, request: web.Request) -> web.Response:
-        """GET /metrics/prometheus: Prometheus text exposition."""
-        return web.Response(text=self.fe.metrics.prometheus(), content_type="text/plain")
+        """GET /metrics/prometheus: Prometheus text exposition (OpenMetrics if the Accept header asks)."""
+        body, content_type = self.exposition.render(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def health(self, request: web.Request) -> web.Response:
         """GET /health: up, with counts of apps, models and live replicas."""

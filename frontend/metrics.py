@@ -1,21 +1,23 @@
 """Metrics registry: counters, ratio counters, gauges, meters and histograms.
 
-Dumped as JSON in Clipper's layout (:meth:`MetricsRegistry.dump`) and as
-Prometheus text (:meth:`MetricsRegistry.prometheus`). Recording is O(1) and
-lock-free (the frontend records from one asyncio thread); every aggregate
-(EWMA ticks, percentiles) is computed lazily when read.
+Dumped as JSON in Clipper's layout (:meth:`MetricsRegistry.dump`); the
+Prometheus exposition (labels, seconds, histograms) is a collector over this
+registry, in :mod:`frontend.prometheus`. Recording is O(1) and lock-free (the
+frontend records from one asyncio thread); every aggregate (EWMA ticks,
+percentiles) is computed lazily when read.
 
 Meters follow Clipper/Dropwizard: a tick every 5 s folds the events counted since
 the last tick into exponentially weighted 1/5/15-minute rates. Histograms keep a
 sliding window of the most recent ``reservoir_size`` values (Clipper keeps 4096);
 ``size`` is the number of values ever inserted and the statistics are over the
-window.
+window. Each histogram also counts every value into fixed cumulative-style
+buckets (one bisect per insert) for the Prometheus histogram.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
-import re
 import time
 from typing import Callable, Union
 
@@ -26,6 +28,12 @@ Clock = Callable[[], float]
 TICK_INTERVAL_S = 5.0
 RESERVOIR_SIZE = 4096
 _EWMA_MINUTES = (1, 5, 15)
+
+# Bucket upper bounds by unit, chosen for serving: latencies from 50 µs to 10 s,
+# batch and queue sizes in powers of two.
+LATENCY_BUCKETS_MICROS = (50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
+                          250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000)
+SIZE_BUCKETS = tuple(float(2 ** i) for i in range(15))  # 1 .. 16384
 
 
 class Counter:
@@ -184,15 +192,21 @@ class Meter:
 
 
 class Histogram:
-    """Distribution of the most recent ``reservoir_size`` values; ``count``/``sum`` cover all of them."""
+    """Distribution of the most recent ``reservoir_size`` values; ``count``/``sum``/buckets cover all."""
 
     kind = "histograms"
 
-    def __init__(self, name: str, unit: str = "microseconds", reservoir_size: int = RESERVOIR_SIZE) -> None:
+    def __init__(self, name: str, unit: str = "microseconds", reservoir_size: int = RESERVOIR_SIZE,
+                 buckets: tuple[float, ...] | None = None) -> None:
         if reservoir_size < 1:
             raise ValueError("reservoir_size must be a positive integer")
+        if buckets is None:
+            buckets = LATENCY_BUCKETS_MICROS if unit == "microseconds" else SIZE_BUCKETS
+        if list(buckets) != sorted(set(buckets)):
+            raise ValueError("buckets must be strictly increasing")
         self.name = name
         self.unit = unit
+        self.bounds = tuple(float(b) for b in buckets)
         self._size = reservoir_size
         self.reset()
 
@@ -202,6 +216,7 @@ class Histogram:
         self._next = 0
         self.count = 0
         self.sum = 0.0
+        self.bucket_counts = [0] * (len(self.bounds) + 1)  # the last one counts values above every bound
 
     def insert(self, value: float) -> None:
         """Record one value (O(1): overwrites the oldest once the window is full)."""
@@ -209,6 +224,15 @@ class Histogram:
         self._next = (self._next + 1) % self._size
         self.count += 1
         self.sum += value
+        self.bucket_counts[bisect.bisect_left(self.bounds, value)] += 1  # bucket i holds bounds[i-1] < v <= bounds[i]
+
+    def cumulative_buckets(self) -> list[tuple[float, int]]:
+        """(upper bound, values <= bound) for every bound and +Inf, as Prometheus histograms count."""
+        out, total = [], 0
+        for bound, n in zip(self.bounds + (math.inf,), self.bucket_counts):
+            total += n
+            out.append((bound, total))
+        return out
 
     def window(self) -> np.ndarray:
         """The values in the window (oldest first is not guaranteed)."""
@@ -270,10 +294,14 @@ class MetricsRegistry:
         return self._get_or_create(name, Meter, lambda: Meter(name, self._clock))  # type: ignore[return-value]
 
     def histogram(self, name: str, unit: str = "microseconds",
-                  reservoir_size: int = RESERVOIR_SIZE) -> Histogram:
-        """The histogram called ``name`` (``unit`` and size apply when it is created)."""
+                  reservoir_size: int = RESERVOIR_SIZE, buckets: tuple[float, ...] | None = None) -> Histogram:
+        """The histogram called ``name`` (``unit``, size and buckets apply when it is created)."""
         return self._get_or_create(  # type: ignore[return-value]
-            name, Histogram, lambda: Histogram(name, unit, reservoir_size))
+            name, Histogram, lambda: Histogram(name, unit, reservoir_size, buckets))
+
+    def items(self) -> list[tuple[str, Metric]]:
+        """Every (name, metric), sorted by name."""
+        return sorted(self._metrics.items())
 
     def get(self, name: str) -> Metric | None:
         """The metric called ``name``, or None."""
@@ -306,49 +334,3 @@ class MetricsRegistry:
             metric = self._metrics[name]
             out[metric.kind].append({name: metric.report()})
         return out
-
-    def prometheus(self, prefix: str = "schooner_") -> str:
-        """Every metric in the Prometheus text exposition format (version 0.0.4)."""
-        lines: list[str] = []
-        for name in sorted(self._metrics):
-            _render_prometheus(self._metrics[name], prefix + _sanitise(name), lines)
-        return "\n".join(lines) + "\n" if lines else ""
-
-
-_INVALID = re.compile(r"[^a-zA-Z0-9_]")
-
-
-def _sanitise(name: str) -> str:
-    """A Prometheus metric name: colons (reserved for recording rules) and others become ``_``."""
-    out = _INVALID.sub("_", name)
-    return out if not out[0].isdigit() else "_" + out
-
-
-def _num(value: float) -> str:
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
-    return repr(float(value)) if isinstance(value, float) else str(value)
-
-
-def _render_prometheus(metric: Metric, name: str, lines: list[str]) -> None:
-    help_line = f"# HELP {name} {metric.name}"
-    if isinstance(metric, Counter):
-        lines += [f"# HELP {name}_total {metric.name}", f"# TYPE {name}_total counter",
-                  f"{name}_total {_num(metric.value)}"]
-    elif isinstance(metric, RatioCounter):
-        lines += [help_line, f"# TYPE {name} gauge", f"{name} {_num(metric.ratio)}"]
-    elif isinstance(metric, Gauge):
-        lines += [help_line, f"# TYPE {name} gauge", f"{name} {_num(metric.value)}"]
-    elif isinstance(metric, Meter):
-        r1, r5, r15 = metric.rates()
-        lines += [f"# HELP {name}_total {metric.name}", f"# TYPE {name}_total counter",
-                  f"{name}_total {_num(metric.count)}"]
-        for suffix, value in (("rate", metric.rate), ("rate_1min", r1), ("rate_5min", r5),
-                              ("rate_15min", r15)):
-            lines += [f"# TYPE {name}_{suffix} gauge", f"{name}_{suffix} {_num(value)}"]
-    elif isinstance(metric, Histogram):
-        snap = metric.snapshot()
-        lines += [f"# HELP {name} {metric.name} ({metric.unit})", f"# TYPE {name} summary"]
-        for q, key in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99")):
-            lines.append(f'{name}{{quantile="{q}"}} {_num(snap[key])}')
-        lines += [f"{name}_sum {_num(float(metric.sum))}", f"{name}_count {_num(metric.count)}"]

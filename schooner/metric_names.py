@@ -14,6 +14,7 @@ APP_LATENCY = "prediction_latency"  # histogram, µs arrival -> answer
 APP_THROUGHPUT = "prediction_throughput"  # meter
 APP_NUM_PREDICTIONS = "num_predictions"  # counter
 APP_DEFAULT_RATIO = "default_prediction_ratio"  # ratio counter
+APP_ERRORS = "errors_{code}"  # counter per error code (overloaded = the 429s), created on the first error
 
 # Per model version, after model_prefix(name, version):
 MODEL_LATENCY = "prediction_latency"  # histogram, µs PREDICT sent -> RESULT received

@@ -48,7 +48,7 @@ def test_metrics_have_clippers_layout_and_names(frontend, procs):
     assert "p50" in metric(dump, "histograms", "internal:rpc_request_queueing_delay")
     for url in (f"{frontend.http_url}/metrics?format=prometheus", f"{frontend.http_url}/metrics/prometheus"):
         text = requests.get(url, timeout=10).text
-        assert "num_predictions" in text and "# TYPE" in text
+        assert "schooner_app_predictions_total{app=\"app\"} 20.0" in text and "# TYPE" in text
 
 
 def test_health_and_replicas_describe_the_deployment(frontend, procs):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
 import numpy as np
 import pytest
@@ -124,37 +123,12 @@ def test_reset_zeroes_values_and_keeps_the_metrics():
     assert reg.names() == ["h"]
 
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{quantile="[0-9.]+"\})? (\S+)$')
-
-
-def test_prometheus_text_has_sanitised_names_and_types():
-    reg = MetricsRegistry()
-    reg.counter("app:my-app:num_predictions").inc(7)
-    reg.ratio_counter("app:my-app:default_prediction_ratio").inc(1, 2)
-    reg.gauge("model:m:1:queue_size").set(4)
-    reg.meter("internal:aggregate_model_throughput").mark(3)
-    hist = reg.histogram("model:m:1:batch_size", unit="queries")
-    for value in (1, 2, 3, 4):
+def test_histogram_buckets_count_every_value_cumulatively():
+    hist = MetricsRegistry().histogram("lat", buckets=(10, 100))
+    for value in (5, 10, 11, 100, 1000):
         hist.insert(value)
-    text = reg.prometheus()
-    samples = {}
-    types = {}
-    for line in text.strip().splitlines():
-        if line.startswith("# TYPE"):
-            _, _, name, kind = line.split()
-            types[name] = kind
-        elif not line.startswith("#"):
-            match = _SAMPLE.match(line)
-            assert match, line
-            assert ":" not in match.group(1) and "-" not in match.group(1)
-            samples[match.group(1) + (match.group(2) or "")] = float(match.group(3))
-    assert types["schooner_app_my_app_num_predictions_total"] == "counter"
-    assert samples["schooner_app_my_app_num_predictions_total"] == 7
-    assert samples["schooner_app_my_app_default_prediction_ratio"] == 0.5
-    assert samples["schooner_model_m_1_queue_size"] == 4
-    assert samples["schooner_internal_aggregate_model_throughput_total"] == 3
-    assert types["schooner_model_m_1_batch_size"] == "summary"
-    assert samples['schooner_model_m_1_batch_size{quantile="0.5"}'] == 2.5
-    assert samples["schooner_model_m_1_batch_size_sum"] == 10
-    assert samples["schooner_model_m_1_batch_size_count"] == 4
-    assert text.endswith("\n")
+    assert hist.cumulative_buckets() == [(10.0, 2), (100.0, 4), (math.inf, 5)]  # le is inclusive
+    hist.reset()
+    assert hist.cumulative_buckets()[-1] == (math.inf, 0)
+    with pytest.raises(ValueError, match="increasing"):
+        MetricsRegistry().histogram("bad", buckets=(2, 1))

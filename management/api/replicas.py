@@ -79,11 +79,13 @@ async def metrics(request: web.Request) -> web.Response:
     url = f"{request.app[FRONTEND_URL_KEY]}/metrics"
     params = {"format": request.query["format"]} if "format" in request.query else None
     try:
+        headers = {"Accept": request.headers["Accept"]} if "Accept" in request.headers else None
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            async with session.get(url, params=params) as resp:
+            async with session.get(url, params=params, headers=headers) as resp:
                 payload = await resp.read()
-                return web.Response(body=payload, status=resp.status,
-                                    content_type=resp.content_type or "application/json")
+                # The whole Content-Type: Prometheus reads the format version from its parameters.
+                content_type = resp.headers.get("Content-Type", "application/json")
+                return web.Response(body=payload, status=resp.status, headers={"Content-Type": content_type})
     except (aiohttp.ClientError, asyncio.TimeoutError) as err:
         return error_response(502, "frontend_unavailable", f"cannot fetch {url}: {err or type(err).__name__}")
 
