@@ -9,6 +9,7 @@ import time
 
 import aiohttp
 
+from management.store import ReplicaRecord
 from schooner.types import SERVING_REPLICA_STATES, ReplicaState
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,14 @@ class FrontendView:
             self._http = None
 
 
-def public(record: dict) -> dict:
-    """A replica record without the manager's private fields."""
-    return {k: v for k, v in record.items() if k not in ("seq",)}
+def public(record: ReplicaRecord) -> dict:
+    """A replica record as the REST API shows it: without the manager's private fields."""
+    out = record.to_dict()
+    out.pop("seq", None)
+    return out
 
 
-def merge(record: dict, row: dict | None) -> dict:
+def merge(record: ReplicaRecord, row: dict | None) -> dict:
     """A replica record with the frontend's state, queue depth, batch count and heartbeat."""
     out = public(record)
     if row:

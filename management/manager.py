@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from schooner import defaults
-from schooner.types import ModelSpec, ReplicaState
+from schooner.types import Backend, ModelSpec, ReplicaState
 from management import replica_launch as launch
 from management.replica_launch import Health
 from management.allocator import CpuAllocator, Placement
@@ -25,6 +25,7 @@ from management.backends.base import ReplicaBackend
 from management.backends.local import terminate_stray
 from management.errors import (AllocationError, BackendError, BadRequest, ManagementError, NotFound,
                                ReplicasNotReady)
+from management.store import ReplicaRecord
 from management.frontend_client import SERVING, FrontendView, merge, public, wall_time
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class ReplicaManager:
         async with self._lock:
             await self._adopt_once()
             plan = self._plan(model, desired)  # raises AllocationError, nothing changed yet
-            await self._call(self.store.set_desired, model.name, model.version, desired)
+            await self._call(self.store.replicas.set_desired, model.name, model.version, desired)
             await self._apply(model, desired, plan)
         if wait_s > 0:
             await self.wait_ready(model.name, model.version, wait_s)
@@ -116,10 +117,10 @@ class ReplicaManager:
         """
         deadline = time.monotonic() + timeout_s
         while True:
-            records = await self._call(self.store.list_replicas, model_name, model_version)
+            records = await self._call(self.store.replicas.find, model_name, model_version)
             view = await self.frontend_view()
-            waiting = [r["replica_id"] for r in records
-                       if view.get(r["replica_id"], {}).get("state") not in SERVING]
+            waiting = [r.replica_id for r in records
+                       if view.get(r.replica_id, {}).get("state") not in SERVING]
             if not waiting:
                 return
             if time.monotonic() >= deadline:
@@ -131,18 +132,18 @@ class ReplicaManager:
     async def describe(self, model_name: str, model_version: str | None = None) -> list[dict]:
         """Every replica of a model version: Redis record merged with the frontend's view."""
         model = self._model(model_name, model_version)
-        records = await self._call(self.store.list_replicas, model.name, model.version)
+        records = await self._call(self.store.replicas.find, model.name, model.version)
         view = await self.frontend_view()
-        return [merge(r, view.get(r["replica_id"])) for r in sorted(records, key=launch.seq)]
+        return [merge(r, view.get(r.replica_id)) for r in sorted(records, key=_seq)]
 
     def list_all(self) -> list[dict]:
         """Every replica record of every model (as stored in Redis)."""
-        return [public(r) for r in self.store.list_replicas()]
+        return [public(r) for r in self.store.replicas.find()]
 
     def get(self, replica_id: str) -> dict:
         """One replica's record; NotFound if no model has it."""
-        for record in self.store.list_replicas():
-            if record.get("replica_id") == replica_id:
+        for record in self.store.replicas.find():
+            if record.replica_id == replica_id:
                 return public(record)
         raise NotFound(f"replica {replica_id!r} does not exist")
 
@@ -157,9 +158,9 @@ class ReplicaManager:
     async def delete_model(self, name: str, version: str) -> None:
         """Stop every replica of a model version and forget its desired state and records."""
         async with self._lock:
-            records = await self._call(self.store.list_replicas, name, str(version))
+            records = await self._call(self.store.replicas.find, name, str(version))
             await self._stop_many(records)
-            await self._call(self.store.delete_desired, name, str(version))
+            await self._call(self.store.replicas.delete_desired, name, str(version))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Reconcile every ``reconcile_interval_s`` until ``stop`` is set."""
@@ -181,22 +182,22 @@ class ReplicaManager:
             await self._adopt_once()
             view = await self.frontend_view()
             running = {r.replica_id: r for r in await asyncio.to_thread(self.backend.list)}
-            records = await self._call(self.store.list_replicas)
+            records = await self._call(self.store.replicas.find)
             wanted = set()
-            for desired in await self._call(self.store.list_desired):
+            for desired in await self._call(self.store.replicas.list_desired):
                 name, version = desired["model_name"], str(desired["model_version"])
-                mine = [r for r in records if r["model_name"] == name and str(r["model_version"]) == version]
-                wanted.update(r["replica_id"] for r in mine)
+                mine = [r for r in records if r.model_name == name and r.model_version == version]
+                wanted.update(r.replica_id for r in mine)
                 model = await self._call(self.store.get_model, name, version)
                 if model is None:
                     await self._stop_many(mine)
-                    await self._call(self.store.delete_desired, name, version)
+                    await self._call(self.store.replicas.delete_desired, name, version)
                     continue
                 await self._reconcile_model(model, desired, mine, running, view)
             for record in records:  # replicas of model versions nobody wants any more
-                if record["replica_id"] not in wanted:
+                if record.replica_id not in wanted:
                     await self._stop_many([record])
-            known = {r["replica_id"] for r in records}
+            known = {r.replica_id for r in records}
             for rid in set(running) - known:  # started by us, record gone (deleted by hand)
                 await self._stop_one(rid)
 
@@ -205,10 +206,10 @@ class ReplicaManager:
         async with self._lock:
             running = await asyncio.to_thread(self.backend.list)
             await asyncio.gather(*(self._stop_one(r.replica_id, keep_record=True) for r in running))
-            for record in await self._call(self.store.list_replicas):
-                if record["replica_id"] in {r.replica_id for r in running}:
-                    record["state"] = ReplicaState.STOPPED.value
-                    await self._call(self.store.put_replica, record)
+            for record in await self._call(self.store.replicas.find):
+                if record.replica_id in {r.replica_id for r in running}:
+                    record.state = ReplicaState.STOPPED.value
+                    await self._call(self.store.replicas.put, record)
         await self.close()
 
     async def close(self) -> None:
@@ -230,44 +231,44 @@ class ReplicaManager:
             raise NotFound(f"{what} does not exist")
         return model
 
-    def _plan(self, model: ModelSpec, desired: dict) -> tuple[list[dict], list[dict], list[Placement]]:
+    def _plan(self, model: ModelSpec, desired: dict) -> tuple[list[ReplicaRecord], list[ReplicaRecord], list[Placement]]:
         """(records to keep, records to stop, placements to start) for ``desired``."""
         owner = launch.owner(model.name, model.version)
-        records = sorted(self.store.list_replicas(model.name, model.version), key=launch.seq)
+        records = sorted(self.store.replicas.find(model.name, model.version), key=_seq)
         explicit = bool(desired["model_cpus"])
         pool = desired["model_cpus"] if explicit else self.default_pool()
         n, per, gpus = desired["num_replicas"], desired["cpus_per_replica"], desired["gpus"]
         self.allocator.check(n if isinstance(n, int) and not isinstance(n, bool) else -1, per, pool, gpus)
-        fits = all(len(r["cpus"]) == per and set(r["cpus"]) <= set(pool)
-                   and (r.get("gpu") is None or r["gpu"] in gpus) for r in records)
+        fits = all(len(r.cpus) == per and set(r.cpus) <= set(pool)
+                   and (r.gpu is None or r.gpu in gpus) for r in records)
         keep = records[:n] if fits else []
         stop = [r for r in records if r not in keep]
         # Cores of replicas being stopped are free for the new ones.
         for r in stop:
-            self.allocator.release(r["replica_id"])
+            self.allocator.release(r.replica_id)
         try:
             new = self.allocator.allocate(n - len(keep), per, pool, gpus, owner=owner,
-                                          keep=[Placement(list(r["cpus"]), r.get("gpu")) for r in keep],
+                                          keep=[Placement(list(r.cpus), r.gpu) for r in keep],
                                           share=not explicit)
         except AllocationError:
             for r in stop:  # nothing changes: give the cores back
-                self.allocator.claim(r["replica_id"], owner, Placement(list(r["cpus"]), r.get("gpu")))
+                self.allocator.claim(r.replica_id, owner, Placement(list(r.cpus), r.gpu))
             raise
         return keep, stop, new
 
     async def _apply(self, model: ModelSpec, desired: dict,
-                     plan: tuple[list[dict], list[dict], list[Placement]]) -> None:
+                     plan: tuple[list[ReplicaRecord], list[ReplicaRecord], list[Placement]]) -> None:
         keep, stop, new = plan
         await self._stop_many(stop)
-        seq = max([launch.seq(r) for r in keep + stop] + [0])
+        seq = max([r.seq for r in keep + stop] + [0])
         for i, placement in enumerate(new, start=1):
             await self._start_new(model, placement, seq + i)
 
-    async def _reconcile_model(self, model: ModelSpec, desired: dict, records: list[dict],
+    async def _reconcile_model(self, model: ModelSpec, desired: dict, records: list[ReplicaRecord],
                                running: dict, view: dict[str, dict]) -> None:
         now = time.monotonic()
         for record in records:
-            rid = record["replica_id"]
+            rid = record.replica_id
             proc = running.get(rid)
             row = view.get(rid)
             if proc is not None and proc.alive:
@@ -276,15 +277,15 @@ class ReplicaManager:
             health = self._health.setdefault(rid, Health(started_at=now))
             if health.next_restart_at == 0.0:  # first time we see it dead
                 health.died(now, self.restart_backoff_s)
-                record["state"] = ReplicaState.DEAD.value
-                await self._call(self.store.put_replica, record)
+                record.state = ReplicaState.DEAD.value
+                await self._call(self.store.replicas.put, record)
                 log.warning("replica %s died (failure %d); restarting in %.1fs on cpus %s", rid,
-                            health.failures, health.next_restart_at - now, record["cpus"])
+                            health.failures, health.next_restart_at - now, record.cpus)
             if now >= health.next_restart_at:
                 await self._restart(model, record)
         n = desired["num_replicas"]
         if len(records) > n:
-            await self._stop_many(sorted(records, key=launch.seq)[n:])
+            await self._stop_many(sorted(records, key=_seq)[n:])
         elif len(records) < n:
             try:
                 plan = self._plan(model, desired)
@@ -295,68 +296,66 @@ class ReplicaManager:
 
     # -- acting ------------------------------------------------------------------------------
 
-    async def _start_new(self, model: ModelSpec, placement: Placement, number: int) -> dict:
+    async def _start_new(self, model: ModelSpec, placement: Placement, number: int) -> ReplicaRecord:
         record = launch.new_record(model, placement, number, self.backend.name, self.host)
-        self.allocator.claim(record["replica_id"], launch.owner(model.name, model.version), placement)
+        self.allocator.claim(record.replica_id, launch.owner(model.name, model.version), placement)
         return await self._launch(model, record)
 
-    async def _restart(self, model: ModelSpec, record: dict) -> None:
-        rid = record["replica_id"]
+    async def _restart(self, model: ModelSpec, record: ReplicaRecord) -> None:
+        rid = record.replica_id
         await asyncio.to_thread(self.backend.stop, rid, 0.0)  # reap the dead one's bookkeeping
-        record["restarts"] = int(record.get("restarts", 0)) + 1
+        record.restarts += 1
         self.allocator.claim(rid, launch.owner(model.name, model.version),
-                             Placement(list(record["cpus"]), record.get("gpu")))
+                             Placement(list(record.cpus), record.gpu))
         try:
             await self._launch(model, record)
         except BackendError as err:
             log.error("restart of replica %s failed: %s", rid, err)
 
-    async def _launch(self, model: ModelSpec, record: dict) -> dict:
-        rid = record["replica_id"]
-        spec = launch.launch_spec(model, rid, Placement(list(record["cpus"]), record.get("gpu")),
+    async def _launch(self, model: ModelSpec, record: ReplicaRecord) -> ReplicaRecord:
+        rid = record.replica_id
+        spec = launch.launch_spec(model, rid, Placement(list(record.cpus), record.gpu),
                                   self.frontend_rpc, self.replica_env,
-                                  self.owns_cores(record["cpus"], launch.owner(model.name, model.version)))
-        record["state"] = ReplicaState.STARTING.value
-        await self._call(self.store.put_replica, record)  # first, so a crash here leaves a trace
+                                  self.owns_cores(record.cpus, launch.owner(model.name, model.version)))
+        record.state = ReplicaState.STARTING.value
+        await self._call(self.store.replicas.put, record)  # first, so a crash here leaves a trace
         try:
             running = await asyncio.to_thread(self.backend.start, spec)
         except Exception as err:
-            record["state"] = ReplicaState.DEAD.value
-            await self._call(self.store.put_replica, record)
+            record.state = ReplicaState.DEAD.value
+            await self._call(self.store.replicas.put, record)
             failures = self._health[rid].failures if rid in self._health else 0
             self._health[rid] = Health(started_at=time.monotonic(), failures=max(1, failures))
             raise err if isinstance(err, BackendError) else BackendError(f"{rid}: {err}") from err
-        record["handle"] = running.handle
-        record.pop("pid", None)
-        record.pop("container_id", None)
-        record["pid" if running.backend == "process" else "container_id"] = (
-            int(running.handle) if running.backend == "process" else running.handle)
-        await self._call(self.store.put_replica, record)
+        record.handle = running.handle
+        record.pid = int(running.handle) if running.backend == Backend.PROCESS.value else None
+        record.container_id = None if running.backend == Backend.PROCESS.value else running.handle
+        await self._call(self.store.replicas.put, record)
         failures = self._health[rid].failures if rid in self._health else 0
         self._health[rid] = Health(started_at=time.monotonic(), failures=failures)
         return record
 
-    async def _refresh(self, record: dict, row: dict | None) -> None:
+    async def _refresh(self, record: ReplicaRecord, row: dict | None) -> None:
         """Copy the frontend's state and heartbeat into the record when they changed."""
-        state = row.get("state") if row else ReplicaState.STARTING.value
-        changed = state != record.get("state")
+        state = str(row.get("state") or ReplicaState.STARTING.value) if row else ReplicaState.STARTING.value
+        changed = state != record.state
         if row and row.get("last_heartbeat_s"):
             beat = wall_time(float(row["last_heartbeat_s"]))
-            changed = changed or abs(beat - float(record.get("last_heartbeat") or 0)) >= 5.0
-            record["last_heartbeat"] = beat
+            changed = changed or abs(beat - float(record.last_heartbeat or 0)) >= 5.0
+            record.last_heartbeat = beat
         if changed:
-            record["state"] = state
-            await self._call(self.store.put_replica, record)
+            record.state = state
+            await self._call(self.store.replicas.put, record)
 
-    async def _stop_many(self, records: list[dict]) -> None:
+    async def _stop_many(self, records: list[ReplicaRecord]) -> None:
         await asyncio.gather(*(self._stop_record(r) for r in records))
 
-    async def _stop_record(self, record: dict) -> None:
-        rid = record["replica_id"]
-        record["state"] = ReplicaState.DRAINING.value
-        await self._call(self.store.put_replica, record)
+    async def _stop_record(self, record: ReplicaRecord) -> None:
+        rid = record.replica_id
+        record.state = ReplicaState.DRAINING.value
+        await self._call(self.store.replicas.put, record)
         await self._stop_one(rid)
-        await self._call(self.store.delete_replica, record["model_name"], str(record["model_version"]), rid)
+        await self._call(self.store.replicas.delete, record.model_name, record.model_version, rid)
 
     async def _stop_one(self, replica_id: str, keep_record: bool = False) -> None:
         try:
@@ -378,15 +377,19 @@ class ReplicaManager:
             return
         self._adopted = True
         ours = {r.replica_id for r in await asyncio.to_thread(self.backend.list)}
-        for record in await self._call(self.store.list_replicas):
-            rid = record["replica_id"]
-            self.allocator.claim(rid, launch.owner(record["model_name"], str(record["model_version"])),
-                                 Placement(list(record["cpus"]), record.get("gpu")))
-            if rid not in ours and record.get("backend") == "process" and record.get("host") == self.host:
-                await asyncio.to_thread(terminate_stray, record.get("pid"), rid, self.stop_timeout_s)
+        for record in await self._call(self.store.replicas.find):
+            rid = record.replica_id
+            self.allocator.claim(rid, launch.owner(record.model_name, record.model_version),
+                                 Placement(list(record.cpus), record.gpu))
+            if rid not in ours and record.backend == "process" and record.host == self.host:
+                await asyncio.to_thread(terminate_stray, record.pid, rid, self.stop_timeout_s)
             self._health.setdefault(rid, Health(started_at=time.monotonic()))
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         """A blocking store call, off the event loop."""
         return await asyncio.to_thread(fn, *args)
 
+
+
+def _seq(record: ReplicaRecord) -> int:
+    return record.seq

@@ -11,6 +11,7 @@ from schooner import defaults
 from schooner.types import ModelSpec, ReplicaState
 from management.allocator import Placement
 from management.backends.base import LaunchSpec
+from management.store import ReplicaRecord
 
 HEALTHY_RUN_S = defaults.REPLICA_HEALTHY_RUN_S
 
@@ -35,18 +36,12 @@ def owner(name: str, version: str) -> str:
     return f"{name}:{version}"
 
 
-def seq(record: dict) -> int:
-    """A replica's sequence number within its model version (start order)."""
-    return int(record.get("seq", 0))
-
-
-def new_record(model: ModelSpec, placement: Placement, number: int, backend: str, host: str) -> dict:
+def new_record(model: ModelSpec, placement: Placement, number: int, backend: str, host: str) -> ReplicaRecord:
     """The Redis record of a replica about to start for the first time."""
     rid = f"{model.name}-{model.version}-r{number}-{uuid.uuid4().hex[:4]}"
-    return {"replica_id": rid, "model_name": model.name, "model_version": model.version,
-            "backend": backend, "host": host, "handle": "", "cpus": list(placement.cpus),
-            "gpu": placement.gpu, "state": ReplicaState.STARTING.value, "last_heartbeat": 0.0,
-            "restarts": 0, "seq": number, "created_s": time.time()}
+    return ReplicaRecord(replica_id=rid, model_name=model.name, model_version=model.version, backend=backend,
+                         host=host, cpus=list(placement.cpus), gpu=placement.gpu,
+                         state=ReplicaState.STARTING.value, seq=number, created_s=time.time())
 
 
 def launch_spec(model: ModelSpec, replica_id: str, placement: Placement, frontend_rpc: str,

@@ -295,8 +295,8 @@ def test_manager_scales_containers_up_and_down_and_restarts_a_killed_one(backend
             docker_client.containers.get(kept["container_id"]).kill()
 
             def restarted():
-                rec = store.get_replica("dnoop", "1", kept["replica_id"])
-                return rec if rec and rec.get("container_id") != kept["container_id"] else None
+                rec = store.replicas.get("dnoop", "1", kept["replica_id"])
+                return rec.to_dict() if rec and rec.container_id != kept["container_id"] else None
 
             after = await asyncio.to_thread(wait_for, restarted, 60, "the reconcile loop to restart it")
             assert after["cpus"] == kept["cpus"] and after["restarts"] == 1

@@ -106,9 +106,9 @@ def test_replica_record_writes_do_not_reapply_the_deployment(store: Store,
     async def body() -> None:
         await _eventually(lambda: sink.states)
         for i in range(10):
-            await asyncio.to_thread(store.put_replica, {"model_name": "m", "model_version": "1",
+            await asyncio.to_thread(store.replicas.put, {"model_name": "m", "model_version": "1",
                                                         "replica_id": f"r{i}", "last_heartbeat": i})
-        await asyncio.to_thread(store.set_desired, "m", "1", {"num_replicas": 10})
+        await asyncio.to_thread(store.replicas.set_desired, "m", "1", {"num_replicas": 10})
         await asyncio.to_thread(store.add_app, AppSpec("marker", "floats"))
         await _eventually(lambda: "marker" in sink.apps)
         assert len(sink.states) == 2  # initial load + the app, nothing for the replica writes

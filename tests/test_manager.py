@@ -70,8 +70,8 @@ def test_impossible_allocations_are_refused_before_anything_starts(store, backen
 
     asyncio.run(scenario())
     assert backend.list() == []
-    assert store.list_replicas() == []
-    assert store.get_desired("noop", "1") is None
+    assert store.replicas.find() == []
+    assert store.replicas.get_desired("noop", "1") is None
 
 
 def test_describe_of_unknown_model_is_not_found(store, backend):
@@ -112,7 +112,7 @@ def test_two_replicas_are_pinned_to_their_own_cores_and_both_serve(store, backen
         for r in replicas:
             assert r["state"] in ("ready", "busy")
             assert cpus_allowed(r["pid"]) == str(r["cpus"][0])
-        assert store.get_desired("noop", "1")["num_replicas"] == 2
+        assert store.replicas.get_desired("noop", "1")["num_replicas"] == 2
         # Concurrent queries keep both replicas busy: each must take batches.
         await asyncio.gather(*(asyncio.to_thread(lambda i=i: [predict(frontend["http"], float(i))
                                                               for _ in range(15)]) for i in range(6)))
@@ -161,7 +161,7 @@ def test_scale_down_drains_the_newest_replica_without_failing_a_query(store, bac
                 await asyncio.to_thread(t.join, 60)
         assert [r["replica_id"] for r in after] == [oldest["replica_id"]]
         assert not Path(f"/proc/{newest['pid']}").exists() or _is_zombie(newest["pid"])
-        assert [r["replica_id"] for r in store.list_replicas("noop", "1")] == [oldest["replica_id"]]
+        assert [r.replica_id for r in store.replicas.find("noop", "1")] == [oldest["replica_id"]]
         assert newest["replica_id"] not in {r.replica_id for r in backend.list()}
         await manager.shutdown()
 
@@ -183,8 +183,8 @@ def test_killed_replica_is_restarted_on_the_same_cores_and_serves(store, backend
             os.kill(before["pid"], signal.SIGKILL)
 
             def restarted():
-                rec = store.get_replica("noop", "1", before["replica_id"])
-                return rec if rec and rec.get("pid") != before["pid"] and rec["restarts"] == 1 else None
+                rec = store.replicas.get("noop", "1", before["replica_id"])
+                return rec.to_dict() if rec and rec.pid != before["pid"] and rec.restarts == 1 else None
 
             after = await wait_for_async(restarted, 30, "the restart")
             assert after["cpus"] == before["cpus"]
@@ -205,18 +205,18 @@ def test_killed_replica_is_restarted_on_the_same_cores_and_serves(store, backend
 @pytest.mark.slow
 def test_reconcile_starts_missing_replicas_and_delete_model_stops_them(store, backend, frontend):
     add_noop(store)
-    store.set_desired("noop", "1", {"num_replicas": 1, "cpus_per_replica": 1, "model_cpus": [], "gpus": []})
+    store.replicas.set_desired("noop", "1", {"num_replicas": 1, "cpus_per_replica": 1, "model_cpus": [], "gpus": []})
     manager = make_manager(store, backend, frontend)
 
     async def scenario():
         await manager.reconcile_once()
-        [record] = store.list_replicas("noop", "1")
-        assert [r.replica_id for r in backend.list()] == [record["replica_id"]]
+        [record] = store.replicas.find("noop", "1")
+        assert [r.replica_id for r in backend.list()] == [record.replica_id]
         await manager.wait_ready("noop", "1", READY_S)
         await manager.delete_model("noop", "1")
-        assert backend.list() == [] and store.list_replicas() == []
-        assert store.get_desired("noop", "1") is None
-        assert not Path(f"/proc/{record['pid']}").exists() or _is_zombie(record["pid"])
+        assert backend.list() == [] and store.replicas.find() == []
+        assert store.replicas.get_desired("noop", "1") is None
+        assert not Path(f"/proc/{record.pid}").exists() or _is_zombie(record.pid)
         await manager.shutdown()
 
     asyncio.run(scenario())
@@ -237,8 +237,8 @@ def test_crash_looping_replica_is_restarted_with_growing_delays(store, backend, 
             [replica] = await manager.set_num_replicas("broken", "1", 1)
             deadline = time.monotonic() + 60
             while len(seen) < 4 and time.monotonic() < deadline:
-                rec = await asyncio.to_thread(store.get_replica, "broken", "1", replica["replica_id"])
-                if rec["restarts"] > len(seen):
+                rec = await asyncio.to_thread(store.replicas.get, "broken", "1", replica["replica_id"])
+                if rec.restarts > len(seen):
                     seen.append(time.monotonic())
                 await asyncio.sleep(0.05)
         finally:

@@ -14,7 +14,7 @@ from redis.retry import Retry
 from schooner.types import AppSpec, InputType, ModelSpec
 from management.embedded_redis import EmbeddedRedis, connect, free_port
 from management.errors import BadRequest, Conflict, NotFound, StoreUnavailable
-from management.store import Store, changes_state
+from management.store import ReplicaRecord, Store, changes_state
 
 
 def _model(name: str = "m", version: str = "1", input_type: str = "floats", **kw) -> ModelSpec:
@@ -93,11 +93,11 @@ def test_deleting_the_current_version_makes_the_highest_remaining_current(store:
 
 def test_delete_model_removes_its_replica_records_and_desired_count(store: Store) -> None:
     store.add_model(_model())
-    store.put_replica({"model_name": "m", "model_version": "1", "replica_id": "r1", "state": "ready"})
-    store.set_desired("m", "1", {"num_replicas": 2})
+    store.replicas.put({"model_name": "m", "model_version": "1", "replica_id": "r1", "state": "ready"})
+    store.replicas.set_desired("m", "1", {"num_replicas": 2})
     store.delete_model("m", "1")
-    assert store.list_replicas() == []
-    assert store.get_desired("m", "1") is None
+    assert store.replicas.find() == []
+    assert store.replicas.get_desired("m", "1") is None
 
 
 def test_link_requires_existing_app_and_model_and_matching_input_type(store: Store) -> None:
@@ -179,8 +179,8 @@ def test_every_write_publishes_one_event_after_it_is_visible(store: Store) -> No
     store.add_links("app", ["m"])
     store.set_current_version("m", "1")
     store.update_model_batching("m", "1", 2)
-    store.put_replica({"model_name": "m", "model_version": "1", "replica_id": "r"})
-    store.set_desired("m", "1", {"num_replicas": 1})
+    store.replicas.put({"model_name": "m", "model_version": "1", "replica_id": "r"})
+    store.replicas.set_desired("m", "1", {"num_replicas": 1})
     store.delete_links("app", ["m"])
     store.delete_model("m", "1")
     store.delete_app("app")
@@ -224,31 +224,41 @@ def test_replica_records_round_trip_and_filter_by_model(store: Store) -> None:
     rec = {"model_name": "m", "model_version": "1", "replica_id": "m-1-r1", "backend": "process",
            "handle": "4242", "cpus": [0, 1], "gpu": None, "state": "ready", "last_heartbeat": 12.5,
            "restarts": 0}
-    store.put_replica(rec)
-    store.put_replica({**rec, "model_version": "2", "replica_id": "m-2-r1"})
-    store.put_replica({**rec, "model_name": "mm", "replica_id": "mm-1-r1"})
-    assert store.get_replica("m", "1", "m-1-r1") == rec
-    assert [r["replica_id"] for r in store.list_replicas()] == ["m-1-r1", "m-2-r1", "mm-1-r1"]
-    assert [r["replica_id"] for r in store.list_replicas("m")] == ["m-1-r1", "m-2-r1"]
-    assert [r["replica_id"] for r in store.list_replicas("m", "2")] == ["m-2-r1"]
-    store.put_replica({**rec, "state": "dead", "restarts": 1})
-    assert store.get_replica("m", "1", "m-1-r1")["restarts"] == 1
-    assert store.delete_replica("m", "1", "m-1-r1") is True
-    assert store.delete_replica("m", "1", "m-1-r1") is False
+    table = store.replicas
+    table.put(rec)
+    table.put({**rec, "model_version": "2", "replica_id": "m-2-r1"})
+    table.put(ReplicaRecord.from_dict({**rec, "model_name": "mm", "replica_id": "mm-1-r1"}))
+    got = table.get("m", "1", "m-1-r1")
+    assert isinstance(got, ReplicaRecord) and got == ReplicaRecord.from_dict(rec)
+    assert {k: v for k, v in got.to_dict().items() if k in rec} == rec
+    assert [r.replica_id for r in table.find()] == ["m-1-r1", "m-2-r1", "mm-1-r1"]
+    assert [r.replica_id for r in table.find("m")] == ["m-1-r1", "m-2-r1"]
+    assert [r.replica_id for r in table.find("m", "2")] == ["m-2-r1"]
+    table.put({**rec, "state": "dead", "restarts": 1})
+    assert table.get("m", "1", "m-1-r1").restarts == 1
+    assert table.delete("m", "1", "m-1-r1") is True
+    assert table.delete("m", "1", "m-1-r1") is False
     with pytest.raises(BadRequest, match="replica_id"):
-        store.put_replica({"model_name": "m", "model_version": "1"})
+        table.put({"model_name": "m", "model_version": "1"})
+
+
+def test_replica_records_keep_fields_they_do_not_know() -> None:
+    record = ReplicaRecord.from_dict({"model_name": "m", "model_version": 1, "replica_id": "r", "ray_actor": "a1"})
+    assert record.model_version == "1" and record.extra == {"ray_actor": "a1"}
+    assert record.to_dict()["ray_actor"] == "a1" and "pid" not in record.to_dict()
+    assert ReplicaRecord.from_dict(record.to_dict()) == record
 
 
 def test_desired_counts_round_trip_and_list(store: Store) -> None:
-    store.set_desired("m", "1", {"num_replicas": 2, "cpus_per_replica": 1, "model_cpus": [0, 1], "gpus": []})
-    store.set_desired("n", "3", {"num_replicas": 0})
-    assert store.get_desired("m", "1")["model_cpus"] == [0, 1]
-    assert store.list_desired() == [
+    store.replicas.set_desired("m", "1", {"num_replicas": 2, "cpus_per_replica": 1, "model_cpus": [0, 1], "gpus": []})
+    store.replicas.set_desired("n", "3", {"num_replicas": 0})
+    assert store.replicas.get_desired("m", "1")["model_cpus"] == [0, 1]
+    assert store.replicas.list_desired() == [
         {"num_replicas": 2, "cpus_per_replica": 1, "model_cpus": [0, 1], "gpus": [],
          "model_name": "m", "model_version": "1"},
         {"num_replicas": 0, "model_name": "n", "model_version": "3"}]
-    store.delete_desired("m", "1")
-    assert store.get_desired("m", "1") is None
+    store.replicas.delete_desired("m", "1")
+    assert store.replicas.get_desired("m", "1") is None
 
 
 @pytest.mark.parametrize("name", ["a:b", "with space", "star*", "-lead", "x" * 200])

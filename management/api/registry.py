@@ -153,10 +153,10 @@ async def get_all_containers(request: web.Request) -> web.Response:
     """"model:version:replica_id" of every replica, or (verbose) their records."""
     body = await read_body(request)
     verbose = body.boolean("verbose", False)
-    records = await call(store_of(request).list_replicas)
+    records = await call(store_of(request).replicas.find)
     if verbose:
-        return web.json_response(records)
-    return web.json_response([f"{r['model_name']}:{r['model_version']}:{r['replica_id']}" for r in records])
+        return web.json_response([r.to_dict() for r in records])
+    return web.json_response([f"{r.model_name}:{r.model_version}:{r.replica_id}" for r in records])
 
 
 async def get_container(request: web.Request) -> web.Response:
@@ -165,10 +165,10 @@ async def get_container(request: web.Request) -> web.Response:
     name = body.string("model_name", allow_empty=False)
     version = body.version("model_version")
     replica_id = body.version("replica_id")
-    record = await call(store_of(request).get_replica, name, version, replica_id)
+    record = await call(store_of(request).replicas.get, name, version, replica_id)
     if record is None:
         raise NotFound(f"replica {replica_id!r} of model {name!r} version {version!r} does not exist")
-    return web.json_response(record)
+    return web.json_response(record.to_dict())
 
 
 @write

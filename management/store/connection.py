@@ -31,44 +31,33 @@ def translated(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class StoreBase:
-    """A Redis client and the key builder under one prefix; the base of :class:`management.store.Store`."""
+class Connection:
+    """A Redis client and the key builder under one prefix, shared by the store's parts."""
 
     def __init__(self, client: redis.Redis, *, prefix: str = defaults.REDIS_KEY_PREFIX) -> None:
         if not isinstance(client, redis.Redis):
             raise TypeError(f"client must be a redis.Redis, got {type(client).__name__}")
         if not isinstance(prefix, str) or not prefix or ":" in prefix:
             raise ValueError("prefix must be a non-empty string without ':'")
-        self._r = client
-        self._k = Keys(prefix)
+        self.redis = client
+        self.keys = Keys(prefix)
 
-    @property
-    def events_channel(self) -> str:
-        """The pub/sub channel every write publishes on."""
-        return self._k.events
-
-    @property
-    def client(self) -> redis.Redis:
-        """The Redis client this store writes with."""
-        return self._r
-
-    # -- plumbing --------------------------------------------------------------------------
-
-    def _transact(self, fn: Callable[[redis.client.Pipeline], Any], *watch: str) -> Any:
+    def transact(self, fn: Callable[[redis.client.Pipeline], Any], *watch: str) -> Any:
         """Run ``fn`` under WATCH ``watch``; it reads, calls pipe.multi(), queues writes."""
-        return self._r.transaction(fn, *watch, value_from_callable=True)
+        return self.redis.transaction(fn, *watch, value_from_callable=True)
 
-    def _event(self, pipe: redis.client.Pipeline, kind: EventKind, **fields: Any) -> None:
-        pipe.publish(self._k.events, json.dumps({"kind": kind.value, **fields}))
+    def event(self, pipe: redis.client.Pipeline, kind: EventKind, **fields: Any) -> None:
+        """Queue the event of a write on ``pipe``, so it publishes in the write's transaction."""
+        pipe.publish(self.keys.events, json.dumps({"kind": kind.value, **fields}))
 
     @translated
     def publish(self, event: dict) -> None:
         """Publish ``event`` (a dict with a ``kind``) on the events channel."""
         if not isinstance(event, dict) or not isinstance(event.get("kind"), str):
             raise BadRequest("event must be a dict with a string 'kind'")
-        self._r.publish(self._k.events, json.dumps(event))
+        self.redis.publish(self.keys.events, json.dumps(event))
 
     @translated
     def ping(self) -> bool:
         """Whether Redis answers."""
-        return bool(self._r.ping())
+        return bool(self.redis.ping())

@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import time
 
+import redis
+
+from schooner import defaults
 from management.store.codec import text
-from management.store.connection import StoreBase, translated
+from management.store.connection import Connection, translated
 
 FIELDS = ("frontend_id", "client", "http", "replica", "host", "pid", "heartbeat_s", "started_s")
 
 
-class FrontendDirectory(StoreBase):
+class FrontendDirectory:
     """Announce, withdraw and list frontends."""
+
+    def __init__(self, client: redis.Redis | Connection, *, prefix: str = defaults.REDIS_KEY_PREFIX) -> None:
+        conn = client if isinstance(client, Connection) else Connection(client, prefix=prefix)
+        self._r = conn.redis
+        self._k = conn.keys
 
     @translated
     def announce(self, record: dict, ttl_s: float) -> None:

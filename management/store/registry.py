@@ -1,4 +1,4 @@
-"""The Redis store: apps, models, links, versions, replicas and desired replica counts.
+"""The registry: apps, models, links and current versions in Redis.
 
 Every Redis key Schooner uses is built in ``schooner.keys`` and nowhere
 else; the replica records and desired counts live in
@@ -17,16 +17,20 @@ import redis
 
 from schooner.types import AppSpec, DeploymentState, ModelSpec
 from management.store.codec import APP_KINDS, MODEL_KINDS, check_name, decode_spec, encode_spec, text, version_order
-from management.store.replicas import ReplicaRecords
-from management.store.connection import translated
+from management.store.connection import Connection, translated
 from management.errors import BadRequest, Conflict, NotFound
 from management.store.events import EventKind, changes_state
 
-__all__ = ["EventKind", "Store", "changes_state"]
+__all__ = ["EventKind", "Registry", "changes_state"]
 
 
-class Store(ReplicaRecords):
-    """Reads and writes Schooner's deployment in Redis; the only user of its key names."""
+class Registry:
+    """Reads and writes apps, model versions, links and current versions."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._r = conn.redis
+        self._k = conn.keys
 
     # -- apps ------------------------------------------------------------------------------
 
@@ -44,9 +48,9 @@ class Store(ReplicaRecords):
             pipe.multi()
             pipe.hset(key, mapping=encode_spec(app, APP_KINDS))
             pipe.sadd(self._k.apps, app.name)
-            self._event(pipe, EventKind.APP_ADDED, name=app.name)
+            self._conn.event(pipe, EventKind.APP_ADDED, name=app.name)
 
-        self._transact(write, key)
+        self._conn.transact(write, key)
 
     @translated
     def get_app(self, name: str) -> AppSpec | None:
@@ -74,9 +78,9 @@ class Store(ReplicaRecords):
             pipe.multi()
             pipe.delete(key, self._k.links(name))
             pipe.srem(self._k.apps, name)
-            self._event(pipe, EventKind.APP_DELETED, name=name)
+            self._conn.event(pipe, EventKind.APP_DELETED, name=name)
 
-        self._transact(write, key)
+        self._conn.transact(write, key)
 
     # -- models ----------------------------------------------------------------------------
 
@@ -97,9 +101,9 @@ class Store(ReplicaRecords):
             pipe.hset(key, mapping=encode_spec(model, MODEL_KINDS))
             pipe.sadd(self._k.models, f"{model.name}:{model.version}")
             pipe.set(current, model.version, nx=True)
-            self._event(pipe, EventKind.MODEL_ADDED, name=model.name, version=model.version)
+            self._conn.event(pipe, EventKind.MODEL_ADDED, name=model.name, version=model.version)
 
-        self._transact(write, key, current)
+        self._conn.transact(write, key, current)
 
     @translated
     def get_model(self, name: str, version: str | None = None) -> ModelSpec | None:
@@ -153,9 +157,9 @@ class Store(ReplicaRecords):
                 pipe.set(current, max(remaining, key=version_order))
             elif not remaining:
                 pipe.delete(current)
-            self._event(pipe, EventKind.MODEL_DELETED, name=name, version=version)
+            self._conn.event(pipe, EventKind.MODEL_DELETED, name=name, version=version)
 
-        self._transact(write, key, current, replicas, self._k.models)
+        self._conn.transact(write, key, current, replicas, self._k.models)
 
     @translated
     def set_current_version(self, name: str, version: str) -> None:
@@ -168,9 +172,9 @@ class Store(ReplicaRecords):
                 raise NotFound(f"model {name!r} version {version!r} does not exist")
             pipe.multi()
             pipe.set(self._k.current_version(name), version)
-            self._event(pipe, EventKind.VERSION_SET, name=name, version=version)
+            self._conn.event(pipe, EventKind.VERSION_SET, name=name, version=version)
 
-        self._transact(write, key)
+        self._conn.transact(write, key)
 
     @translated
     def get_current_version(self, name: str) -> str | None:
@@ -202,10 +206,10 @@ class Store(ReplicaRecords):
                 raise BadRequest(str(err)) from err
             pipe.multi()
             pipe.hset(key, mapping=encode_spec(spec, MODEL_KINDS))
-            self._event(pipe, EventKind.MODEL_UPDATED, name=name, version=version)
+            self._conn.event(pipe, EventKind.MODEL_UPDATED, name=name, version=version)
             return spec
 
-        return self._transact(write, key)
+        return self._conn.transact(write, key)
 
     # -- links -----------------------------------------------------------------------------
 
@@ -241,9 +245,9 @@ class Store(ReplicaRecords):
                                "an application links to one model")
             pipe.multi()
             pipe.sadd(links_key, model)
-            self._event(pipe, EventKind.LINKS_ADDED, app=app, model_names=[model])
+            self._conn.event(pipe, EventKind.LINKS_ADDED, app=app, model_names=[model])
 
-        self._transact(write, app_key, links_key, current)
+        self._conn.transact(write, app_key, links_key, current)
 
     @translated
     def get_links(self, app: str) -> list[str]:
@@ -266,9 +270,9 @@ class Store(ReplicaRecords):
             pipe.multi()
             if names:
                 pipe.srem(links_key, *names)
-            self._event(pipe, EventKind.LINKS_DELETED, app=app, model_names=names)
+            self._conn.event(pipe, EventKind.LINKS_DELETED, app=app, model_names=names)
 
-        self._transact(write, app_key, links_key)
+        self._conn.transact(write, app_key, links_key)
 
     # -- the whole deployment --------------------------------------------------------------
 

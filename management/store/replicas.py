@@ -2,42 +2,118 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass, field
+from typing import Any
 
 from management.store.codec import text
-from management.store.connection import StoreBase, translated
+from management.store.connection import Connection, translated
 from management.errors import BadRequest
 from management.store.events import EventKind
+from schooner.types import Backend, ReplicaState
 
 
-class ReplicaRecords(StoreBase):
-    """Replica records and desired deployments; :class:`management.store.Store` inherits these."""
+@dataclass
+class ReplicaRecord:
+    """What the manager keeps in Redis about one replica it started.
+
+    ``state`` is the manager's view (a :class:`~schooner.types.ReplicaState`
+    value); ``handle`` is the backend's id of the running replica (``pid`` for
+    processes, ``container_id`` for Docker). Fields a newer writer added that
+    this reader does not know are kept in ``extra`` and written back unchanged.
+    """
+
+    replica_id: str
+    model_name: str
+    model_version: str
+    backend: str = Backend.PROCESS.value
+    host: str = ""
+    handle: str = ""
+    cpus: list[int] = field(default_factory=list)
+    gpu: int | None = None
+    state: str = ReplicaState.STARTING.value
+    last_heartbeat: float = 0.0  # wall-clock seconds of the last heartbeat the frontend saw
+    restarts: int = 0
+    seq: int = 0  # start order within its model version (the manager's own)
+    created_s: float = 0.0
+    pid: int | None = None
+    container_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("replica_id", "model_name", "model_version"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+                raise BadRequest(f"replica record field {name!r} must be a non-empty string, got {value!r}")
+            setattr(self, name, str(value))
+        self.state = str(ReplicaState(self.state).value) if self.state in _STATES else str(self.state)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ReplicaRecord:
+        """A record from its dict form (unknown fields go to ``extra``); BadRequest names a missing field."""
+        if not isinstance(data, dict):
+            raise TypeError("a replica record must be a dict")
+        known = {k: v for k, v in data.items() if k in _FIELDS}
+        missing = [k for k in ("replica_id", "model_name", "model_version") if k not in known]
+        if missing:
+            raise BadRequest(f"replica record needs field {missing[0]!r}")
+        return cls(**known, extra={k: v for k, v in data.items() if k not in _FIELDS and k != "extra"})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict form (JSON, Redis): every field, ``pid``/``container_id`` only when set, extras inline."""
+        out = {f: getattr(self, f) for f in _FIELDS}
+        for optional in ("pid", "container_id"):
+            if out[optional] is None:
+                del out[optional]
+        return {**self.extra, **out}
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(model name, version) of the replica."""
+        return (self.model_name, self.model_version)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(ReplicaRecord) if f.name != "extra")
+_STATES = frozenset(s.value for s in ReplicaState)
+
+
+def _decode(raw: dict) -> dict:
+    return {text(k): json.loads(text(v)) for k, v in raw.items()}
+
+
+class ReplicaTable:
+    """Replica records and desired deployments in Redis."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._r = conn.redis
+        self._k = conn.keys
 
     @translated
-    def put_replica(self, record: dict) -> None:
-        """Create or replace a replica record (needs model_name, model_version, replica_id)."""
-        if not isinstance(record, dict):
-            raise TypeError("record must be a dict")
-        try:
-            model, version, rid = (str(record[k]) for k in ("model_name", "model_version", "replica_id"))
-        except KeyError as err:
-            raise BadRequest(f"replica record needs field {err.args[0]!r}") from err
+    def put(self, record: ReplicaRecord | dict) -> None:
+        """Create or replace a replica record."""
+        if isinstance(record, dict):
+            record = ReplicaRecord.from_dict(record)
+        if not isinstance(record, ReplicaRecord):
+            raise TypeError("record must be a ReplicaRecord")
+        model, version, rid = record.model_name, record.model_version, record.replica_id
         key = self._k.replica(model, version, rid)
         pipe = self._r.pipeline(transaction=True)
         pipe.delete(key)
-        pipe.hset(key, mapping={str(k): json.dumps(v) for k, v in record.items()})
+        pipe.hset(key, mapping={str(k): json.dumps(v) for k, v in record.to_dict().items()})
         pipe.sadd(self._k.replicas(model, version), rid)
-        self._event(pipe, EventKind.REPLICA_PUT, model_name=model, model_version=version, replica_id=rid)
+        self._conn.event(pipe, EventKind.REPLICA_PUT, model_name=model, model_version=version, replica_id=rid)
         pipe.execute()
 
     @translated
-    def get_replica(self, model: str, version: str, replica_id: str) -> dict | None:
+    def get(self, model: str, version: str, replica_id: str) -> ReplicaRecord | None:
         """A replica record as it was put, or None."""
         raw = self._r.hgetall(self._k.replica(model, str(version), replica_id))
-        return {text(k): json.loads(text(v)) for k, v in raw.items()} if raw else None
+        return ReplicaRecord.from_dict(_decode(raw)) if raw else None
 
     @translated
-    def list_replicas(self, model: str | None = None, version: str | None = None) -> list[dict]:
+    def find(self, model: str | None = None, version: str | None = None) -> list[ReplicaRecord]:
         """Replica records, of one model version, of one model, or all; sorted by id."""
         if model is not None and version is not None:
             sets = [self._k.replicas(model, str(version))]
@@ -50,18 +126,18 @@ class ReplicaRecords(StoreBase):
         pipe = self._r.pipeline(transaction=False)
         for key in keys:
             pipe.hgetall(key)
-        records = [{text(k): json.loads(text(v)) for k, v in raw.items()} for raw in pipe.execute() if raw]
-        return sorted(records, key=lambda r: str(r.get("replica_id")))
+        records = [ReplicaRecord.from_dict(_decode(raw)) for raw in pipe.execute() if raw]
+        return sorted(records, key=lambda r: r.replica_id)
 
     @translated
-    def delete_replica(self, model: str, version: str, replica_id: str) -> bool:
+    def delete(self, model: str, version: str, replica_id: str) -> bool:
         """Remove a replica record; whether there was one."""
         version = str(version)
         pipe = self._r.pipeline(transaction=True)
         pipe.delete(self._k.replica(model, version, replica_id))
         pipe.srem(self._k.replicas(model, version), replica_id)
-        self._event(pipe, EventKind.REPLICA_DELETED, model_name=model, model_version=version,
-                    replica_id=replica_id)
+        self._conn.event(pipe, EventKind.REPLICA_DELETED, model_name=model, model_version=version,
+                         replica_id=replica_id)
         return bool(pipe.execute()[0])
 
     @translated
@@ -74,14 +150,14 @@ class ReplicaRecords(StoreBase):
         pipe = self._r.pipeline(transaction=True)
         pipe.delete(key)
         pipe.hset(key, mapping={str(k): json.dumps(v) for k, v in desired.items()})
-        self._event(pipe, EventKind.DESIRED_SET, model_name=model, model_version=version)
+        self._conn.event(pipe, EventKind.DESIRED_SET, model_name=model, model_version=version)
         pipe.execute()
 
     @translated
     def get_desired(self, model: str, version: str) -> dict | None:
         """The desired deployment of a model version, or None."""
         raw = self._r.hgetall(self._k.desired(model, str(version)))
-        return {text(k): json.loads(text(v)) for k, v in raw.items()} if raw else None
+        return _decode(raw) if raw else None
 
     @translated
     def list_desired(self) -> list[dict]:
@@ -100,5 +176,5 @@ class ReplicaRecords(StoreBase):
         version = str(version)
         pipe = self._r.pipeline(transaction=True)
         pipe.delete(self._k.desired(model, version))
-        self._event(pipe, EventKind.DESIRED_DELETED, model_name=model, model_version=version)
+        self._conn.event(pipe, EventKind.DESIRED_DELETED, model_name=model, model_version=version)
         pipe.execute()
