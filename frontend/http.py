@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
+import orjson
 from aiohttp import web
 
 from frontend.admission import validate_items
@@ -24,16 +24,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+def _as_list(value: Any) -> Any:
+    """orjson's fallback: arrays it does not serialize natively (non-native byte order...) as lists."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot serialize {type(value).__name__} as JSON")
+
+
+def json_response(data: Any, status: int = 200, headers: dict | None = None) -> web.Response:
+    """``data`` as a JSON response, encoded by orjson (numpy arrays directly)."""
+    return web.Response(body=orjson.dumps(data, default=_as_list, option=_NUMPY), status=status,
+                        headers=headers, content_type="application/json")
+
+
 def error_response(err: SchoonerError) -> web.Response:
     """The JSON error response for ``err``, with Retry-After when overloaded."""
-    headers = {}
+    headers = None
     if isinstance(err, Overloaded):
-        headers["Retry-After"] = str(max(1, round(err.retry_after_s)))
-    return web.json_response({"error": err.code, "message": str(err)}, status=err.http_status,
-                             headers=headers)
+        headers = {"Retry-After": str(max(1, round(err.retry_after_s)))}
+    return json_response({"error": err.code, "message": str(err)}, status=err.http_status, headers=headers)
 
 
-def _to_item(value: Any, input_type: InputType, field: str) -> tuple[list, bytes]:
+def _to_item(value: Any, input_type: InputType, field: str) -> tuple[list, Any]:
     """One JSON input as a wire item (meta, payload); BadInput names the field."""
     if input_type is InputType.STRINGS:
         if not isinstance(value, str):
@@ -56,16 +71,19 @@ def _to_item(value: Any, input_type: InputType, field: str) -> tuple[list, bytes
     if arr.size and arr.dtype.kind not in kinds:
         what = "integers" if input_type is InputType.INTS else "numbers"
         raise BadInput(f"field {field!r} must hold only {what}")
-    arr = np.ascontiguousarray(arr, dtype=input_type.dtype)
-    return ["a", arr.dtype.str, list(arr.shape)], arr.tobytes()
+    if arr.dtype != input_type.dtype:
+        arr = arr.astype(input_type.dtype)
+    # The array itself is the payload (no tobytes copy): ZMQ sends its buffer.
+    return ["a", arr.dtype.str, list(arr.shape)], arr
 
 
 def output_json(meta: Any, frame: Any) -> Any:
-    """An output item as JSON: arrays as (nested) lists or numbers, strings as they are."""
+    """An output item for :func:`json_response`: an array (orjson writes it), or a string."""
     kind = meta[0]
     buf = frame.buffer if hasattr(frame, "buffer") else frame
     if kind == "a":
-        return np.frombuffer(buf, dtype=np.dtype(meta[1])).reshape(meta[2]).tolist()
+        arr = np.frombuffer(buf, dtype=np.dtype(meta[1])).reshape(meta[2])
+        return arr.tolist() if arr.ndim == 0 else arr
     raw = bytes(buf)
     if kind == "s":
         return raw.decode("utf-8", errors="replace")
@@ -124,8 +142,8 @@ class HttpApi:
         if err is not None:
             return error_response(err)
         if batch:
-            return web.json_response({"batch_predictions": [_prediction(query, i) for i in range(query.n)]})
-        return web.json_response(_prediction(query, 0))
+            return json_response({"batch_predictions": [_prediction(query, i) for i in range(query.n)]})
+        return json_response(_prediction(query, 0))
 
     async def _submit(self, request: web.Request) -> tuple[Query, bool]:
         dispatcher = self.fe.dispatcher
@@ -137,8 +155,8 @@ class HttpApi:
             raise NoModel(route.problem)
         body = await request.read()
         try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as err:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as err:
             raise BadInput(f"request body is not valid JSON: {err}") from None
         if not isinstance(data, dict):
             raise BadInput("request body must be a JSON object with field 'input' or 'input_batch'")
@@ -175,7 +193,7 @@ class HttpApi:
         """GET /metrics: Clipper JSON, or Prometheus text with ?format=prometheus."""
         if request.query.get("format") == "prometheus":
             return await self.prometheus(request)
-        return web.json_response(self.fe.metrics.dump())
+        return json_response(self.fe.metrics.dump())
 
     async def prometheus(self, request: web.Request) -> web.Response:
         """GET /metrics/prometheus: Prometheus text exposition (OpenMetrics if the Accept header asks)."""
@@ -186,7 +204,7 @@ class HttpApi:
         """GET /health: up, with counts of apps, models and live replicas."""
         fe = self.fe
         live = [r for r in fe.replicas() if r.state.live]
-        return web.json_response({"status": "ok", "apps": len(fe.state.apps), "models": len(fe.state.models),
+        return json_response({"status": "ok", "apps": len(fe.state.apps), "models": len(fe.state.models),
                                   "live_replicas": len(live)})
 
     async def replicas(self, request: web.Request) -> web.Response:
@@ -198,4 +216,4 @@ class HttpApi:
             row["state"] = info.state.value
             row["queue_depth"] = self.fe.queue_depth(info.model_name, info.model_version)
             out.append(row)
-        return web.json_response(out)
+        return json_response(out)

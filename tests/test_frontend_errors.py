@@ -142,6 +142,11 @@ def test_full_queue_is_overloaded_at_once(frontend):
     (b'{"input": ["a", "b", "c", "d"]}', "input"),
     (b'{"input": 3}', "input"),
     (b'{"input_batch": [[1.0, 1.0, 1.0, 1.0], ["x"]]}', "input_batch[1]"),
+    (b"\xff\xfe{}", "request body is not valid JSON"),
+    (b"[1.0, 2.0]", "request body must be a JSON object"),
+    (b'{"input": [[1.0, 2.0], [3.0]]}', "field 'input' must be a rectangular list of numbers"),
+    (b'{"input": [true, false, true, true]}', "field 'input' must hold only numbers"),
+    (b'{"input_batch": []}', "field 'input_batch' must be a non-empty list of inputs"),
 ])
 def test_http_bad_body_is_400_naming_the_field(frontend, body, field):
     resp = requests.post(f"{frontend.http_url}/app/predict", data=body, timeout=10,
