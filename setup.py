@@ -10,6 +10,7 @@ setup(
     packages=find_packages(include=["schooner*", "frontend*", "containers*", "management*", "driver*"]),
     install_requires=[
         "numpy>=1.24",
+        "orjson>=3.8",
         "pyzmq>=25",
         "msgpack>=1.0",
         "aiohttp>=3.9",
