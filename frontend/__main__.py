@@ -101,7 +101,16 @@ def main(argv: list[str] | None = None) -> None:
     config_file = args.config or defaults.resolve(None, "config", "") or None
     if config_file and args.redis_url is None:
         redis_url = None
-    asyncio.run(run(build_config(args), config_file, redis_url))
+    config = build_config(args)
+    if defaults.resolve(None, "uvloop", "1") != "0":
+        try:
+            import uvloop  # libuv's loop: about a third less CPU per HTTP query than asyncio's own
+        except ImportError:
+            uvloop = None
+        if uvloop is not None:
+            uvloop.run(run(config, config_file, redis_url))
+            return
+    asyncio.run(run(config, config_file, redis_url))
 
 
 if __name__ == "__main__":
