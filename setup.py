@@ -11,6 +11,7 @@ setup(
     install_requires=[
         "numpy>=1.24",
         "orjson>=3.8",
+        "uvloop>=0.17",
         "pyzmq>=25",
         "msgpack>=1.0",
         "aiohttp>=3.9",

@@ -10,8 +10,6 @@ import sys
 import threading
 from typing import Sequence
 
-import requests
-
 from schooner import defaults
 from schooner.topology import parse_cpu_list
 from schooner.types import BACKENDS
@@ -146,6 +144,8 @@ def up(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     """Ping the management service and the frontend; exit 0 only if both answer."""
+    import requests  # here, not at the top: `schooner up` stays running and need not hold it
+
     management = args.management or f"http://{defaults.HOST}:{defaults.MANAGEMENT_PORT}"
     frontend = args.frontend or f"http://{defaults.HOST}:{defaults.HTTP_PORT}"
     ok = True

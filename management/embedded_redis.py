@@ -15,10 +15,12 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-
-import redis
+from typing import TYPE_CHECKING
 
 from management.errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ def connect(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
     """A client for ``url`` that answered PING; StoreUnavailable if it cannot be reached."""
     if not isinstance(url, str) or not url:
         raise ValueError("url must be a non-empty redis:// URL")
+    import redis  # here: `schooner up`, which only starts the server, never loads the client
+
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
                                       decode_responses=True)
@@ -148,6 +152,8 @@ class EmbeddedRedis:
                                 stderr=subprocess.DEVNULL, start_new_session=True)
 
     def _wait_ready(self, port: int) -> tuple[bool, str]:
+        import redis
+
         deadline = time.monotonic() + _START_TIMEOUT_S
         client = redis.Redis(host=self.host, port=port, socket_connect_timeout=1.0, socket_timeout=1.0)
         try:

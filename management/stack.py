@@ -18,12 +18,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 import psutil
-import requests
 
 from schooner import defaults
 from schooner.types import BACKENDS
@@ -237,9 +238,10 @@ class Stack:
             if code is not None:
                 raise StackError(f"{name} exited with {code} while starting:\n{self._tail(name)}")
             try:
-                if requests.get(url, timeout=2.0).status_code == 200:
-                    return
-            except requests.RequestException:
+                with urllib.request.urlopen(url, timeout=2.0) as resp:  # requests would cost ~8 MiB here
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
                 pass
             if time.monotonic() >= deadline:
                 raise StackError(f"{name} did not answer {url} in time:\n{self._tail(name)}")

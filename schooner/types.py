@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from schooner import defaults
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class InputType(str, enum.Enum):
@@ -28,6 +29,8 @@ class InputType(str, enum.Enum):
     @property
     def dtype(self) -> np.dtype | None:
         """The numpy dtype of a numeric input type, None for bytes and strings."""
+        if not _DTYPES:
+            _load_dtypes()
         return _DTYPES.get(self)
 
     @classmethod
@@ -40,11 +43,15 @@ class InputType(str, enum.Enum):
             raise ValueError(f"input_type must be one of {names}, got {value!r}") from None
 
 
-_DTYPES = {
-    InputType.INTS: np.dtype("<i4"),
-    InputType.FLOATS: np.dtype("<f4"),
-    InputType.DOUBLES: np.dtype("<f8"),
-}
+_DTYPES: dict[InputType, np.dtype] = {}
+
+
+def _load_dtypes() -> None:
+    # numpy on first use: the management service and `schooner up` never need it (~10 MiB each).
+    import numpy as np
+
+    _DTYPES.update({InputType.INTS: np.dtype("<i4"), InputType.FLOATS: np.dtype("<f4"),
+                    InputType.DOUBLES: np.dtype("<f8")})
 
 
 class BatchSize(int):
