@@ -6,18 +6,16 @@ frame); nothing here copies an input.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
 import zmq
 
 from schooner.errors import BadInput, ProtocolError
-from schooner.protocol import item_metas
+from schooner.protocol import ALLOWED_DTYPES, check_shape, item_metas, parse_dtype, short
 from schooner.types import InputType
 
 _KIND_OF = {InputType.BYTES: "b", InputType.STRINGS: "s"}
-_dtype_ok: dict[tuple[InputType, Any], bool] = {}
 
 
 def _buffer(frame: Any) -> Any:
@@ -33,45 +31,47 @@ def nbytes(frame: Any) -> int:
     return len(frame)
 
 
-def split_items(meta: Any, frames: Sequence[Any]) -> tuple[list, list]:
+def split_items(meta: Any, frames: Sequence[Any], max_items: int) -> tuple[list, list]:
     """Per-item ``[kind, dtype, shape]`` metas and payloads of a message's ``items``.
 
     A stacked batch (one frame) is split into zero-copy slices of that frame.
-    Raises :class:`ProtocolError` when meta and frames disagree.
+    Bounded before anything is allocated: at most ``max_items`` items, an
+    allowed dtype, and a frame of exactly shape x itemsize bytes. Raises
+    :class:`ProtocolError` when meta and frames disagree, :class:`BadInput`
+    when there are too many items.
     """
     if isinstance(meta, dict) and "stack" in meta:
         stack = meta["stack"]
         if not isinstance(stack, (list, tuple)) or len(stack) != 2 or len(frames) != 1:
             raise ProtocolError("a stacked items meta is [dtype, shape] with exactly one frame")
         dtype, shape = stack
-        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise ProtocolError(f"stack shape must be a non-empty list of sizes, got {shape!r}")
+        dt = parse_dtype(dtype)
+        elements = check_shape(shape)
+        if not shape:
+            raise ProtocolError("stack shape must be a non-empty list of sizes")
         n = shape[0]
+        if n > max_items:
+            raise BadInput(f"{n} items in one message, more than the limit of {max_items} (max_items_per_query)")
         buf = _buffer(frames[0])
         view = buf if isinstance(buf, memoryview) else memoryview(buf)
         view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        if view.nbytes != elements * dt.itemsize:
+            raise ProtocolError(f"stacked frame of {view.nbytes} bytes does not hold shape {shape} of {dt.str}")
         if n == 0:
             return [], []
-        size, rest = divmod(view.nbytes, n)
-        if rest:
-            raise ProtocolError(f"stacked frame of {view.nbytes} bytes does not split into {n} items")
-        item_meta = ["a", dtype, shape[1:]]
+        size = view.nbytes // n
+        item_meta = ["a", dt.str, shape[1:]]
         return [item_meta] * n, [view[i * size:(i + 1) * size] for i in range(n)]
+    if len(frames) > max_items:
+        raise BadInput(f"{len(frames)} items in one message, more than the limit of {max_items} "
+                       "(max_items_per_query)")
     metas = item_metas(meta, len(frames))
     return metas, list(frames)
 
 
 def _check_dtype(input_type: InputType, dtype: Any) -> bool:
-    key = (input_type, dtype)
-    ok = _dtype_ok.get(key)
-    if ok is None:
-        try:
-            ok = np.dtype(dtype) == input_type.dtype
-        except (TypeError, ValueError):
-            ok = False
-        if len(_dtype_ok) < 1024:  # bounded: dtype strings come from clients
-            _dtype_ok[key] = ok
-    return ok
+    # Allow-list lookup only: a dtype string from a peer is never parsed by numpy.
+    return ALLOWED_DTYPES.get(dtype) == input_type.dtype if dtype.__class__ is str else False
 
 
 def validate_items(metas: list, frames: list, input_type: InputType, shape: list[int] | None,
@@ -87,7 +87,7 @@ def validate_items(metas: list, frames: list, input_type: InputType, shape: list
             raise BadInput(f"items[{i}] is {size} bytes, more than the limit of {max_input_bytes}")
         kind = meta[0]
         if kind != want_kind:
-            raise BadInput(f"items[{i}]: the app takes {input_type.value} input, got item kind {kind!r}")
+            raise BadInput(f"items[{i}]: the app takes {input_type.value} input, got item kind {short(kind)}")
         if want_dtype is None:
             if kind == "s":
                 try:
@@ -97,11 +97,37 @@ def validate_items(metas: list, frames: list, input_type: InputType, shape: list
             continue
         if not _check_dtype(input_type, meta[1]):
             raise BadInput(f"items[{i}]: the app takes {input_type.value} ({want_dtype.str}), "
-                           f"got dtype {meta[1]!r}")
+                           f"got dtype {short(meta[1])}")
         item_shape = meta[2]
-        if not isinstance(item_shape, list) or not all(isinstance(d, int) and d >= 0 for d in item_shape):
-            raise BadInput(f"items[{i}]: shape must be a list of sizes, got {item_shape!r}")
+        try:
+            elements = check_shape(item_shape)
+        except ProtocolError as err:
+            raise BadInput(f"items[{i}]: {err}") from None
         if shape is not None and item_shape != shape:
             raise BadInput(f"items[{i}]: shape {item_shape} does not match the model's input shape {shape}")
-        if size != math.prod(item_shape) * want_dtype.itemsize:
+        if size != elements * want_dtype.itemsize:
             raise BadInput(f"items[{i}]: {size} bytes do not hold shape {item_shape} of {want_dtype.str}")
+
+
+def check_outputs(metas: list, frames: list) -> None:
+    """Raise :class:`ProtocolError` unless every output meta is a well-formed item matching its frame.
+
+    Outputs go on to clients (forwarded as they came) and into HTTP JSON, so a
+    replica's dtype and shape are held to the same allow list as inputs.
+    """
+    for i, (meta, frame) in enumerate(zip(metas, frames)):
+        if meta.__class__ is not list and meta.__class__ is not tuple or len(meta) != 3:
+            raise ProtocolError(f"outputs[{i}] meta must be [kind, dtype, shape]")
+        kind = meta[0]
+        if kind == "a":
+            dt = parse_dtype(meta[1])
+            if check_shape(meta[2]) * dt.itemsize != nbytes(frame):
+                raise ProtocolError(f"outputs[{i}]: {nbytes(frame)} bytes do not hold shape {short(meta[2])} "
+                                    f"of {dt.str}")
+        elif kind == "s":
+            try:
+                bytes(_buffer(frame)).decode("utf-8")
+            except UnicodeDecodeError:
+                raise ProtocolError(f"outputs[{i}] is not valid UTF-8") from None
+        elif kind != "b":
+            raise ProtocolError(f"outputs[{i}]: unknown item kind {short(kind)}")

@@ -27,6 +27,7 @@ class FrontendConfig:
     batch_timeout_s: float = defaults.BATCH_TIMEOUT_S  # a batch in flight longer marks its replica dead
     max_message_bytes: int = defaults.MAX_MESSAGE_BYTES
     max_input_bytes: int = defaults.MAX_INPUT_BYTES
+    max_items_per_query: int = defaults.MAX_ITEMS_PER_QUERY  # inputs in one query (ZMQ items, input_batch)
     retry_after_s: int = defaults.RETRY_AFTER_S
     max_batch_retries: int = defaults.MAX_BATCH_RETRIES
     spin_us: int = defaults.FRONTEND_SPIN_US  # busy-poll window after a burst (0 = block at once)
@@ -52,6 +53,8 @@ class FrontendConfig:
             raise ValueError(f"batch_timeout_s must be positive, got {self.batch_timeout_s!r}")
         if self.max_message_bytes < 1 or self.max_input_bytes < 1:
             raise ValueError("max_message_bytes and max_input_bytes must be positive")
+        if not isinstance(self.max_items_per_query, int) or self.max_items_per_query < 1:
+            raise ValueError(f"max_items_per_query must be a positive integer, got {self.max_items_per_query!r}")
         if not isinstance(self.spin_us, int) or self.spin_us < 0:
             raise ValueError(f"spin_us must be an integer >= 0, got {self.spin_us!r}")
         if not self.forget_gone_replicas_after_s >= 0:

@@ -22,10 +22,11 @@ from typing import Any, Callable
 from schooner import metric_names, protocol
 from frontend.batching import FireReason, ModelQueue
 from frontend.config import FrontendConfig
-from schooner.errors import NoModel, Overloaded, ReplicaLost, SchoonerError
+from schooner.errors import NoModel, Overloaded, ProtocolError, ReplicaLost, SchoonerError
+from schooner.protocol import short
 from frontend.queries import AppRoute, Entry, Query
 from frontend.replicas import Batch, Replica, ReplicaPool
-from schooner.types import DeploymentState
+from schooner.types import DeploymentState, ReplicaInfo
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,11 @@ class Dispatcher:
                 continue
             mq = self.queues[key] = ModelQueue(spec, self.metrics)
             for replica in self.pool.of_model(key):
+                try:
+                    self.check_replica(replica.identity, replica.info)
+                except ProtocolError as err:  # registered before its model was known
+                    log.warning("%s; it gets no batch", err)
+                    continue
                 if mq.replica_shape is None and replica.info.input_shape:
                     mq.replica_shape = list(replica.info.input_shape)
                 if replica.idle:
@@ -236,15 +242,38 @@ class Dispatcher:
 
     # ---- replicas and batches (called by frontend.replica_events) ---------------------------
 
+    def check_replica(self, identity: bytes, info: ReplicaInfo) -> None:
+        """Refuse (ProtocolError) a HELLO whose input type or shape differs from its model's.
+
+        The model record's input type and shape are the truth; a replica cannot
+        redefine them. Without a shape in the record, the first live replica's
+        declared shape (or lack of one) is learnt, kept while any replica of
+        the model is live, and later HELLOs must declare the same.
+        """
+        mq = self.queues.get((info.model_name, info.model_version))
+        if mq is None:
+            return
+        if info.input_type != mq.spec.input_type:
+            raise ProtocolError(f"replica {short(info.replica_id)} takes {info.input_type.value} input but model "
+                                f"{mq.spec.name}:{mq.spec.version} takes {mq.spec.input_type.value}; refused")
+        if mq.spec.input_shape is not None:
+            want = mq.spec.input_shape
+        elif any(r.identity != identity for r in self.pool.of_model(mq.spec.key)):
+            want = mq.replica_shape  # what the live replicas declared (None: no shape)
+        else:
+            mq.replica_shape = None  # the first live replica declares it (learnt once registered)
+            return
+        if info.input_shape is not None and info.input_shape != want or (
+                info.input_shape is None and mq.spec.input_shape is None and want is not None):
+            raise ProtocolError(f"replica {short(info.replica_id)} takes input shape {short(info.input_shape)} but "
+                                f"model {mq.spec.name}:{mq.spec.version} takes {want}; refused")
+
     def replica_registered(self, replica: Replica) -> None:
         """A replica registered: learn its input shape, offer it a batch."""
         mq = self.queues.get(replica.key)
         if mq is None:
             return
         info = replica.info
-        if mq.spec.input_type != info.input_type:
-            log.warning("replica %s takes %s input but model %s:%s is %s", info.replica_id,
-                        info.input_type.value, *replica.key, mq.spec.input_type.value)
         if mq.replica_shape is None and info.input_shape:
             mq.replica_shape = list(info.input_shape)
         self.replica_free(replica)

@@ -14,6 +14,8 @@ import orjson
 from aiohttp import web
 
 from frontend.admission import validate_items
+from schooner import defaults
+from schooner.protocol import ALLOWED_DTYPES, short
 from schooner.errors import BadInput, NoModel, Overloaded, SchoonerError, UnknownApp
 from frontend.prometheus import Exposition, RegistryCollector
 from frontend.queries import Query
@@ -48,6 +50,9 @@ def error_response(err: SchoonerError) -> web.Response:
     return json_response({"error": err.code, "message": str(err)}, status=err.http_status, headers=headers)
 
 
+_INT_RANGE = {InputType.INTS: (int(np.iinfo(np.int32).min), int(np.iinfo(np.int32).max))}
+
+
 def _to_item(value: Any, input_type: InputType, field: str) -> tuple[list, Any]:
     """One JSON input as a wire item (meta, payload); BadInput names the field."""
     if input_type is InputType.STRINGS:
@@ -65,24 +70,87 @@ def _to_item(value: Any, input_type: InputType, field: str) -> tuple[list, Any]:
         raise BadInput(f"field {field!r} must be a list of numbers")
     try:
         arr = np.asarray(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise BadInput(f"field {field!r} must be a rectangular list of numbers") from None
     kinds = "iu" if input_type is InputType.INTS else "iuf"
     if arr.size and arr.dtype.kind not in kinds:
         what = "integers" if input_type is InputType.INTS else "numbers"
-        raise BadInput(f"field {field!r} must hold only {what}")
+        raise BadInput(f"field {field!r} must hold only {what} within the range of {input_type.value}")
+    if arr.ndim > defaults.MAX_ARRAY_DIMS:
+        raise BadInput(f"field {field!r} has {arr.ndim} dimensions, more than the limit of "
+                       f"{defaults.MAX_ARRAY_DIMS}")
     if arr.dtype != input_type.dtype:
-        arr = arr.astype(input_type.dtype)
+        bounds = _INT_RANGE.get(input_type)
+        if bounds is not None and arr.size and (arr.min() < bounds[0] or arr.max() > bounds[1]):
+            raise BadInput(f"field {field!r} holds a value outside the range of {input_type.value} "
+                           f"({bounds[0]}..{bounds[1]})")
+        with np.errstate(over="ignore"):
+            arr = arr.astype(input_type.dtype)
+        if arr.size and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise BadInput(f"field {field!r} holds a value outside the range of {input_type.value} "
+                           f"(±{float(np.finfo(arr.dtype).max):.4g})")
     # The array itself is the payload (no tobytes copy): ZMQ sends its buffer.
     return ["a", arr.dtype.str, list(arr.shape)], arr
 
 
+def json_depth(body: bytes) -> int:
+    """Deepest nesting of arrays and objects in a JSON text (brackets inside strings do not count).
+
+    Checked before the body is parsed: a deep enough body crashes orjson (a
+    C stack overflow: a 2 MB body of brackets killed the frontend).
+    """
+    brackets = body.count(b"[") + body.count(b"{")
+    if brackets <= defaults.MAX_JSON_DEPTH:
+        return brackets  # an upper bound, and the cheap common case
+    # Escapes first: after them every '"' left delimits a string, so a running count of quotes says
+    # which bytes are inside one.
+    text = np.frombuffer(body.replace(b"\\\\", b"  ").replace(b'\\"', b"  "), dtype=np.uint8)
+    outside = (np.cumsum(text == ord('"')) & 1) == 0
+    step = ((text == ord("[")) | (text == ord("{"))).astype(np.int8)
+    step -= ((text == ord("]")) | (text == ord("}"))).astype(np.int8)
+    step[~outside] = 0
+    return int(np.cumsum(step, dtype=np.int64).max(initial=0))
+
+
+def parse_body(body: bytes, input_type: InputType, max_items: int) -> tuple[list, list, bool]:
+    """(metas, payload frames, whether it was ``input_batch``) of a predict body; BadInput names the limit."""
+    depth = json_depth(body)
+    if depth > defaults.MAX_JSON_DEPTH:
+        raise BadInput(f"request body nests {depth} deep, more than the limit of {defaults.MAX_JSON_DEPTH} "
+                       "(MAX_JSON_DEPTH)")
+    try:
+        data = orjson.loads(body)  # strict JSON: NaN and Infinity are refused
+    except orjson.JSONDecodeError as err:
+        raise BadInput(f"request body is not valid JSON: {str(err)[:200]}") from None
+    if not isinstance(data, dict):
+        raise BadInput("request body must be a JSON object with field 'input' or 'input_batch'")
+    if "input" in data:
+        items = [_to_item(data["input"], input_type, "input")]
+        batch = False
+    elif "input_batch" in data:
+        values = data["input_batch"]
+        if not isinstance(values, list) or not values:
+            raise BadInput("field 'input_batch' must be a non-empty list of inputs")
+        if len(values) > max_items:
+            raise BadInput(f"field 'input_batch' holds {len(values)} inputs, more than the limit of {max_items} "
+                           "(max_items_per_query)")
+        items = [_to_item(v, input_type, f"input_batch[{i}]") for i, v in enumerate(values)]
+        batch = True
+    else:
+        raise BadInput("missing field 'input' (or 'input_batch')")
+    return [m for m, _ in items], [f for _, f in items], batch
+
+
 def output_json(meta: Any, frame: Any) -> Any:
-    """An output item for :func:`json_response`: an array (orjson writes it), or a string."""
+    """An output item for :func:`json_response`: an array (orjson writes it), or a string.
+
+    JSON has no NaN or infinity: orjson writes a non-finite float as ``null``
+    (as JavaScript's JSON.stringify does), so every response is valid JSON.
+    """
     kind = meta[0]
     buf = frame.buffer if hasattr(frame, "buffer") else frame
     if kind == "a":
-        arr = np.frombuffer(buf, dtype=np.dtype(meta[1])).reshape(meta[2])
+        arr = np.frombuffer(buf, dtype=ALLOWED_DTYPES[meta[1]]).reshape(meta[2])
         return arr.tolist() if arr.ndim == 0 else arr
     raw = bytes(buf)
     if kind == "s":
@@ -147,42 +215,42 @@ class HttpApi:
 
     async def _submit(self, request: web.Request) -> tuple[Query, bool]:
         dispatcher = self.fe.dispatcher
+        config = self.fe.config
         name = request.match_info["app"]
-        route = dispatcher.routes.get(name)
-        if route is None:
-            raise UnknownApp(f"no app named {name!r}")
-        if route.queue is None:
-            raise NoModel(route.problem)
-        body = await request.read()
+        route = self._route(name)
+        limit = config.max_message_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise BadInput(f"request body of {request.content_length} bytes is larger than the limit of {limit} "
+                           "(max_message_bytes)")
         try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as err:
-            raise BadInput(f"request body is not valid JSON: {err}") from None
-        if not isinstance(data, dict):
-            raise BadInput("request body must be a JSON object with field 'input' or 'input_batch'")
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise BadInput(f"request body is larger than the limit of {limit} bytes (max_message_bytes)") from None
+        input_type = route.queue.spec.input_type
+        if len(body) <= defaults.HTTP_PARSE_INLINE_BYTES:
+            metas, frames, batch = parse_body(body, input_type, config.max_items_per_query)
+        else:  # parsed off the loop: a big body must not stall every other query
+            metas, frames, batch = await asyncio.to_thread(parse_body, body, input_type, config.max_items_per_query)
+            route = self._route(name)  # the deployment may have changed meanwhile
+            if route.queue.spec.input_type is not input_type:
+                raise BadInput(f"app {name!r} changed its input type while the request was parsed")
         mq = route.queue
-        input_type = mq.spec.input_type
-        if "input" in data:
-            items = [_to_item(data["input"], input_type, "input")]
-            batch = False
-        elif "input_batch" in data:
-            values = data["input_batch"]
-            if not isinstance(values, list) or not values:
-                raise BadInput("field 'input_batch' must be a non-empty list of inputs")
-            items = [_to_item(v, input_type, f"input_batch[{i}]") for i, v in enumerate(values)]
-            batch = True
-        else:
-            raise BadInput("missing field 'input' (or 'input_batch')")
-        metas = [m for m, _ in items]
-        frames = [f for _, f in items]
-        validate_items(metas, frames, input_type, mq.input_shape, self.fe.config.max_input_bytes)
+        validate_items(metas, frames, input_type, mq.input_shape, config.max_input_bytes)
         now = time.monotonic()
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        query = Query(dispatcher.next_query_id(), route.app, len(items), now, self._done)
+        query = Query(dispatcher.next_query_id(), route.app, len(metas), now, self._done)
         query.peer = future
         dispatcher.submit(route, query, metas, frames, now)
         dispatcher.pump_dirty()
         return query, batch
+
+    def _route(self, name: str) -> Any:
+        route = self.fe.dispatcher.routes.get(name)
+        if route is None:
+            raise UnknownApp(f"no app named {short(name)}")
+        if route.queue is None:
+            raise NoModel(route.problem)
+        return route
 
     def _done(self, query: Query, err: SchoonerError | None) -> None:
         self.fe.dispatcher.record(query, err)

@@ -11,11 +11,11 @@ from frontend.admission import nbytes, split_items, validate_items
 from frontend.config import FrontendConfig
 from frontend.dispatch import Dispatcher
 from schooner.errors import BadInput, NoModel, Overloaded, ProtocolError, SchoonerError, UnknownApp
-from schooner.protocol import ErrorCode, MsgType
+from schooner.protocol import ErrorCode, MsgType, short
+from frontend.badmsg import BadMessages
 from frontend.queries import Query
 
 log = logging.getLogger(__name__)
-
 
 
 def error_frames(err: SchoonerError, request_id: Any, to: Any, retry_after_s: float | None = None) -> list:
@@ -34,21 +34,30 @@ class ClientIngress:
         self.dispatcher = dispatcher
         self.config = config
         self.send = send
+        self.bad = BadMessages("client", dispatcher.metrics, log)
 
     def on_burst(self, burst: list[list[Any]]) -> None:
-        """Handle a burst of client messages, then dispatch the queues they filled."""
+        """Handle a burst of client messages, then dispatch the queues they filled.
+
+        Each message on its own: whatever one raises is answered (or counted)
+        for that message alone and never costs another of the burst.
+        """
         now = time.monotonic()
         for frames in burst:
             try:
                 self._handle(frames, now)
-            except ProtocolError as err:
-                log.warning("client %r sent a bad message: %s", frames[0].bytes, err)
-                self.send(error_frames(err, self._id_of(frames), frames[0]))
             except Overloaded as err:
                 self.send(error_frames(err, self._id_of(frames), frames[0], err.retry_after_s))
+            except (ProtocolError, BadInput) as err:
+                self.bad.note(logging.INFO, "client %r sent a bad message: %s", frames[0].bytes, err)
+                self.send(error_frames(err, self._id_of(frames), frames[0]))
             except SchoonerError as err:
                 log.debug("query rejected: %s", err)
                 self.send(error_frames(err, self._id_of(frames), frames[0]))
+            except Exception as err:  # a bug met by one message: answer it, keep the rest of the burst
+                self.bad.note(logging.ERROR, "client %r: message handling failed: %r", frames[0].bytes, err)
+                self.send(error_frames(SchoonerError(f"internal error: {type(err).__name__}"),
+                                       self._id_of(frames), frames[0]))
         self.dispatcher.pump_dirty()
 
     @staticmethod
@@ -56,24 +65,24 @@ class ClientIngress:
         return protocol.request_id(frames[1]) if len(frames) > 1 else None
 
     def _handle(self, frames: list, now: float) -> None:
-        hdr, payload = protocol.unpack(frames[1:])  # ProtocolError names what is wrong
-        if hdr["type"] != "query":
-            self._not_a_query(frames[0], hdr)
-            return
-        request_id = hdr.get("id")
         total = 0
         for frame in frames[1:]:
             total += nbytes(frame)
         if total > self.config.max_message_bytes:
             raise BadInput(f"message of {total} bytes is larger than the limit of {self.config.max_message_bytes}")
+        hdr, payload = protocol.unpack(frames[1:])  # ProtocolError names what is wrong
+        if hdr["type"] != "query":
+            self._not_a_query(frames[0], hdr)
+            return
+        request_id = hdr.get("id")
         app = hdr.get("app")
-        route = self.dispatcher.routes.get(app) if isinstance(app, str) else None
+        route = self.dispatcher.routes.get(app) if app.__class__ is str else None
         if route is None:
-            raise UnknownApp(f"no app named {app!r}")
+            raise UnknownApp(f"no app named {short(app)}")
         mq = route.queue
         if mq is None:
             raise NoModel(route.problem)
-        metas, payload = split_items(hdr.get("items"), payload)
+        metas, payload = split_items(hdr.get("items"), payload, self.config.max_items_per_query)
         if not metas:
             raise BadInput("query has no items")
         validate_items(metas, payload, mq.spec.input_type, mq.input_shape, self.config.max_input_bytes)
@@ -86,7 +95,7 @@ class ClientIngress:
         if hdr["type"] == MsgType.HEARTBEAT.value:
             self.send(protocol.heartbeat(to=peer))
             return
-        raise ProtocolError(f"clients may send only query or heartbeat messages, not {hdr['type']!r}")
+        raise ProtocolError(f"clients may send only query or heartbeat messages, not {short(hdr['type'])}")
 
     def _reply(self, query: Query, err: SchoonerError | None) -> None:
         self.dispatcher.record(query, err)

@@ -15,15 +15,18 @@ import time
 from typing import Any
 
 from schooner import protocol
-from frontend.admission import split_items
+from frontend.admission import check_outputs, split_items
+from frontend.badmsg import BadMessages
 from frontend.config import FrontendConfig
 from frontend.dispatch import Dispatcher
-from schooner.errors import ModelError, ProtocolError, from_code
-from schooner.protocol import ErrorCode
-from frontend.replicas import Replica, ReplicaPool
+from schooner.errors import ModelError, ProtocolError, SchoonerError, from_code
+from schooner.protocol import ErrorCode, short
+from frontend.replicas import Replica, ReplicaPool, info_from_hello
 from schooner.types import ReplicaState
 
 log = logging.getLogger(__name__)
+
+MAX_ERROR_MESSAGE = 2000  # characters of a replica's error message passed on to clients
 
 
 class ReplicaEvents:
@@ -37,6 +40,7 @@ class ReplicaEvents:
         # directory; WELCOME and heartbeats carry them, so each replica serves every frontend.
         self.peers: list[str] = []
         self.own = ""
+        self.bad = BadMessages("replica", dispatcher.metrics, log)
 
     def set_peers(self, addresses: list[str], own: str = "") -> None:
         """Tell replicas (now, and in every WELCOME and heartbeat) which frontends to serve."""
@@ -53,22 +57,25 @@ class ReplicaEvents:
         self.dispatcher.send_replica(frames)
 
     def on_burst(self, burst: list[list[Any]]) -> None:
-        """Handle a burst of replica messages, then dispatch what they made possible."""
+        """Handle a burst of replica messages, then dispatch what they made possible.
+
+        Each message on its own: a bad one gets its own ERROR (or is counted)
+        and changes nothing for another message of the burst or another replica.
+        """
         now = time.monotonic()
         for frames in burst:
             identity = frames[0].bytes
+            hdr: dict = {}
             try:
                 hdr, payload = protocol.unpack(frames[1:])
-            except ProtocolError as err:
-                log.warning("replica %r sent a malformed message: %s", identity, err)
-                self._send(protocol.error(ErrorCode.PROTOCOL_ERROR, str(err), to=identity))
-                continue
-            try:
                 self._on_message(identity, hdr, payload, now)
             except ProtocolError as err:
-                log.warning("replica %r: %s", identity, err)
-                self._send(protocol.error(ErrorCode.PROTOCOL_ERROR, str(err), batch_id=hdr.get("batch_id"),
-                                          to=identity))
+                self.bad.note(logging.WARNING, "replica %r: %s", identity, err)
+                batch_id = hdr.get("batch_id")
+                self._send(protocol.error(ErrorCode.PROTOCOL_ERROR, str(err),
+                                          batch_id=batch_id if batch_id.__class__ is int else None, to=identity))
+            except Exception as err:  # a bug met by one message must not cost the rest of the burst
+                self.bad.note(logging.ERROR, "replica %r: message handling failed: %r", identity, err)
         self.dispatcher.pump_dirty()
 
     def _on_message(self, identity: bytes, hdr: dict, payload: list, now: float) -> None:
@@ -98,7 +105,7 @@ class ReplicaEvents:
             log.info("replica %s is draining", replica.info.replica_id)
             self.pool.drain(replica)
         else:
-            raise ProtocolError(f"replicas may not send {kind!r} messages")
+            raise ProtocolError(f"replicas may not send {short(kind)} messages")
 
     def _on_timed_out_replica(self, replica: Replica, kind: str, hdr: dict) -> None:
         # A replica that held a batch past the batch timeout may be wedged; it talking again does not
@@ -128,6 +135,8 @@ class ReplicaEvents:
             log.warning("replica %s sent %r on its sideband socket; ignored", replica.info.replica_id, kind)
 
     def _on_hello(self, identity: bytes, hdr: dict, now: float) -> None:
+        # Checked before anything changes: a refused HELLO leaves every replica as it was.
+        self.dispatcher.check_replica(identity, info_from_hello(hdr, now))
         replica, displaced = self.pool.register(identity, hdr, now)
         info = replica.info
         self.dispatcher.requeue(displaced, f"replica {info.replica_id} re-registered")
@@ -141,33 +150,37 @@ class ReplicaEvents:
     def _on_result(self, replica: Replica, hdr: dict, payload: list, now: float) -> None:
         batch = self.pool.finish_batch(replica, hdr.get("batch_id"))
         if batch is None:
-            log.info("replica %s answered unknown batch %r", replica.info.replica_id, hdr.get("batch_id"))
+            log.info("replica %s answered unknown batch %s", replica.info.replica_id, short(hdr.get("batch_id")))
             self.dispatcher.replica_free(replica)
             return
         try:
-            metas, outputs = split_items(hdr.get("items"), payload)
-        except ProtocolError as err:
+            n = len(batch.entries)
+            metas, outputs = split_items(hdr.get("items"), payload, max(n, self.config.max_items_per_query))
+            if len(metas) != n:
+                raise ProtocolError(f"{len(metas)} outputs for a batch of {n}")
+            check_outputs(metas, outputs)
+        except SchoonerError as err:
             self.dispatcher.fail_batch(batch, ModelError(
                 f"replica {replica.info.replica_id} sent malformed outputs: {err}"), now)
         else:
-            if len(metas) != len(batch.entries):
-                self.dispatcher.fail_batch(batch, ModelError(
-                    f"replica {replica.info.replica_id} returned {len(metas)} outputs for a batch of "
-                    f"{len(batch.entries)}"), now)
-            else:
-                self.dispatcher.complete_batch(batch, metas, outputs, now)
-        self.dispatcher.replica_free(replica)
+            self.dispatcher.complete_batch(batch, metas, outputs, now)
+        finally:
+            self.dispatcher.replica_free(replica)
 
     def _on_error(self, replica: Replica, hdr: dict, now: float) -> None:
         batch = self.pool.finish_batch(replica, hdr.get("batch_id"))
-        message = str(hdr.get("message") or "replica reported an error")
-        if batch is None:
-            log.warning("replica %s reported an error outside a batch: %s", replica.info.replica_id, message)
-        else:
-            code = hdr.get("code") or ErrorCode.MODEL_ERROR.value
-            err = from_code(code, message) if code != ErrorCode.INTERNAL.value else ModelError(message)
-            self.dispatcher.fail_batch(batch, err, now)
-        self.dispatcher.replica_free(replica)
+        try:
+            message = hdr.get("message")
+            message = message[:MAX_ERROR_MESSAGE] if message.__class__ is str else "replica reported an error"
+            if batch is None:
+                log.warning("replica %s reported an error outside a batch: %s", replica.info.replica_id, message)
+            else:
+                code = hdr.get("code")
+                code = code if code.__class__ is str else ErrorCode.MODEL_ERROR.value
+                err = from_code(code, message) if code != ErrorCode.INTERNAL.value else ModelError(message)
+                self.dispatcher.fail_batch(batch, err, now)
+        finally:
+            self.dispatcher.replica_free(replica)
 
     # ---- liveness ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from schooner import defaults
 from schooner.errors import ProtocolError
+from schooner.protocol import check_shape, short
 from frontend.queries import Entry
 from schooner.types import LIVE_REPLICA_STATES, InputType, ReplicaInfo, ReplicaState
 
@@ -83,12 +84,19 @@ class Batch:
         self.sent_at = sent_at
 
 
+MAX_HELLO_STRING = 256  # characters of a HELLO's replica_id, model, version and host
+MAX_HELLO_CPUS = 4096
+
+
 def _field(hdr: dict, name: str, types: tuple, required: bool = True) -> Any:
     value = hdr.get(name)
     if value is None and not required:
         return None
     if not isinstance(value, types) or isinstance(value, bool):
-        raise ProtocolError(f"HELLO field {name!r} must be {'/'.join(t.__name__ for t in types)}, got {value!r}")
+        raise ProtocolError(f"HELLO field {name!r} must be {'/'.join(t.__name__ for t in types)}, "
+                            f"got {short(value)}")
+    if isinstance(value, str) and len(value) > MAX_HELLO_STRING:
+        raise ProtocolError(f"HELLO field {name!r} is longer than {MAX_HELLO_STRING} characters")
     return value
 
 
@@ -96,24 +104,26 @@ def info_from_hello(hdr: dict, now: float) -> ReplicaInfo:
     """A ReplicaInfo from a HELLO header; ProtocolError names the bad field."""
     try:
         input_type = InputType.parse(_field(hdr, "input_type", (str,)))
-    except ValueError as err:
-        raise ProtocolError(f"HELLO field 'input_type': {err}") from err
+    except ValueError:
+        raise ProtocolError(f"HELLO field 'input_type' must be one of {', '.join(t.value for t in InputType)}, "
+                            f"got {short(hdr.get('input_type'))}") from None
     cpus = hdr.get("cpus") or []
     shape = hdr.get("input_shape")
-    if not isinstance(cpus, list) or not all(isinstance(c, int) for c in cpus):
-        raise ProtocolError("HELLO field 'cpus' must be a list of integers")
-    if shape is not None and (not isinstance(shape, list) or not all(isinstance(d, int) for d in shape)):
-        raise ProtocolError("HELLO field 'input_shape' must be a list of integers or null")
+    if not isinstance(cpus, list) or len(cpus) > MAX_HELLO_CPUS or not all(
+            c.__class__ is int and c >= 0 for c in cpus):
+        raise ProtocolError(f"HELLO field 'cpus' must be a list of at most {MAX_HELLO_CPUS} cpu ids")
+    if shape is not None:
+        check_shape(shape)
     return ReplicaInfo(
         replica_id=str(_field(hdr, "replica_id", (str, int))),
         model_name=_field(hdr, "model", (str,)),
         model_version=str(_field(hdr, "version", (str, int))),
         input_type=input_type,
-        pid=int(hdr.get("pid") or 0),
+        pid=_field(hdr, "pid", (int,), required=False) or 0,
         cpus=cpus,
         gpu=_field(hdr, "gpu", (int,), required=False),
         input_shape=shape,
-        host=str(hdr.get("host") or ""),
+        host=_field(hdr, "host", (str,), required=False) or "",
         state=ReplicaState.READY,
         last_heartbeat_s=now,
     )

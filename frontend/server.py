@@ -80,10 +80,12 @@ class Frontend:
         sync_ctx = zmq.Context.shadow(self.ctx.underlying)
         cfg = self.config
         self._replica = RouterEndpoint(sync_ctx, loop, "replica-router", self.replica_events.on_burst,
-                                       on_unreachable=self.replica_events.on_unreachable, spin_us=cfg.spin_us)
+                                       on_unreachable=self.replica_events.on_unreachable, spin_us=cfg.spin_us,
+                                       max_message_bytes=cfg.max_message_bytes)
         self.dispatcher.attach(loop, self._replica.send)
         ingress = ClientIngress(self.dispatcher, cfg, send=lambda frames: self._client.send(frames))
-        self._client = RouterEndpoint(sync_ctx, loop, "client-router", ingress.on_burst, spin_us=cfg.spin_us)
+        self._client = RouterEndpoint(sync_ctx, loop, "client-router", ingress.on_burst, spin_us=cfg.spin_us,
+                                      max_message_bytes=cfg.max_message_bytes)
         self._client.flush_with = [self._replica]
         self._replica.flush_with = [self._client]
         try:

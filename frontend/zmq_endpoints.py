@@ -35,6 +35,8 @@ SPIN_BUDGET_FACTOR = 4  # one spin (extended by each message it catches) lasts a
 class RouterEndpoint:
     """A bound ROUTER socket whose received bursts go to ``handler(list of frame lists)``.
 
+    ``max_message_bytes`` (-1 = no limit) is libzmq's MAXMSGSIZE: a peer sending a
+    larger message is disconnected before it is buffered.
     ``on_unreachable(identity)`` is called when a send names a peer that is gone.
     ``spin_us`` > 0: after a burst that sent something, keep polling this endpoint and
     its ``flush_with`` partners without blocking for that long (each message caught
@@ -44,7 +46,8 @@ class RouterEndpoint:
 
     def __init__(self, ctx: zmq.Context, loop: asyncio.AbstractEventLoop, name: str,
                  handler: Callable[[list[list[zmq.Frame]]], None],
-                 on_unreachable: Callable[[bytes], None] | None = None, spin_us: int = 0) -> None:
+                 on_unreachable: Callable[[bytes], None] | None = None, spin_us: int = 0,
+                 max_message_bytes: int = -1) -> None:
         if not isinstance(spin_us, int) or spin_us < 0:
             raise ValueError(f"spin_us must be an integer >= 0, got {spin_us!r}")
         self.name = name
@@ -57,6 +60,8 @@ class RouterEndpoint:
         self.sock.setsockopt(zmq.SNDHWM, SNDHWM)
         self.sock.setsockopt(zmq.RCVHWM, SNDHWM)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # libzmq drops a larger message (and its connection) while reading it, before buffering it whole.
+        self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self.port = 0
         # Endpoints flushed right after this one's bursts, so a reply or batch that a burst
         # produced for another socket leaves now instead of one loop iteration later.

@@ -21,6 +21,12 @@ REDIS_URL = ""  # empty: start an embedded Redis on a free loopback port
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # larger client messages are refused (BadInput)
 MAX_INPUT_BYTES = 16 * 1024 * 1024  # one input; larger is refused (BadInput)
+# Bounds on the work one message can cause, checked before anything is allocated (docs/LIMITS.md).
+MAX_HEADER_BYTES = 1024 * 1024  # a message's msgpack header frame
+MAX_ITEMS_PER_QUERY = 1024  # inputs in one query (ZMQ items, HTTP input_batch)
+MAX_ARRAY_DIMS = 32  # dimensions of one array item
+MAX_JSON_DEPTH = 32  # nesting of an HTTP request body
+HTTP_PARSE_INLINE_BYTES = 64 * 1024  # larger HTTP bodies are parsed on a worker thread, off the event loop
 
 DEFAULT_OUTPUT = "None"
 LATENCY_SLO_MICROS = 100_000

@@ -36,3 +36,8 @@ def app_prefix(app: str) -> str:
 def model_prefix(name: str, version: str) -> str:
     """Prefix of every metric of model version ``name:version``."""
     return f"model:{name}:{version}:"
+
+
+def bad_messages(endpoint: str) -> str:
+    """Counter of malformed or refused messages on an endpoint (``client``, ``replica``, ``http``)."""
+    return f"internal:{endpoint}:bad_messages"

@@ -31,7 +31,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from schooner.defaults import PROTOCOL_VERSION
+from schooner.defaults import MAX_ARRAY_DIMS, MAX_HEADER_BYTES, PROTOCOL_VERSION
 from schooner.errors import ErrorCode, ProtocolError
 
 Item = Union[np.ndarray, bytes, str]
@@ -152,6 +152,23 @@ class ErrorHeader(TypedDict, total=False):
 
 
 _TYPES = frozenset(t.value for t in MsgType)
+
+
+def _allowed_dtypes() -> dict[str, np.dtype]:
+    # Numeric dtypes in little-endian or byte-order-free spellings ("<f4", "|u1", "float32", "f4").
+    # Anything else is refused without numpy ever parsing it (a dtype string comes from a peer).
+    out: dict[str, np.dtype] = {}
+    for name in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                 "float16", "float32", "float64"):
+        dt = np.dtype(name).newbyteorder("<")
+        for spelling in (dt.str, name, dt.str[1:], "=" + dt.str[1:]):
+            out[spelling] = dt
+        if dt.itemsize == 1:
+            out["|" + dt.str[1:]] = dt
+    return out
+
+
+ALLOWED_DTYPES = _allowed_dtypes()  # dtype string on the wire -> numpy dtype; nothing else is accepted
 _tls = threading.local()
 _unpackb = msgpack.unpackb
 
@@ -281,6 +298,9 @@ def unpack(frames: Sequence[FrameLike]) -> tuple[dict, list[FrameLike]]:
     if not frames:
         raise ProtocolError("empty message")
     raw = frames[0]
+    size = len(raw) if not isinstance(raw, memoryview) else raw.nbytes
+    if size > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {size} bytes is larger than the limit of {MAX_HEADER_BYTES}")
     try:
         hdr = _unpackb(raw.buffer if isinstance(raw, zmq.Frame) else raw)
     except Exception as err:  # msgpack raises several unrelated types
@@ -289,10 +309,10 @@ def unpack(frames: Sequence[FrameLike]) -> tuple[dict, list[FrameLike]]:
         raise ProtocolError("header must be a msgpack map")
     version = hdr.get("v")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"protocol version {version!r} is not supported (expected {PROTOCOL_VERSION})")
+        raise ProtocolError(f"protocol version {short(version)} is not supported (expected {PROTOCOL_VERSION})")
     kind = hdr.get("type")
     if kind.__class__ is not str or kind not in _TYPES:
-        raise ProtocolError(f"unknown message type {kind!r}")
+        raise ProtocolError(f"unknown message type {short(kind)}")
     return hdr, list(frames[1:])
 
 
@@ -355,14 +375,40 @@ def _buffer(frame: FrameLike) -> memoryview | bytes:
     return frame.buffer if isinstance(frame, zmq.Frame) else frame
 
 
+def short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: peer-supplied values in error messages and logs."""
+    text = repr(value) if not isinstance(value, (bytes, str)) or len(value) <= 4 * limit else repr(value[:limit])
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def parse_dtype(dtype: Any) -> np.dtype:
+    """The numpy dtype a wire dtype string names; ProtocolError unless it is in :data:`ALLOWED_DTYPES`."""
+    dt = ALLOWED_DTYPES.get(dtype) if dtype.__class__ is str else None
+    if dt is None:
+        raise ProtocolError(f"dtype {short(dtype)} is not allowed (numeric little-endian dtypes only, e.g. '<f4')")
+    return dt
+
+
+def check_shape(shape: Any) -> int:
+    """Elements of ``shape`` (a list of sizes, at most MAX_ARRAY_DIMS); ProtocolError otherwise."""
+    if shape.__class__ is not list or len(shape) > MAX_ARRAY_DIMS:
+        raise ProtocolError(f"shape must be a list of at most {MAX_ARRAY_DIMS} sizes")
+    n = 1
+    for d in shape:
+        if d.__class__ is not int or d < 0:
+            raise ProtocolError(f"shape must be a list of sizes >= 0, got {short(shape)}")
+        n *= d
+    return n
+
+
 def _array(buf: Any, dtype: Any, shape: Any) -> np.ndarray:
-    try:
-        dt = np.dtype(dtype)
-        if dt.hasobject:
-            raise TypeError("object dtype")
-        return np.frombuffer(buf, dtype=dt).reshape(shape)
-    except (TypeError, ValueError) as err:
-        raise ProtocolError(f"array item does not match dtype {dtype!r} shape {shape!r}: {err}") from err
+    # Checked before numpy sees them: an allowed dtype, and exactly the bytes the shape needs.
+    dt = parse_dtype(dtype)
+    size = check_shape(shape) * dt.itemsize
+    have = buf.nbytes if isinstance(buf, memoryview) else len(buf)
+    if size != have:
+        raise ProtocolError(f"array item of dtype {dt.str} shape {shape} needs {size} bytes, the frame has {have}")
+    return np.frombuffer(buf, dtype=dt).reshape(shape)
 
 
 def decode_items(meta: dict, frames: Sequence[FrameLike]) -> list[Item]:
@@ -378,6 +424,8 @@ def decode_items(meta: dict, frames: Sequence[FrameLike]) -> list[Item]:
             raise ProtocolError("stack meta must be [dtype, shape]") from None
         if len(frames) != 1:
             raise ProtocolError(f"a stacked batch has one frame, got {len(frames)}")
+        if shape.__class__ is not list or not shape:
+            raise ProtocolError("a stacked batch's shape needs at least one axis")
         arr = _array(_buffer(frames[0]), dtype, shape)
         return list(arr)
     out: list[Item] = []
@@ -396,5 +444,5 @@ def decode_items(meta: dict, frames: Sequence[FrameLike]) -> list[Item]:
             except UnicodeDecodeError as err:
                 raise ProtocolError("string item is not valid UTF-8") from err
         else:
-            raise ProtocolError(f"unknown item kind {kind!r}")
+            raise ProtocolError(f"unknown item kind {short(kind)}")
     return out

@@ -91,8 +91,8 @@ def test_wrong_shape_is_bad_input(client, frontend):
 def test_oversized_input_and_message_are_bad_input(client):
     with pytest.raises(BadInput, match="limit"):
         client.predict("app", _x(1000))
-    with pytest.raises(BadInput, match="limit"):
-        client.predict_batch("app", np.ones((8, 200), dtype=np.float32))
+    with pytest.raises(BadInput, match="limit"):  # every frame is small; together they are over the limit
+        client.predict_batch("app", [np.ones(200, dtype=np.float32)] * 8)
 
 
 def test_malformed_header_gets_protocol_error_and_loop_continues(raw, client):

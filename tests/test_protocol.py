@@ -103,11 +103,15 @@ def test_malformed_headers_raise_protocol_error(frames, message):
 
 
 @pytest.mark.parametrize("meta, frames, message", [
-    ({"stack": ["<f4", [2, 2]]}, [b"\x00" * 4], "does not match"),
+    ({"stack": ["<f4", [2, 2]]}, [b"\x00" * 4], "needs 16 bytes"),
+    ({"stack": ["<f4", [3000000]]}, [b""], "needs 12000000 bytes"),
+    ({"stack": ["<f4", [1] * 40]}, [b"\x00" * 4], "at most 32"),
     ({"stack": ["<f4", [1]]}, [b"\x00" * 4, b"\x00" * 4], "one frame"),
     ({"stack": 5}, [b"\x00" * 4], "stack meta"),
-    ({"stack": ["not-a-dtype", [1]]}, [b"\x00" * 4], "does not match"),
-    ({"stack": ["|O", [1]]}, [b"\x00" * 8], "does not match"),
+    ({"stack": ["not-a-dtype", [1]]}, [b"\x00" * 4], "not allowed"),
+    ({"stack": ["|O", [1]]}, [b"\x00" * 8], "not allowed"),
+    ({"stack": [{"a": 1}, [1]]}, [b"\x00" * 8], "not allowed"),
+    ({"stack": ["x" * 1_000_000, [1]]}, [b"\x00" * 8], "not allowed"),
     ({"list": [["a", "<f4", [1]]]}, [], "1 items but 0 frames"),
     ({"list": [["x", None, None]]}, [b"a"], "kind"),
     ({"list": [["a", "<f4"]]}, [b"abcd"], "kind, dtype, shape"),
