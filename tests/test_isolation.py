@@ -163,6 +163,7 @@ def _health_is_fast(frontend) -> None:
 
 
 @pytest.mark.parametrize("body, limit", [
+    (b'{"input": ' + b"[" * 1_000_000 + b"]" * 1_000_000 + b"}", "MAX_JSON_DEPTH"),  # crashed orjson
     (b'{"input_batch": [' + b"[]," * 2_000_000 + b"[]]}", "max_items_per_query"),
     (b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "MAX_JSON_DEPTH"),
     (b'{"input": ' + b"[" * 40 + b"1" + b"]" * 40 + b"}", "MAX_JSON_DEPTH"),
@@ -215,7 +216,8 @@ def test_out_of_range_values_are_400(frontend, app, value):
 
 def test_in_range_int_is_answered_exactly(frontend):
     resp = requests.post(f"{frontend.http_url}/ints/predict", json={"input": [2**31 - 1]}, timeout=30)
-    assert resp.status_code == 200 and resp.json()["output"] == [float(np.float32(2**31 - 1))]
+    assert resp.status_code == 200
+    assert np.float32(resp.json()["output"][0]) == np.float32(2**31 - 1)
 
 
 def test_non_finite_output_is_valid_json_null(frontend):
