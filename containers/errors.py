@@ -21,3 +21,9 @@ class UnknownModel(ContainerError, ValueError):
 
 class ModelLoadError(ContainerError):
     """A zoo model could not be loaded (missing dependency, bad model path or options)."""
+
+
+# The replica writes this marker then a JSON object {"error": ...} as one line to stderr when its model
+# does not load, and exits LOAD_FAILED_EXIT; the manager reads the line from the replica's log.
+LOAD_ERROR_MARKER = "SCHOONER_LOAD_ERROR "
+LOAD_FAILED_EXIT = 3

@@ -17,10 +17,10 @@ from typing import Any
 import zmq
 
 from containers import pinning
-from containers.errors import ContainerError
+from containers.errors import LOAD_ERROR_MARKER, LOAD_FAILED_EXIT, ContainerError
 from containers.models import load_model
 from containers.runtime import Replica, ReplicaConfig
-from schooner import defaults
+from schooner import defaults, model_roots
 
 __all__ = ["Replica", "ReplicaConfig", "main"]
 
@@ -95,6 +95,23 @@ def _parse_args(argv: list[str] | None) -> ReplicaConfig:
         raise  # p.error exits; this satisfies the type checker
 
 
+def _safe_paths(config: ReplicaConfig) -> tuple[str, dict]:
+    """The model path and options, checked against the model roots when the manager named them."""
+    roots = model_roots.from_env()
+    if roots is None:
+        return config.model_path, dict(config.model_opts)
+    path = model_roots.inside(config.model_path, roots) if config.model_path else ""
+    return path, model_roots.check_options(config.model_opts, roots)
+
+
+def report_load_error(model: str, err: BaseException) -> int:
+    """Log why the model did not load, as a line the manager reads back, and give the exit status."""
+    message = f"cannot load model {model!r}: {type(err).__name__}: {err}"
+    log.error("%s", message)
+    print(LOAD_ERROR_MARKER + json.dumps({"error": message}), file=sys.stderr, flush=True)
+    return LOAD_FAILED_EXIT
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse flags/env, pin, load the model, serve until SIGTERM/SIGINT."""
     config = _parse_args(argv)
@@ -105,11 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return 2
     try:
-        model = load_model(config.model, model_path=config.model_path, num_threads=len(cpus),
-                           gpu=device, **config.model_opts)
-    except (ContainerError, ValueError, OSError) as err:
-        log.error("cannot load model %r: %s", config.model, err)
-        return 3
+        model_path, opts = _safe_paths(config)
+        model = load_model(config.model, model_path=model_path, num_threads=len(cpus), gpu=device, **opts)
+    except Exception as err:  # noqa: BLE001 - loading runs the model's code: any error is the model's
+        return report_load_error(config.model, err)
     if config.cpus:
         pinning.limit_threads(len(cpus))  # again: the model may have imported torch or a BLAS
     ctx = zmq.Context()

@@ -13,6 +13,7 @@ from typing import Sequence
 from schooner import defaults
 from schooner.topology import parse_cpu_list
 from schooner.types import BACKENDS
+from management import cli_deploy
 from management.errors import ManagementError
 from management.stack import Stack
 
@@ -47,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--state-dir", default=None, help=f"where embedded Redis and logs live "
                                                        f"(default {defaults.STATE_DIR})")
     up.add_argument("--frontend-cpus", type=_cpus, default=None, help="pin the frontend to these cpus, e.g. 0 or 0-1")
+    up.add_argument("--model-root", action="append", default=None, metavar="DIR",
+                    help="a directory model files may load from (repeatable; default <state-dir>/models)")
     up.add_argument("--heartbeat-timeout-s", type=float, default=None, help="replica heartbeat timeout")
+
+    cli_deploy.add_parser(sub)
 
     status = sub.add_parser("status", help="ping a running deployment")
     status.add_argument("--management", default=None,
@@ -114,6 +119,7 @@ def up(args: argparse.Namespace) -> int:
         state_dir=defaults.resolve(args.state_dir, "state_dir", defaults.STATE_DIR),
         frontend_cpus=args.frontend_cpus,
         heartbeat_timeout_s=args.heartbeat_timeout_s,
+        model_roots=args.model_root,
     )
     stop = threading.Event()
 
@@ -171,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return up(args)
     if args.command == "haproxy":
         return haproxy(args)
+    if args.command == "deploy":
+        return cli_deploy.run(args)
     return status(args)
 
 

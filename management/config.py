@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schooner import defaults
+from schooner import defaults, model_roots
 from schooner.types import BACKENDS, Backend
 
 RECONCILE_INTERVAL_S = 1.0
@@ -46,6 +46,7 @@ class ServiceConfig:
     reconcile_interval_s: float = RECONCILE_INTERVAL_S
     log_level: str = "INFO"
     docker_namespace: str = ""  # empty: default_docker_namespace(redis_url, state_dir)
+    model_roots: list[str] = field(default_factory=list)  # empty: [<state_dir>/models]
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port < 65536:
@@ -66,6 +67,9 @@ class ServiceConfig:
             raise ValueError(f"docker_namespace must be [a-zA-Z0-9_.-], got {self.docker_namespace!r}")
         if not self.log_dir:
             self.log_dir = str(Path(self.state_dir) / "logs" / "replicas")
+        if not self.model_roots:
+            self.model_roots = [model_roots.default_root(self.state_dir)]
+        self.model_roots = [os.path.abspath(r) for r in self.model_roots]
 
     @property
     def redis_state_dir(self) -> str:
@@ -97,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> ServiceConfig:
     parser.add_argument("--docker-namespace",
                         help="label namespace of this deployment's containers (default: from the Redis URL "
                              "or state dir, so deployments sharing an engine keep apart)")
+    parser.add_argument("--model-root", action="append", default=None, metavar="DIR",
+                        help="a directory model files may load from (repeatable; SCHOONER_MODEL_ROOTS, "
+                             f"{os.pathsep!r}-separated; default <state-dir>/models, created mode 0700)")
     parser.add_argument("--log-level", default=os.environ.get("SCHOONER_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     base = ServiceConfig.__dataclass_fields__
@@ -116,6 +123,7 @@ def parse_args(argv: list[str] | None = None) -> ServiceConfig:
                                                   RECONCILE_INTERVAL_S, float),
             log_level=args.log_level.upper(),
             docker_namespace=defaults.resolve(args.docker_namespace, "docker_namespace", ""),
+            model_roots=args.model_root or model_roots.from_env() or [],
         )
     except ValueError as err:
         parser.error(str(err))

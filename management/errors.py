@@ -7,7 +7,7 @@ class; this module names the ones the management service raises.
 from __future__ import annotations
 
 from schooner.errors import (AllocationError, BackendError, BadRequest, Conflict, ManagementError,
-                             ManagerUnavailable, NotFound, ReplicasNotReady, StoreUnavailable, Unauthorized)
+                             ManagerUnavailable, ModelFailed, NotFound, ReplicasNotReady, StoreUnavailable, Unauthorized)
 
 __all__ = ["AllocationError", "BackendError", "BadRequest", "Conflict", "ManagementError", "ManagerUnavailable",
-           "NotFound", "ReplicasNotReady", "StoreUnavailable", "Unauthorized"]
+           "ModelFailed", "NotFound", "ReplicasNotReady", "StoreUnavailable", "Unauthorized"]

@@ -23,8 +23,8 @@ from management.replica_launch import Health
 from management.allocator import CpuAllocator, Placement
 from management.backends.base import ReplicaBackend
 from management.backends.local import terminate_stray
-from management.errors import (AllocationError, BackendError, BadRequest, ManagementError, NotFound,
-                               ReplicasNotReady)
+from management.errors import (AllocationError, BackendError, BadRequest, ManagementError, ModelFailed,
+                               NotFound, ReplicasNotReady)
 from management.store import ReplicaRecord
 from management.frontend_client import SERVING, FrontendView, merge, public, wall_time
 
@@ -38,7 +38,8 @@ class ReplicaManager:
                  restart_backoff_s: tuple[float, float] = (defaults.REPLICA_RESTART_BACKOFF_MIN_S,
                                                             defaults.REPLICA_RESTART_BACKOFF_MAX_S), frontend_cpus: list[int] | None = None,
                  stop_timeout_s: float = 30.0, replica_env: dict[str, str] | None = None,
-                 http_timeout_s: float = 5.0) -> None:
+                 http_timeout_s: float = 5.0,
+                 failed_after_starts: int = defaults.MODEL_FAILED_AFTER_STARTS) -> None:
         if not frontend_rpc:
             raise ValueError("frontend_rpc must be the frontend's replica address, e.g. tcp://127.0.0.1:7000")
         if reconcile_interval_s <= 0:
@@ -57,6 +58,9 @@ class ReplicaManager:
         self.stop_timeout_s = stop_timeout_s
         self.replica_env = dict(replica_env or {})
         self.http_timeout_s = http_timeout_s
+        if not isinstance(failed_after_starts, int) or failed_after_starts < 1:
+            raise ValueError("failed_after_starts must be a positive integer")
+        self.failed_after_starts = failed_after_starts
         self.host = socket.gethostname()
         self._lock = asyncio.Lock()
         self._health: dict[str, Health] = {}
@@ -117,6 +121,9 @@ class ReplicaManager:
         """
         deadline = time.monotonic() + timeout_s
         while True:
+            desired = await self._call(self.store.replicas.get_desired, model_name, model_version) or {}
+            if desired.get("failed"):
+                raise ModelFailed(f"model {model_name}:{model_version} failed: {desired['failed']}")
             records = await self._call(self.store.replicas.find, model_name, model_version)
             view = await self.frontend_view()
             waiting = [r.replica_id for r in records
@@ -267,22 +274,40 @@ class ReplicaManager:
     async def _reconcile_model(self, model: ModelSpec, desired: dict, records: list[ReplicaRecord],
                                running: dict, view: dict[str, dict]) -> None:
         now = time.monotonic()
+        failed = desired.get("failed") or ""
         for record in records:
             rid = record.replica_id
             proc = running.get(rid)
             row = view.get(rid)
             if proc is not None and proc.alive:
+                if row and row.get("state") in SERVING and rid in self._health:
+                    self._health[rid].served = True
                 await self._refresh(record, row)
                 continue
             health = self._health.setdefault(rid, Health(started_at=now))
-            if health.next_restart_at == 0.0:  # first time we see it dead
+            if health.next_restart_at == 0.0 and not failed:  # first time we see it dead
                 health.died(now, self.restart_backoff_s)
                 record.state = ReplicaState.DEAD.value
+                reason = await asyncio.to_thread(self._death_reason, rid)
+                if reason:
+                    record.extra["error"] = reason
                 await self._call(self.store.replicas.put, record)
-                log.warning("replica %s died (failure %d); restarting in %.1fs on cpus %s", rid,
-                            health.failures, health.next_restart_at - now, record.cpus)
+                log.warning("replica %s died (failure %d)%s; restarting in %.1fs on cpus %s", rid,
+                            health.failures, f": {reason}" if reason else "", health.next_restart_at - now,
+                            record.cpus)
+                if not health.served and health.failures >= self.failed_after_starts:
+                    failed = reason or f"its replicas exited {health.failures} times before serving"
+                    await self._mark_failed(model, desired, failed)
+            if failed:
+                if record.state != ReplicaState.FAILED.value:
+                    record.state = ReplicaState.FAILED.value
+                    record.extra.setdefault("error", failed)
+                    await self._call(self.store.replicas.put, record)
+                continue
             if now >= health.next_restart_at:
                 await self._restart(model, record)
+        if failed:
+            return  # no new replicas for a model that does not load; set_num_replicas again retries
         n = desired["num_replicas"]
         if len(records) > n:
             await self._stop_many(sorted(records, key=_seq)[n:])
@@ -293,6 +318,19 @@ class ReplicaManager:
                 log.error("cannot start missing replicas of %s:%s: %s", model.name, model.version, err)
                 return
             await self._apply(model, desired, plan)
+
+    def _death_reason(self, replica_id: str) -> str:
+        """What the replica's last start said before it exited (its load error), "" if nothing."""
+        try:
+            return launch.load_error(self.backend.logs(replica_id, 60))
+        except (BackendError, OSError, ValueError):
+            return ""
+
+    async def _mark_failed(self, model: ModelSpec, desired: dict, reason: str) -> None:
+        log.error("model %s:%s marked failed: %s", model.name, model.version, reason)
+        marked = {k: v for k, v in desired.items() if k not in ("model_name", "model_version")}
+        marked["failed"] = reason
+        await self._call(self.store.replicas.set_desired, model.name, model.version, marked)
 
     # -- acting ------------------------------------------------------------------------------
 

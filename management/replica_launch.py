@@ -23,12 +23,29 @@ class Health:
     started_at: float
     failures: int = 0
     next_restart_at: float = 0.0
+    served: bool = False  # this start reached ready (a death after that is not a load failure)
 
     def died(self, now: float, backoff_s: tuple[float, float]) -> None:
         """Count a death seen at ``now`` and schedule the restart: min * 2**(failures-1), capped at max."""
         self.failures = 1 if now - self.started_at >= HEALTHY_RUN_S else self.failures + 1
         lo, hi = backoff_s
         self.next_restart_at = now + min(hi, lo * 2 ** (self.failures - 1))
+
+
+def load_error(log_tail: str) -> str:
+    """The reason a replica's last start gave for not loading its model ("" if it gave none)."""
+    from containers.errors import LOAD_ERROR_MARKER  # noqa: PLC0415 - numpy-only, but only needed here
+
+    last_start = log_tail.rfind("--- start:")
+    reason = ""
+    for line in log_tail[max(last_start, 0):].splitlines():
+        at = line.find(LOAD_ERROR_MARKER)
+        if at >= 0:
+            try:
+                reason = str(json.loads(line[at + len(LOAD_ERROR_MARKER):])["error"])
+            except (ValueError, KeyError, TypeError):
+                reason = line[at + len(LOAD_ERROR_MARKER):].strip()
+    return reason
 
 
 def owner(name: str, version: str) -> str:

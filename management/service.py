@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from aiohttp import web
@@ -12,6 +13,7 @@ from management.api import make_app
 from management.config import ServiceConfig
 from management.embedded_redis import EmbeddedRedis, connect
 from management.store import Store
+from schooner import model_roots
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +31,12 @@ def build_manager(config: ServiceConfig, store: Store) -> Any:
         from management.backends.local import LocalProcessBackend  # noqa: PLC0415
 
         backend = LocalProcessBackend(log_dir=config.log_dir)
+    # Replicas check model paths against the same roots (they refuse to load from elsewhere).
+    replica_env = {model_roots.ENV: os.pathsep.join(config.model_roots)}
     return ReplicaManager(store, backend, CpuAllocator(), frontend_rpc=config.frontend_rpc,
                           frontend_http_url=config.frontend_http,
                           reconcile_interval_s=config.reconcile_interval_s,
-                          frontend_cpus=config.frontend_cpus)
+                          frontend_cpus=config.frontend_cpus, replica_env=replica_env)
 
 
 async def serve(config: ServiceConfig, stop: asyncio.Event, *, manager: Any = "build") -> None:
@@ -53,7 +57,9 @@ async def serve(config: ServiceConfig, stop: asyncio.Event, *, manager: Any = "b
         store = Store(connect(redis_url))
         if manager == "build":
             manager = build_manager(config, store)
-        app = make_app(store, manager, frontend_http_url=config.frontend_http, admin_token=config.admin_token)
+        roots = [await asyncio.to_thread(model_roots.ensure_root, r) for r in config.model_roots]
+        app = make_app(store, manager, frontend_http_url=config.frontend_http, admin_token=config.admin_token,
+                       model_roots=roots)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, config.host, config.port).start()

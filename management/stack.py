@@ -54,7 +54,8 @@ class Stack:
                  admin_token: str = "", heartbeat_interval_s: float | None = None,
                  heartbeat_timeout_s: float | None = None, env: dict[str, str] | None = None,
                  log_dir: str | os.PathLike | None = None, python: str = sys.executable,
-                 reconcile_interval_s: float | None = None) -> None:
+                 reconcile_interval_s: float | None = None,
+                 model_roots: list[str | os.PathLike] | None = None) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         for name, port in (("client_port", client_port), ("replica_port", replica_port),
@@ -76,6 +77,8 @@ class Stack:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.reconcile_interval_s = reconcile_interval_s
+        # Where model files may load from; None: the management service's default, <state_dir>/models.
+        self.model_roots = [str(r) for r in model_roots] if model_roots else []
         self.env = dict(env or {})
         self.python = python
         self._redis_url = redis_url
@@ -110,6 +113,11 @@ class Stack:
     def replica_address(self) -> str:
         """ZMQ address replicas connect to."""
         return f"tcp://{self.host}:{self._port('replica')}"
+
+    @property
+    def model_root(self) -> Path:
+        """The first model root: where model files for this deployment go."""
+        return Path(self.model_roots[0]) if self.model_roots else self.state_dir / "models"
 
     def addresses(self) -> dict[str, str]:
         """Every address of the running stack, by name."""
@@ -191,7 +199,8 @@ class Stack:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def _spawn(self, name: str, args: list[str], cpus: list[int] | None = None) -> subprocess.Popen:
+    def _spawn(self, name: str, args: list[str], cpus: list[int] | None = None,
+               env: dict[str, str] | None = None) -> subprocess.Popen:
         cmd = [self.python, "-m", name, *args]
         if cpus:
             taskset = shutil.which("taskset")
@@ -205,7 +214,8 @@ class Stack:
             # Own session: a Ctrl-C meant for `schooner up` must not hit the children
             # before the stack stops them in order.
             return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env=self._child_env(), cwd=_PROJECT_ROOT, start_new_session=True)
+                                    env={**self._child_env(), **(env or {})}, cwd=_PROJECT_ROOT,
+                                    start_new_session=True)
 
     def _start_frontend(self, deadline: float) -> None:
         args = ["--host", self.host, "--client-port", str(self._ports["client"]),
@@ -225,11 +235,13 @@ class Stack:
                 "--log-dir", str(self.log_dir / "replicas")]
         if self.frontend_cpus:
             args += ["--frontend-cpus", ",".join(str(c) for c in self.frontend_cpus)]
-        if self.admin_token:
-            args += ["--admin-token", self.admin_token]
         if self.reconcile_interval_s is not None:
             args += ["--reconcile-interval-s", str(self.reconcile_interval_s)]
-        self.management = self._spawn("management", args)
+        for root in self.model_roots:
+            args += ["--model-root", root]
+        # The token goes by environment, never on a command line (ps shows those to every user).
+        env = {"SCHOONER_ADMIN_TOKEN": self.admin_token} if self.admin_token else {}
+        self.management = self._spawn("management", args, env=env)
         self._wait_http(self.management, "management", f"{self.management_url}/admin/ping", deadline)
 
     def _wait_http(self, proc: subprocess.Popen, name: str, url: str, deadline: float) -> None:

@@ -65,6 +65,10 @@ RETRY_AFTER_S = 1  # Retry-After on 429
 # A dead or stopped replica stays listed (state dead/stopped) this long, then the frontend forgets it.
 GONE_REPLICA_FORGET_AFTER_S = 60.0
 
+MAX_UPLOAD_BYTES = 1024 * 1024 * 1024  # a model file or archive uploaded to the management API
+# A model version whose replicas exit this many times in a row before ever serving is marked failed.
+MODEL_FAILED_AFTER_STARTS = 3
+
 REDIS_KEY_PREFIX = "schooner"
 STATE_DIR = os.path.expanduser("~/.schooner")
 MODEL_DIR = os.path.join(STATE_DIR, "models")  # classic-model artifacts (build_models --out)

@@ -37,6 +37,7 @@ class ErrorCode(str, enum.Enum):
     BACKEND_ERROR = "backend_error"
     NO_MANAGER = "no_manager"
     REPLICAS_NOT_READY = "replicas_not_ready"
+    MODEL_FAILED = "model_failed"
 
 
 class SchoonerError(Exception):
@@ -129,6 +130,10 @@ class ReplicasNotReady(ManagementError, TimeoutError):
     """``wait_s`` passed before every replica registered with the frontend; they keep starting."""
 
 
+class ModelFailed(ManagementError):
+    """The model version is marked failed: its replicas exit before serving (the message says why)."""
+
+
 # code -> (HTTP status, class). New error codes go here (and in ErrorCode), nowhere else.
 ERROR_TABLE: dict[ErrorCode, tuple[int, type[Exception]]] = {
     ErrorCode.UNKNOWN_APP: (404, UnknownApp),
@@ -150,6 +155,7 @@ ERROR_TABLE: dict[ErrorCode, tuple[int, type[Exception]]] = {
     ErrorCode.BACKEND_ERROR: (500, BackendError),
     ErrorCode.NO_MANAGER: (503, ManagerUnavailable),
     ErrorCode.REPLICAS_NOT_READY: (504, ReplicasNotReady),
+    ErrorCode.MODEL_FAILED: (422, ModelFailed),
 }
 
 for _code, (_status, _cls) in ERROR_TABLE.items():

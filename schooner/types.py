@@ -105,6 +105,7 @@ class ReplicaState(str, enum.Enum):
     DRAINING = "draining"  # asked to stop: finishes its batch, takes no new one
     DEAD = "dead"  # missed heartbeats or its process is gone
     STOPPED = "stopped"  # stopped on purpose
+    FAILED = "failed"  # its model did not load, start after start: the manager stopped restarting it
 
     @property
     def live(self) -> bool:

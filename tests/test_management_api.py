@@ -98,6 +98,7 @@ def _add_app(api: ApiServer, name: str = "app", input_type: str = "floats", **ex
 
 def _add_model(api: ApiServer, name: str = "m", version: Any = 1, input_type: str = "floats",
                **extra: Any) -> None:
+    extra.setdefault("launcher", "" if "container_name" in extra else "noop")
     body = {"model_name": name, "model_version": version, "labels": ["a"], "input_type": input_type,
             "container_name": "", "model_data_path": "", **extra}
     assert _ok(api.post("/admin/add_model", body)) == "Success!"
@@ -205,7 +206,8 @@ def test_bad_add_model_body_is_400_naming_the_field(api: ApiServer, change: dict
 
 def test_adding_an_existing_model_version_is_409(api: ApiServer) -> None:
     _add_model(api)
-    assert api.post("/admin/add_model", {"model_name": "m", "model_version": 1, "input_type": "floats"}
+    assert api.post("/admin/add_model", {"model_name": "m", "model_version": 1, "input_type": "floats",
+                                         "launcher": "noop"}
                     ).status_code == 409
 
 

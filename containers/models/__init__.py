@@ -1,13 +1,15 @@
-"""The model zoo: name -> loader, with lazy imports.
+"""Models a replica can serve: the zoo, format loaders and user plugins, found from a ``launcher``.
 
 ``import containers.models`` needs only numpy: each loader imports its module
-(and torch, scikit-learn, lightgbm...) when it is called. A loader takes
-``(model_path="", num_threads=1, gpu=None, **opts)`` and returns a
+(and torch, scikit-learn, lightgbm...) when it is called. A loader (factory)
+takes ``(model_path="", num_threads=1, gpu=None, **opts)`` and returns a
 :class:`~containers.models.base.Model`. ``gpu`` is the CUDA device index inside
 the process (the replica makes its one gpu visible as device 0), None for cpu.
 
-To add a model: write ``load_<name>`` in a module here and add one line to
-``LOADERS``.
+Built-in plugins are the nine zoo models (``LOADERS``) and the format loaders
+(``sklearn``, ``lightgbm``, ``torchscript``, ``onnx``, ``python-closure``, see
+:mod:`containers.models.formats`). User models come as a model directory, an
+import path or an entry point (:mod:`containers.models.plugins`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from containers.errors import ModelLoadError, UnknownModel
+from containers.errors import ModelLoadError, UnknownModel  # noqa: F401 - re-exported
+from containers.models import plugins
 from containers.models.base import Model
+from containers.models.plugins import Plugin
 
 Loader = Callable[..., Model]
 
@@ -50,21 +54,43 @@ LOADERS: dict[str, Loader] = {
     "elastic-net": _lazy("containers.models.classic", "load_elastic_net"),
 }
 
-MODEL_NAMES: tuple[str, ...] = tuple(LOADERS)
+MODEL_NAMES: tuple[str, ...] = tuple(LOADERS)  # the zoo
+
+FORMATS: dict[str, Loader] = {name: _lazy("containers.models.formats", f"load_{name.replace('-', '_')}")
+                              for name in ("sklearn", "lightgbm", "torchscript", "onnx", "python-closure")}
+FORMAT_NAMES: tuple[str, ...] = tuple(FORMATS)
+BUILTINS: dict[str, Loader] = {**LOADERS, **FORMATS}
+
+
+def find_plugin(launcher: str, model_path: str = "") -> Plugin:
+    """What ``launcher`` names, without importing it; UnknownModel naming everything tried."""
+    return plugins.find(launcher, BUILTINS, model_path)
 
 
 def load_model(name: str, model_path: str = "", num_threads: int = 1, gpu: int | None = None,
                **opts: Any) -> Model:
-    """Load the zoo model ``name``; UnknownModel for a name not in the zoo, ModelLoadError if it fails."""
-    loader = LOADERS.get(name)
-    if loader is None:
-        raise UnknownModel(f"unknown model {name!r}; the zoo has: {', '.join(MODEL_NAMES)}")
+    """Load the model ``name`` (any launcher); UnknownModel if it names nothing, ModelLoadError if it fails."""
     if not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
+    plugin = find_plugin(name, model_path)
+    factory = plugins.loader(plugin, BUILTINS)
     try:
-        return loader(model_path=model_path, num_threads=num_threads, gpu=gpu, **opts)
+        model = factory(model_path=model_path, num_threads=num_threads, gpu=gpu, **opts)
     except TypeError as err:
         raise ModelLoadError(f"model {name!r} rejected its options {sorted(opts)}: {err}") from err
+    except ImportError as err:
+        raise ModelLoadError(f"model {name!r}: {err}") from err
+    except ModelLoadError:
+        raise
+    except Exception as err:
+        if plugin.kind == "builtin":
+            raise
+        raise ModelLoadError(f"model {name!r} ({plugin.kind} {plugin.target}): load failed: "
+                             f"{type(err).__name__}: {err}") from err
+    from containers.models.formats import as_model
+
+    return as_model(model, name)
 
 
-__all__ = ["LOADERS", "MODEL_NAMES", "Loader", "Model", "load_model"]
+__all__ = ["BUILTINS", "FORMAT_NAMES", "LOADERS", "MODEL_NAMES", "Loader", "Model", "Plugin", "find_plugin",
+           "load_model"]

@@ -22,23 +22,25 @@ from typing import Any
 
 from aiohttp import web
 
-from management.api import registry as _api_registry, replicas as _api_replicas
-from management.api.common import (FRONTEND_URL_KEY, MANAGER_KEY, STORE_KEY, SUCCESS, TOKEN_KEY,
-                                    errors_middleware)
+from management.api import registry as _api_registry, replicas as _api_replicas, uploads as _api_uploads
+from management.api.common import (FRONTEND_URL_KEY, MANAGER_KEY, MODEL_ROOTS_KEY, STORE_KEY, SUCCESS,
+                                    TOKEN_KEY, errors_middleware)
 from management.api.registry import app_info, model_info
 from management.errors import ManagerUnavailable
 from management.store import Store
 
-__all__ = ["FRONTEND_URL_KEY", "MANAGER_KEY", "STORE_KEY", "SUCCESS", "TOKEN_KEY", "ManagerUnavailable",
+__all__ = ["FRONTEND_URL_KEY", "MANAGER_KEY", "MODEL_ROOTS_KEY", "STORE_KEY", "SUCCESS", "TOKEN_KEY", "ManagerUnavailable",
            "app_info", "make_app", "model_info"]
 
 
-def make_app(store: Store, manager: Any, *, frontend_http_url: str, admin_token: str = "") -> web.Application:
+def make_app(store: Store, manager: Any, *, frontend_http_url: str, admin_token: str = "",
+             model_roots: list[str] | tuple[str, ...] = ()) -> web.Application:
     """The aiohttp application serving the management API.
 
     ``manager`` is a ``management.manager.ReplicaManager`` or None (then the
     replica endpoints answer 503); ``frontend_http_url`` is where
-    ``/admin/metrics`` fetches the frontend's metrics.
+    ``/admin/metrics`` fetches the frontend's metrics; ``model_roots`` are the
+    directories model files may be named in (none: no model files at all).
     """
     if not isinstance(store, Store):
         raise TypeError(f"store must be a management.store.Store, got {type(store).__name__}")
@@ -51,6 +53,8 @@ def make_app(store: Store, manager: Any, *, frontend_http_url: str, admin_token:
     app[MANAGER_KEY] = manager
     app[FRONTEND_URL_KEY] = frontend_http_url.rstrip("/")
     app[TOKEN_KEY] = admin_token
+    app[MODEL_ROOTS_KEY] = [str(r) for r in model_roots]
     _api_registry.register(app)
     _api_replicas.register(app)
+    _api_uploads.register(app)
     return app

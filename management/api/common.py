@@ -23,6 +23,7 @@ STORE_KEY = web.AppKey("store", Store)
 MANAGER_KEY = web.AppKey("manager", object)
 FRONTEND_URL_KEY = web.AppKey("frontend_http_url", str)
 TOKEN_KEY = web.AppKey("admin_token", str)
+MODEL_ROOTS_KEY = web.AppKey("model_roots", list)
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:

@@ -8,7 +8,9 @@ from aiohttp import web
 
 from schooner import defaults
 from schooner.types import AppSpec, ModelSpec
-from management.api.common import MANAGER_KEY, SUCCESS, call, read_body, spec, store_of, write
+from management import model_check
+from management.api.common import (MANAGER_KEY, MODEL_ROOTS_KEY, SUCCESS, call, read_body, spec, store_of,
+                                   write)
 from management.errors import NotFound
 
 # Clipper's older clients say "integers" for ints.
@@ -56,6 +58,7 @@ async def add_model(request: web.Request) -> web.Response:
     name = body.string("model_name", allow_empty=False)
     input_type = body.string("input_type", allow_empty=False)
     image = body.string("image", "") or body.string("container_name", "")
+    launcher = body.string("launcher", "")
     optional = {"batch_size": body.batch_size("batch_size", defaults.BATCH_SIZE),
                 "max_batch_size": body.integer("max_batch_size", defaults.MAX_BATCH_SIZE, minimum=1),
                 "batch_wait_timeout_micros": body.integer("batch_wait_timeout_micros",
@@ -68,8 +71,9 @@ async def add_model(request: web.Request) -> web.Response:
                  input_type=_INPUT_TYPE_ALIASES.get(input_type, input_type),
                  labels=body.strings("labels", []), image=image,
                  model_data_path=body.string("model_data_path", ""),
-                 launcher=body.string("launcher", "") or name, model_opts=body.obj("model_opts", {}),
+                 launcher=launcher or name, model_opts=body.obj("model_opts", {}),
                  **optional)
+    model = await call(model_check.resolve, model, request.app[MODEL_ROOTS_KEY], bool(launcher))
     await call(store_of(request).add_model, model)
     return web.Response(text=SUCCESS)
 
@@ -146,7 +150,12 @@ async def get_model(request: web.Request) -> web.Response:
     if model is None:
         raise NotFound(f"model {name!r} version {version!r} does not exist" if version
                        else f"model {name!r} does not exist")
-    return web.json_response(model_info(model, await call(store.get_current_version, name)))
+    info = model_info(model, await call(store.get_current_version, name))
+    desired = await call(store.replicas.get_desired, model.name, model.version) or {}
+    # "failed": its replicas exit before serving (failure says why); "deployed": replicas are asked for.
+    info["status"] = "failed" if desired.get("failed") else "deployed" if desired else "registered"
+    info["failure"] = desired.get("failed", "")
+    return web.json_response(info)
 
 
 async def get_all_containers(request: web.Request) -> web.Response:
