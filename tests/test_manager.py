@@ -15,7 +15,7 @@ import requests
 from schooner.types import ModelSpec
 from management.allocator import CpuAllocator
 from management.backends.local import LocalProcessBackend
-from management.errors import AllocationError, NotFound
+from management.errors import AllocationError, ModelFailed, NotFound
 from management.manager import ReplicaManager
 from management_support import add_noop, frontend_rows, predict, wait_for_async
 
@@ -227,7 +227,7 @@ def test_crash_looping_replica_is_restarted_with_growing_delays(store, backend, 
     store.add_model(ModelSpec(name="broken", version="1", input_type="doubles", launcher="no-such-zoo-model"))
     manager = ReplicaManager(store, backend, CpuAllocator(), frontend_rpc=frontend["rpc"],
                              frontend_http_url=frontend["http"], reconcile_interval_s=0.1,
-                             restart_backoff_s=(0.3, 30.0))
+                             restart_backoff_s=(0.3, 30.0), failed_after_starts=10)
 
     async def scenario():
         stop = asyncio.Event()
@@ -250,6 +250,31 @@ def test_crash_looping_replica_is_restarted_with_growing_delays(store, backend, 
         # Backoff 0.3, 0.6, 1.2, 2.4 s on top of the (noisy) time the process takes to die.
         assert gaps[-1] > gaps[0] + 0.8, gaps
         assert "no-such-zoo-model" in backend.logs(replica["replica_id"], tail=50)
+
+    asyncio.run(scenario())
+
+
+def test_model_that_never_loads_is_marked_failed_and_waiting_answers_the_reason(store, backend, frontend):
+    store.add_model(ModelSpec(name="broken", version="1", input_type="doubles", launcher="no-such-zoo-model"))
+    manager = ReplicaManager(store, backend, CpuAllocator(), frontend_rpc=frontend["rpc"],
+                             frontend_http_url=frontend["http"], reconcile_interval_s=0.1,
+                             restart_backoff_s=(0.1, 1.0), failed_after_starts=2)
+
+    async def scenario():
+        stop = asyncio.Event()
+        loop_task = asyncio.create_task(manager.run(stop))
+        try:
+            with pytest.raises(ModelFailed, match="unknown launcher 'no-such-zoo-model'"):
+                await manager.set_num_replicas("broken", "1", 1, wait_s=120)
+            [replica] = await manager.describe("broken", "1")
+            assert replica["state"] == "failed" and "no-such-zoo-model" in replica["error"]
+            restarts = replica["restarts"]
+            await asyncio.sleep(1.0)
+            assert (await manager.describe("broken", "1"))[0]["restarts"] == restarts  # no more restarts
+        finally:
+            stop.set()
+            await loop_task
+            await manager.shutdown()
 
     asyncio.run(scenario())
 
