@@ -28,7 +28,7 @@ setup(
         "docker": ["docker>=7"],
         "onnx": ["onnxruntime>=1.16"],
         "closure": ["cloudpickle>=2"],
-        "test": ["pytest>=8", "pytest-timeout>=2.2", "requests>=2.31", "ruff>=0.5",
+        "test": ["pytest>=8", "pytest-timeout>=2.2", "requests>=2.31", "ruff>=0.5", "mypy>=1.10",
                  "scikit-learn>=1.3", "lightgbm>=4.0", "docker>=7",
                  "selenium>=4.20"],
     },

@@ -99,8 +99,8 @@ class Dispatcher:
         for name in [n for n in self.routes if n not in state.apps]:
             self.metrics.remove_prefix(metric_names.app_prefix(name))
         routes: dict[str, Route] = {}
-        for name, spec in state.apps.items():
-            app = AppRoute(spec, self.metrics)
+        for name, app_spec in state.apps.items():
+            app = AppRoute(app_spec, self.metrics)
             linked = state.links.get(name) or []
             if not linked:
                 routes[name] = Route(app, None, f"app {name!r} has no linked model")
@@ -130,6 +130,7 @@ class Dispatcher:
     def submit(self, route: Route, query: Query, metas: list, frames: list, now: float) -> None:
         """Enqueue every item of ``query``; raise Overloaded at once when the queue is full."""
         mq = route.queue
+        assert mq is not None, "submit needs a route with a queue"  # the endpoints answer NoModel first
         n = len(metas)
         if not mq.has_room(n):
             self.count_error(route.app, Overloaded.code, n)
@@ -193,6 +194,7 @@ class Dispatcher:
                 reason = FireReason.TIMEOUT
             elif mq.spec.batch_wait_timeout_micros > 0:
                 if mq.wait_handle is None:
+                    assert self.loop is not None  # pump_dirty runs only once attached
                     mq.wait_handle = self.loop.call_later(mq.spec.batch_wait_timeout_micros * 1e-6,
                                                           self._wait_over, mq)
                 return

@@ -84,7 +84,7 @@ class FrontendLinks:
 
     def poll(self, timeout_ms: float) -> tuple[bool, list[int]]:
         """Wait up to ``timeout_ms`` for a reply; returns (whether one may be readable, links that went down)."""
-        events = dict(self.poller.poll(max(0, timeout_ms)))
+        events = dict(self.poller.poll(max(0, timeout_ms)))  # type: ignore[arg-type]  # pyzmq takes float ms
         went_down = []
         readable = False
         for sock in events:

@@ -206,9 +206,9 @@ class HttpApi:
             query, batch = await self._submit(request)
         except SchoonerError as err:
             return error_response(err)
-        err = await query.peer
-        if err is not None:
-            return error_response(err)
+        failure = await query.peer
+        if failure is not None:
+            return error_response(failure)
         if batch:
             return json_response({"batch_predictions": [_prediction(query, i) for i in range(query.n)]})
         return json_response(_prediction(query, 0))

@@ -98,7 +98,7 @@ class _Families:
         family = self.by_name.get(name)
         if family is None:
             family = self.by_name[name] = cls(PREFIX + name, help_text, labels=labels, **kw)
-        elif not isinstance(family, cls) or family._labelnames != tuple(labels):
+        elif not isinstance(family, cls) or getattr(family, "_labelnames", None) != tuple(labels):
             # Two metrics of different kinds (or label sets) under one family name: keep the
             # exposition valid by giving the newcomer a family of its own.
             return self.get(cls, f"{name}_{cls.__name__[:-len('MetricFamily')].lower()}", help_text, labels)

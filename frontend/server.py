@@ -77,17 +77,17 @@ class Frontend:
         if self._started:
             raise RuntimeError("frontend already started")
         loop = asyncio.get_running_loop()
-        sync_ctx = zmq.Context.shadow(self.ctx.underlying)
+        sync_ctx: zmq.Context = zmq.Context.shadow(self.ctx.underlying)
         cfg = self.config
-        self._replica = RouterEndpoint(sync_ctx, loop, "replica-router", self.replica_events.on_burst,
-                                       on_unreachable=self.replica_events.on_unreachable, spin_us=cfg.spin_us,
-                                       max_message_bytes=cfg.max_message_bytes)
-        self.dispatcher.attach(loop, self._replica.send)
-        ingress = ClientIngress(self.dispatcher, cfg, send=lambda frames: self._client.send(frames))
-        self._client = RouterEndpoint(sync_ctx, loop, "client-router", ingress.on_burst, spin_us=cfg.spin_us,
-                                      max_message_bytes=cfg.max_message_bytes)
-        self._client.flush_with = [self._replica]
-        self._replica.flush_with = [self._client]
+        replica = self._replica = RouterEndpoint(sync_ctx, loop, "replica-router", self.replica_events.on_burst,
+                                                 on_unreachable=self.replica_events.on_unreachable,
+                                                 spin_us=cfg.spin_us, max_message_bytes=cfg.max_message_bytes)
+        self.dispatcher.attach(loop, replica.send)
+        ingress = ClientIngress(self.dispatcher, cfg, send=lambda frames: client.send(frames))
+        client = self._client = RouterEndpoint(sync_ctx, loop, "client-router", ingress.on_burst,
+                                               spin_us=cfg.spin_us, max_message_bytes=cfg.max_message_bytes)
+        client.flush_with = [replica]
+        replica.flush_with = [client]
         try:
             self.replica_port = self._replica.bind(cfg.host, cfg.replica_port)
             self.client_port = self._client.bind(cfg.host, cfg.client_port)
@@ -117,6 +117,7 @@ class Frontend:
             await site.start()
         except OSError:
             await runner.cleanup()
+            assert self._replica is not None and self._client is not None  # bound in start()
             self._replica.close()
             self._client.close()
             raise
@@ -137,6 +138,7 @@ class Frontend:
             except asyncio.CancelledError:
                 pass
         self.dispatcher.fail_all(ShuttingDown("the frontend is shutting down"))
+        assert self._replica is not None and self._client is not None  # bound in start()
         self._client.flush()
         await asyncio.sleep(0.05)  # let aiohttp handlers write their responses
         if self._http_runner is not None:

@@ -34,8 +34,8 @@ import zmq
 from schooner.defaults import MAX_ARRAY_DIMS, MAX_HEADER_BYTES, PROTOCOL_VERSION
 from schooner.errors import ErrorCode, ProtocolError
 
-Item = Union[np.ndarray, bytes, str]
-FrameLike = Union[zmq.Frame, bytes, memoryview, np.ndarray]
+Item = Union[np.ndarray, bytes, bytearray, memoryview, str]  # decoded items are arrays, bytes or str
+FrameLike = Union[zmq.Frame, bytes, bytearray, memoryview, np.ndarray]
 
 
 class MsgType(str, enum.Enum):
@@ -361,7 +361,7 @@ def encode_items(items: np.ndarray | Sequence[Item]) -> tuple[dict, list[FrameLi
     return {"list": metas}, frames
 
 
-def item_metas(meta: dict, n_frames: int) -> list[list]:
+def item_metas(meta: Any, n_frames: int) -> list[list]:
     """Per-item ``[kind, dtype, shape]`` of a ``list`` items meta, checked against the frames."""
     metas = meta.get("list") if isinstance(meta, dict) else None
     if not isinstance(metas, list):
@@ -371,7 +371,7 @@ def item_metas(meta: dict, n_frames: int) -> list[list]:
     return metas
 
 
-def _buffer(frame: FrameLike) -> memoryview | bytes:
+def _buffer(frame: FrameLike) -> Any:
     return frame.buffer if isinstance(frame, zmq.Frame) else frame
 
 
@@ -411,7 +411,7 @@ def _array(buf: Any, dtype: Any, shape: Any) -> np.ndarray:
     return np.frombuffer(buf, dtype=dt).reshape(shape)
 
 
-def decode_items(meta: dict, frames: Sequence[FrameLike]) -> list[Item]:
+def decode_items(meta: Any, frames: Sequence[FrameLike]) -> list[Item]:
     """Rebuild the items of a message from its items meta and payload frames.
 
     Arrays are read-only views on the received frames (no copy). Raises

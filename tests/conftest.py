@@ -14,7 +14,8 @@ import pytest
 
 from management.embedded_redis import EmbeddedRedis, connect, free_port
 from management.store import Store
-from management_support import http_ok, wait_for
+from management_support import http_ok
+from polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 FRONTEND_START_S = 60.0  # interpreter start + imports on a loaded 2-core machine
@@ -52,8 +53,8 @@ def store(redis_url: str) -> Iterator[Store]:
 
 
 @pytest.fixture
-def frontend(redis_url: str, tmp_path: Path) -> Iterator[dict]:
-    """A real ``python -m frontend`` following the test's Redis.
+def frontend_process(redis_url: str, tmp_path: Path) -> Iterator[dict]:
+    """A real ``python -m frontend`` process following the test's Redis.
 
     Yields ``{"http", "rpc", "client", "log"}``: its REST base URL, the replica and
     client ZMQ addresses, and the path of its log.

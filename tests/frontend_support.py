@@ -8,11 +8,12 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from typing import Any, Callable
 
 import pytest
 import zmq.asyncio
+
+from polling import wait_for
 
 from frontend.config import FrontendConfig
 from frontend.server import Frontend
@@ -99,16 +100,6 @@ class FrontendThread:
                  timeout_s, f"{n} ready replicas")
 
 
-def wait_for(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll ``pred`` until true; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
 def metric(dump: dict, kind: str, name: str) -> dict:
     """The entry named ``name`` in a dump's ``kind`` list (e.g. "histograms")."""
     for entry in dump[kind]:
@@ -145,8 +136,8 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def frontend():
-    """A real Frontend on free loopback ports, in a background thread; stopped after the test."""
+def frontend_thread():
+    """A real Frontend on free loopback ports, in a background thread of this process; stopped after the test."""
     ft = FrontendThread().start()
     yield ft
     ft.stop()

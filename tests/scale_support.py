@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Iterator
 
 from management.embedded_redis import free_port
-from management_support import http_ok, wait_for
+from management_support import http_ok
+from polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 START_S = 60.0  # interpreter start + imports on a loaded 2-core machine

@@ -23,7 +23,8 @@ from management.backends.base import LaunchSpec, ReplicaBackend
 from management.backends.docker import DEFAULT_IMAGE, NAMESPACE, DockerBackend, container_name, replica_command
 from management.config import ServiceConfig, parse_args
 from management.errors import BackendError
-from management_support import add_noop, frontend_rows, predict, wait_for
+from management_support import add_noop, frontend_rows, predict
+from polling import wait_for
 
 READY_S = 120.0  # container start + python imports + register, on a loaded 2-core machine
 CPUS = sorted(os.sched_getaffinity(0))
@@ -54,7 +55,7 @@ def docker_client():
 
 
 @pytest.fixture
-def backend(docker_client):
+def docker_backend(docker_client):
     """A DockerBackend in a fresh label namespace; every container in it is removed afterwards."""
     namespace = f"test-{uuid.uuid4().hex[:8]}"
     try:
@@ -133,109 +134,109 @@ def test_each_deployment_gets_its_own_stable_docker_namespace(tmp_path, monkeypa
 
 
 def test_images_are_chosen_by_spec_then_mapping_then_default():
-    backend = DockerBackend(client=object(), image_for={"lgbm": "classic:1"}, default_image="base:1")
+    docker_backend = DockerBackend(client=object(), image_for={"lgbm": "classic:1"}, default_image="base:1")
     spec = noop_spec("tcp://127.0.0.1:7000", [0])
-    assert backend.image_for(spec) == "base:1"
+    assert docker_backend.image_for(spec) == "base:1"
     spec.model = "lgbm"
-    assert backend.image_for(spec) == "classic:1"
+    assert docker_backend.image_for(spec) == "classic:1"
     spec.image = "mine:2"
-    assert backend.image_for(spec) == "mine:2"
+    assert docker_backend.image_for(spec) == "mine:2"
     assert DockerBackend(client=object(), image_for=lambda m: f"img-{m}").image_for(noop_spec("x", [0])) == "img-noop"
 
 
 # -- a real engine -------------------------------------------------------------------------------
 
 @pytest.mark.docker
-def test_backend_implements_the_replica_backend_protocol(backend):
-    assert isinstance(backend, ReplicaBackend)
-    assert backend.name == "docker"
-    assert backend.list() == []
+def test_backend_implements_the_replica_backend_protocol(docker_backend):
+    assert isinstance(docker_backend, ReplicaBackend)
+    assert docker_backend.name == "docker"
+    assert docker_backend.list() == []
 
 
 @pytest.mark.docker
-def test_missing_image_is_a_backend_error_and_starts_nothing(backend):
+def test_missing_image_is_a_backend_error_and_starts_nothing(docker_backend):
     spec = noop_spec("tcp://127.0.0.1:9", [CPUS[0]], image="schooner/no-such-image:never")
     with pytest.raises(BackendError, match="not found"):
-        backend.start(spec)
-    assert backend.list() == []
+        docker_backend.start(spec)
+    assert docker_backend.list() == []
     with pytest.raises(BackendError, match="no container"):
-        backend.logs(spec.replica_id)
-    backend.stop(spec.replica_id, timeout_s=1)  # unknown replica: a no-op, so stops can be retried
+        docker_backend.logs(spec.replica_id)
+    docker_backend.stop(spec.replica_id, timeout_s=1)  # unknown replica: a no-op, so stops can be retried
 
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_container_replica_is_pinned_serves_queries_and_drains_on_stop(backend, docker_client, store, frontend,
+def test_container_replica_is_pinned_serves_queries_and_drains_on_stop(docker_backend, docker_client, store, frontend_process,
                                                                       caplog):
     add_noop(store)
     cpu = CPUS[-1]
-    spec = noop_spec(frontend["rpc"], [cpu])
+    spec = noop_spec(frontend_process["rpc"], [cpu])
     started = time.monotonic()
-    running = backend.start(spec)
+    running = docker_backend.start(spec)
     assert running.backend == "docker" and running.alive and running.cpus == [cpu]
-    wait_for(lambda: serving(frontend["http"], spec.replica_id), READY_S, "the container replica to register")
-    out = predict(frontend["http"], 1.0)
+    wait_for(lambda: serving(frontend_process["http"], spec.replica_id), READY_S, "the container replica to register")
+    out = predict(frontend_process["http"], 1.0)
     logging.getLogger(__name__).warning("container replica start to first answer: %.2fs",
                                         time.monotonic() - started)
     assert not out["default"], out
 
     container = docker_client.containers.get(running.handle)
-    assert container.name == container_name(spec, backend.namespace)
-    assert container.name.startswith(f"schooner-{backend.namespace}-noop-1-")
+    assert container.name == container_name(spec, docker_backend.namespace)
+    assert container.name.startswith(f"schooner-{docker_backend.namespace}-noop-1-")
     assert container.attrs["HostConfig"]["CpusetCpus"] == str(cpu)
     assert container.attrs["HostConfig"]["NetworkMode"] == "host"
     assert container.labels["schooner.replica_id"] == spec.replica_id
     assert container.labels["schooner.model"] == "noop" and container.labels["schooner.version"] == "1"
     assert cpus_allowed_in(container) == str(cpu)
-    row = frontend_rows(frontend["http"])[spec.replica_id]
+    row = frontend_rows(frontend_process["http"])[spec.replica_id]
     assert row["cpus"] == [cpu]
 
     # Queries over HTTP and over the ZMQ client, all answered by the container (no defaults).
-    answers = [predict(frontend["http"], float(i)) for i in range(10)]
+    answers = [predict(frontend_process["http"], float(i)) for i in range(10)]
     assert all(not a["default"] for a in answers), answers
-    with Client(frontend["client"], timeout_s=60) as client:
+    with Client(frontend_process["client"], timeout_s=60) as client:
         zmq_answers = [client.predict("echo", [float(i), 1.0], dtype="doubles") for i in range(10)]
     assert all(not p.default for p in zmq_answers), zmq_answers
-    [listed] = backend.list()
+    [listed] = docker_backend.list()
     assert (listed.replica_id, listed.handle, listed.cpus, listed.alive) == (spec.replica_id, running.handle,
                                                                             [cpu], True)
-    assert spec.replica_id in backend.logs(spec.replica_id)  # the replica's own start-up line
+    assert spec.replica_id in docker_backend.logs(spec.replica_id)  # the replica's own start-up line
 
     with caplog.at_level(logging.INFO, logger="management.backends.docker"):
-        backend.stop(spec.replica_id, timeout_s=30)
+        docker_backend.stop(spec.replica_id, timeout_s=30)
     assert "exit 0" in caplog.text, caplog.text  # SIGTERM: the replica drained and exited cleanly
-    assert backend.list() == []
+    assert docker_backend.list() == []
     assert docker_client.containers.list(all=True, filters={"id": running.handle}) == []
-    wait_for(lambda: not serving(frontend["http"], spec.replica_id), 30, "the frontend to drop the replica")
+    wait_for(lambda: not serving(frontend_process["http"], spec.replica_id), 30, "the frontend to drop the replica")
 
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_killed_container_is_listed_dead_with_logs_and_can_be_started_again(backend, docker_client, store,
-                                                                           frontend):
+def test_killed_container_is_listed_dead_with_logs_and_can_be_started_again(docker_backend, docker_client, store,
+                                                                           frontend_process):
     add_noop(store)
-    spec = noop_spec(frontend["rpc"], [CPUS[0]])
-    first = backend.start(spec)
+    spec = noop_spec(frontend_process["rpc"], [CPUS[0]])
+    first = docker_backend.start(spec)
     with pytest.raises(BackendError, match="cannot start"):
-        backend.start(spec)  # same replica twice: its name is taken by a running container
-    wait_for(lambda: serving(frontend["http"], spec.replica_id), READY_S, "the replica to register")
+        docker_backend.start(spec)  # same replica twice: its name is taken by a running container
+    wait_for(lambda: serving(frontend_process["http"], spec.replica_id), READY_S, "the replica to register")
     docker_client.containers.get(first.handle).kill()
-    [dead] = wait_for(lambda: [r for r in backend.list() if not r.alive], 30, "the container to be seen dead")
+    [dead] = wait_for(lambda: [r for r in docker_backend.list() if not r.alive], 30, "the container to be seen dead")
     assert dead.replica_id == spec.replica_id and dead.cpus == [CPUS[0]]
-    assert backend.exit_code(spec.replica_id) == 137
-    assert spec.replica_id in backend.logs(spec.replica_id, tail=50)
+    assert docker_backend.exit_code(spec.replica_id) == 137
+    assert spec.replica_id in docker_backend.logs(spec.replica_id, tail=50)
 
     # A dead container's name is reused on restart (the stale container is replaced).
-    second = backend.start(spec)
+    second = docker_backend.start(spec)
     assert second.handle != first.handle
-    wait_for(lambda: serving(frontend["http"], spec.replica_id), READY_S, "the restarted replica")
-    assert not predict(frontend["http"], 2.0)["default"]
-    assert [r.handle for r in backend.list()] == [second.handle]
+    wait_for(lambda: serving(frontend_process["http"], spec.replica_id), READY_S, "the restarted replica")
+    assert not predict(frontend_process["http"], 2.0)["default"]
+    assert [r.handle for r in docker_backend.list()] == [second.handle]
 
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_lgbm_replica_runs_in_the_classic_image_chosen_for_it(backend, docker_client, store, frontend):
+def test_lgbm_replica_runs_in_the_classic_image_chosen_for_it(docker_backend, docker_client, store, frontend_process):
     from management.backends.docker import CLASSIC_IMAGE  # noqa: PLC0415
 
     try:
@@ -246,11 +247,11 @@ def test_lgbm_replica_runs_in_the_classic_image_chosen_for_it(backend, docker_cl
     store.add_model(ModelSpec(name="lgbm", version="1", input_type="floats", batch_size=1))
     store.add_links("trees", ["lgbm"])
     spec = LaunchSpec(replica_id=f"lgbm-1-{uuid.uuid4().hex[:6]}", model_name="lgbm", model_version="1",
-                      model="lgbm", frontend_address=frontend["rpc"], cpus=[CPUS[0]], input_type="floats")
-    running = backend.start(spec)
+                      model="lgbm", frontend_address=frontend_process["rpc"], cpus=[CPUS[0]], input_type="floats")
+    running = docker_backend.start(spec)
     assert docker_client.containers.get(running.handle).image.tags == [CLASSIC_IMAGE]
-    wait_for(lambda: serving(frontend["http"], spec.replica_id), READY_S, "the lgbm replica to register")
-    with Client(frontend["client"], timeout_s=60) as client:
+    wait_for(lambda: serving(frontend_process["http"], spec.replica_id), READY_S, "the lgbm replica to register")
+    with Client(frontend_process["client"], timeout_s=60) as client:
         answer = client.predict("trees", [0.5] * 2048, dtype="floats")
     assert not answer.default, answer
     assert len(answer.output) == 10  # class probabilities of the zoo's 10-class model
@@ -258,22 +259,22 @@ def test_lgbm_replica_runs_in_the_classic_image_chosen_for_it(backend, docker_cl
 
 # -- the replica manager on the Docker backend -----------------------------------------------------
 
-def _manager(store, backend, frontend):
+def _manager(store, docker_backend, frontend_process):
     from management.allocator import CpuAllocator  # noqa: PLC0415
     from management.manager import ReplicaManager  # noqa: PLC0415
 
-    return ReplicaManager(store, backend, CpuAllocator(), frontend_rpc=frontend["rpc"],
-                          frontend_http_url=frontend["http"], reconcile_interval_s=0.5,
+    return ReplicaManager(store, docker_backend, CpuAllocator(), frontend_rpc=frontend_process["rpc"],
+                          frontend_http_url=frontend_process["http"], reconcile_interval_s=0.5,
                           restart_backoff_s=(0.2, 2.0), stop_timeout_s=20.0)
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.skipif(len(CPUS) < 2, reason="needs two cores")
-def test_manager_scales_containers_up_and_down_and_restarts_a_killed_one(backend, docker_client, store,
-                                                                         frontend):
+def test_manager_scales_containers_up_and_down_and_restarts_a_killed_one(docker_backend, docker_client, store,
+                                                                         frontend_process):
     add_noop(store, model="dnoop")
-    manager = _manager(store, backend, frontend)
+    manager = _manager(store, docker_backend, frontend_process)
 
     async def scenario():
         stop = asyncio.Event()
@@ -284,13 +285,13 @@ def test_manager_scales_containers_up_and_down_and_restarts_a_killed_one(backend
             for r in two:
                 c = docker_client.containers.get(r["container_id"])
                 assert c.attrs["HostConfig"]["CpusetCpus"] == str(r["cpus"][0])
-            out = await asyncio.to_thread(predict, frontend["http"], 1.0)
+            out = await asyncio.to_thread(predict, frontend_process["http"], 1.0)
             assert not out["default"], out
 
             oldest, newest = sorted(two, key=lambda r: r["created_s"])
             [kept] = await manager.set_num_replicas("dnoop", "1", 1, model_cpus=CPUS[:2])
             assert kept["replica_id"] == oldest["replica_id"]
-            assert [r.replica_id for r in backend.list()] == [oldest["replica_id"]]
+            assert [r.replica_id for r in docker_backend.list()] == [oldest["replica_id"]]
 
             docker_client.containers.get(kept["container_id"]).kill()
 
@@ -301,7 +302,7 @@ def test_manager_scales_containers_up_and_down_and_restarts_a_killed_one(backend
             after = await asyncio.to_thread(wait_for, restarted, 60, "the reconcile loop to restart it")
             assert after["cpus"] == kept["cpus"] and after["restarts"] == 1
             await manager.wait_ready("dnoop", "1", READY_S)
-            out = await asyncio.to_thread(predict, frontend["http"], 2.0)
+            out = await asyncio.to_thread(predict, frontend_process["http"], 2.0)
             assert not out["default"], out
             c = docker_client.containers.get(after["container_id"])
             assert c.status == "running" and c.attrs["HostConfig"]["CpusetCpus"] == str(kept["cpus"][0])
@@ -311,18 +312,18 @@ def test_manager_scales_containers_up_and_down_and_restarts_a_killed_one(backend
             await manager.shutdown()
 
     asyncio.run(scenario())
-    assert backend.list() == []
+    assert docker_backend.list() == []
 
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_two_deployments_on_one_engine_do_not_stop_each_others_containers(docker_client, store, frontend,
+def test_two_deployments_on_one_engine_do_not_stop_each_others_containers(docker_client, store, frontend_process,
                                                                           redis_server, monkeypatch):
     from management.service import build_manager  # noqa: PLC0415
 
     monkeypatch.delenv("SCHOONER_DOCKER_NAMESPACE", raising=False)
-    mine = ServiceConfig(redis_url=redis_server.url, backend="docker", frontend_http=frontend["http"],
-                         frontend_rpc=frontend["rpc"])
+    mine = ServiceConfig(redis_url=redis_server.url, backend="docker", frontend_http=frontend_process["http"],
+                         frontend_rpc=frontend_process["rpc"])
     theirs = ServiceConfig(redis_url=f"redis://127.0.0.1:{redis_server.port + 1}/0", backend="docker")
     manager = build_manager(mine, store)
     assert manager.backend.namespace == mine.docker_namespace != theirs.docker_namespace
@@ -330,11 +331,11 @@ def test_two_deployments_on_one_engine_do_not_stop_each_others_containers(docker
     same = DockerBackend(client=docker_client, namespace=mine.docker_namespace)
     async def scenario():
         try:
-            foreign = await asyncio.to_thread(other.start, noop_spec(frontend["rpc"], CPUS[:1]))
+            foreign = await asyncio.to_thread(other.start, noop_spec(frontend_process["rpc"], CPUS[:1]))
             await manager.reconcile_once()  # our Redis knows no replica: strays of ours are stopped
             assert [r.replica_id for r in other.list() if r.alive] == [foreign.replica_id]
             # The same pass does stop an unknown container in its own namespace.
-            stray = await asyncio.to_thread(same.start, noop_spec(frontend["rpc"], CPUS[:1]))
+            stray = await asyncio.to_thread(same.start, noop_spec(frontend_process["rpc"], CPUS[:1]))
             await manager.reconcile_once()
             assert stray.replica_id not in [r.replica_id for r in same.list() if r.alive]
             assert [r.replica_id for r in other.list() if r.alive] == [foreign.replica_id]

@@ -12,8 +12,9 @@ import threading
 import numpy as np
 import pytest
 import requests
-from frontend_support import ROOT, FrontendThread, metric, start_replica, wait_for
-from frontend_support import frontend, procs  # noqa: F401 - fixtures
+from frontend_support import ROOT, FrontendThread, metric, start_replica
+from polling import wait_for
+from frontend_support import frontend_thread, procs  # noqa: F401 - fixtures
 
 from frontend.client import Client
 from management.embedded_redis import free_port
@@ -26,13 +27,13 @@ def _deploy_noop(ft: FrontendThread) -> None:
               [ModelSpec("noop", "1", "floats")], {"app": ["noop"]})
 
 
-def test_metrics_have_clippers_layout_and_names(frontend, procs):
-    _deploy_noop(frontend)
-    procs.append(start_replica(frontend.replica_address, "noop"))
-    frontend.wait_ready(1)
-    with Client(frontend.client_address, timeout_s=30) as client:
+def test_metrics_have_clippers_layout_and_names(frontend_thread, procs):
+    _deploy_noop(frontend_thread)
+    procs.append(start_replica(frontend_thread.replica_address, "noop"))
+    frontend_thread.wait_ready(1)
+    with Client(frontend_thread.client_address, timeout_s=30) as client:
         client.predict_many("app", [np.ones(4, np.float32)] * 20, concurrency=4)
-    dump = requests.get(f"{frontend.http_url}/metrics", timeout=10).json()
+    dump = requests.get(f"{frontend_thread.http_url}/metrics", timeout=10).json()
     for kind in ("counters", "ratio_counters", "meters", "histograms"):
         assert isinstance(dump[kind], list)
     assert metric(dump, "histograms", "app:app:prediction_latency")["unit"] == "microseconds"
@@ -46,77 +47,77 @@ def test_metrics_have_clippers_layout_and_names(frontend, procs):
     assert "rate_1min" in metric(dump, "meters", "model:noop:1:prediction_throughput")
     assert "rate" in metric(dump, "meters", "internal:aggregate_model_throughput")
     assert "p50" in metric(dump, "histograms", "internal:rpc_request_queueing_delay")
-    for url in (f"{frontend.http_url}/metrics?format=prometheus", f"{frontend.http_url}/metrics/prometheus"):
+    for url in (f"{frontend_thread.http_url}/metrics?format=prometheus", f"{frontend_thread.http_url}/metrics/prometheus"):
         text = requests.get(url, timeout=10).text
         assert "schooner_app_predictions_total{app=\"app\"} 20.0" in text and "# TYPE" in text
 
 
-def test_health_and_replicas_describe_the_deployment(frontend, procs):
-    _deploy_noop(frontend)
-    procs.append(start_replica(frontend.replica_address, "noop", cpus="1"))
-    frontend.wait_ready(1)
-    health = requests.get(f"{frontend.http_url}/health", timeout=10).json()
+def test_health_and_replicas_describe_the_deployment(frontend_thread, procs):
+    _deploy_noop(frontend_thread)
+    procs.append(start_replica(frontend_thread.replica_address, "noop", cpus="1"))
+    frontend_thread.wait_ready(1)
+    health = requests.get(f"{frontend_thread.http_url}/health", timeout=10).json()
     assert health["status"] == "ok" and health["live_replicas"] == 1
-    [row] = requests.get(f"{frontend.http_url}/replicas", timeout=10).json()
+    [row] = requests.get(f"{frontend_thread.http_url}/replicas", timeout=10).json()
     assert row["replica_id"] == "r1" and row["cpus"] == [1] and row["state"] == "ready"
     assert row["queue_depth"] == 0 and row["pid"] == procs[0].pid
 
 
-def test_replica_is_really_pinned(frontend, procs):
-    _deploy_noop(frontend)
-    procs.append(start_replica(frontend.replica_address, "noop", cpus="1"))
-    frontend.wait_ready(1)
+def test_replica_is_really_pinned(frontend_thread, procs):
+    _deploy_noop(frontend_thread)
+    procs.append(start_replica(frontend_thread.replica_address, "noop", cpus="1"))
+    frontend_thread.wait_ready(1)
     with open(f"/proc/{procs[0].pid}/status") as fh:
         allowed = [line.split()[1] for line in fh if line.startswith("Cpus_allowed_list")]
     assert allowed == ["1"]
 
 
-def test_http_predict_answers_single_and_batch(frontend, procs):
-    _deploy_noop(frontend)
-    procs.append(start_replica(frontend.replica_address, "noop"))
-    frontend.wait_ready(1)
-    one = requests.post(f"{frontend.http_url}/app/predict", json={"input": [1.0, 2.0]}, timeout=10).json()
+def test_http_predict_answers_single_and_batch(frontend_thread, procs):
+    _deploy_noop(frontend_thread)
+    procs.append(start_replica(frontend_thread.replica_address, "noop"))
+    frontend_thread.wait_ready(1)
+    one = requests.post(f"{frontend_thread.http_url}/app/predict", json={"input": [1.0, 2.0]}, timeout=10).json()
     assert set(one) >= {"query_id", "output", "default"} and one["default"] is False
-    batch = requests.post(f"{frontend.http_url}/app/predict", json={"input_batch": [[1.0], [2.0], [3.0]]},
+    batch = requests.post(f"{frontend_thread.http_url}/app/predict", json={"input_batch": [[1.0], [2.0], [3.0]]},
                           timeout=10).json()
     assert len(batch["batch_predictions"]) == 3
     assert all(p["default"] is False for p in batch["batch_predictions"])
 
 
-def test_replica_of_an_unknown_version_is_used_once_it_appears(frontend, procs):
-    _deploy_noop(frontend)
-    procs.append(start_replica(frontend.replica_address, "noop", version="2"))
-    frontend.wait_ready(1)
-    frontend.call(frontend.fe.add_model, ModelSpec("noop", "2", "floats"))
-    frontend.call(frontend.fe.set_current_version, "noop", "2")
-    with Client(frontend.client_address, timeout_s=30) as client:
+def test_replica_of_an_unknown_version_is_used_once_it_appears(frontend_thread, procs):
+    _deploy_noop(frontend_thread)
+    procs.append(start_replica(frontend_thread.replica_address, "noop", version="2"))
+    frontend_thread.wait_ready(1)
+    frontend_thread.call(frontend_thread.fe.add_model, ModelSpec("noop", "2", "floats"))
+    frontend_thread.call(frontend_thread.fe.set_current_version, "noop", "2")
+    with Client(frontend_thread.client_address, timeout_s=30) as client:
         assert not client.predict("app", np.ones(4, np.float32)).default
 
 
-def test_removed_model_fails_its_queued_queries(frontend):
-    frontend.deploy([AppSpec("app", "floats", latency_slo_micros=20_000_000)],
+def test_removed_model_fails_its_queued_queries(frontend_thread):
+    frontend_thread.deploy([AppSpec("app", "floats", latency_slo_micros=20_000_000)],
                     [ModelSpec("m", "1", "floats")], {"app": ["m"]})
-    with Client(frontend.client_address, timeout_s=30) as client:
+    with Client(frontend_thread.client_address, timeout_s=30) as client:
         out: list = []
         worker = threading.Thread(target=lambda: out.extend(
             client.predict_many("app", [np.ones(4, np.float32)], concurrency=1)))
         worker.start()
-        wait_for(lambda: frontend.call(frontend.fe.queue_depth, "m", "1") == 1, 10, "the query to queue")
-        frontend.call(frontend.fe.remove_model, "m", "1")
+        wait_for(lambda: frontend_thread.call(frontend_thread.fe.queue_depth, "m", "1") == 1, 10, "the query to queue")
+        frontend_thread.call(frontend_thread.fe.remove_model, "m", "1")
         worker.join(30)
     assert len(out) == 1 and isinstance(out[0], NoModel)
 
 
-def test_stopping_answers_pending_queries_with_shutting_down(frontend):
-    frontend.deploy([AppSpec("app", "floats", latency_slo_micros=20_000_000)],
+def test_stopping_answers_pending_queries_with_shutting_down(frontend_thread):
+    frontend_thread.deploy([AppSpec("app", "floats", latency_slo_micros=20_000_000)],
                     [ModelSpec("m", "1", "floats")], {"app": ["m"]})
-    with Client(frontend.client_address, timeout_s=30) as client:
+    with Client(frontend_thread.client_address, timeout_s=30) as client:
         out: list = []
         worker = threading.Thread(target=lambda: out.extend(
             client.predict_many("app", [np.ones(4, np.float32)] * 2, concurrency=2)))
         worker.start()
-        wait_for(lambda: frontend.call(frontend.fe.queue_depth, "m", "1") == 2, 10, "the queries to queue")
-        frontend.stop()
+        wait_for(lambda: frontend_thread.call(frontend_thread.fe.queue_depth, "m", "1") == 2, 10, "the queries to queue")
+        frontend_thread.stop()
         worker.join(30)
     assert len(out) == 2 and all(isinstance(r, ShuttingDown) for r in out), out
 

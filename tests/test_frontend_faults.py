@@ -11,8 +11,9 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from frontend_support import FrontendThread, metric, start_replica, wait_for
-from frontend_support import frontend, procs  # noqa: F401 - fixtures
+from frontend_support import FrontendThread, metric, start_replica
+from polling import wait_for
+from frontend_support import frontend_thread, procs  # noqa: F401 - fixtures
 
 from schooner import protocol
 from frontend.client import Client
@@ -25,81 +26,81 @@ def _x(v: float = 1.0) -> np.ndarray:
     return np.full(4, v, dtype=np.float32)
 
 
-def test_query_past_its_deadline_gets_the_default_output(frontend, procs):
-    frontend.deploy([AppSpec("app", "floats", default_output="fallback", latency_slo_micros=100_000)],
+def test_query_past_its_deadline_gets_the_default_output(frontend_thread, procs):
+    frontend_thread.deploy([AppSpec("app", "floats", default_output="fallback", latency_slo_micros=100_000)],
                     [ModelSpec("sleep", "1", "floats", batch_size=1)], {"app": ["sleep"]})
-    procs.append(start_replica(frontend.replica_address, "sleep", opts={"a_ms": 600, "b_ms": 0}))
-    frontend.wait_ready(1)
-    with Client(frontend.client_address, timeout_s=30) as client:
+    procs.append(start_replica(frontend_thread.replica_address, "sleep", opts={"a_ms": 600, "b_ms": 0}))
+    frontend_thread.wait_ready(1)
+    with Client(frontend_thread.client_address, timeout_s=30) as client:
         results = client.predict_many("app", [_x(i) for i in range(3)], concurrency=3)
     for r in results:
         assert r.default is True
         assert r.output == "fallback"
         assert "latency objective" in r.default_explanation
     # The first query's output arrives late and is counted; the two left in the queue never ran.
-    wait_for(lambda: metric(frontend.metrics(), "counters", "model:sleep:1:late_outputs")["count"] == 1,
+    wait_for(lambda: metric(frontend_thread.metrics(), "counters", "model:sleep:1:late_outputs")["count"] == 1,
              10, "the late output to be counted")
-    dump = frontend.metrics()
+    dump = frontend_thread.metrics()
     assert int(metric(dump, "counters", "model:sleep:1:num_predictions")["count"]) == 1
     assert metric(dump, "ratio_counters", "app:app:default_prediction_ratio")["ratio"] == 1.0
 
 
 @pytest.mark.slow
-def test_killed_replica_batch_is_requeued_to_another_replica(frontend, procs):
-    frontend.deploy([AppSpec("app", "floats", latency_slo_micros=60_000_000)],
+def test_killed_replica_batch_is_requeued_to_another_replica(frontend_thread, procs):
+    frontend_thread.deploy([AppSpec("app", "floats", latency_slo_micros=60_000_000)],
                     [ModelSpec("sleep", "1", "floats", batch_size=4)], {"app": ["sleep"]})
-    victim = start_replica(frontend.replica_address, "sleep", replica_id="victim", cpus="0",
+    victim = start_replica(frontend_thread.replica_address, "sleep", replica_id="victim", cpus="0",
                            opts={"a_ms": 2000, "b_ms": 0})
     procs.append(victim)
-    frontend.wait_ready(1)
+    frontend_thread.wait_ready(1)
     results: list = []
-    with Client(frontend.client_address, timeout_s=60) as client:
+    with Client(frontend_thread.client_address, timeout_s=60) as client:
         worker = threading.Thread(target=lambda: results.extend(
             client.predict_many("app", [_x(i) for i in range(8)], concurrency=8)))
         worker.start()
-        wait_for(lambda: frontend.replica_states().get("victim") == "busy", 20, "the victim to take a batch")
-        procs.append(start_replica(frontend.replica_address, "sleep", replica_id="survivor", cpus="1",
+        wait_for(lambda: frontend_thread.replica_states().get("victim") == "busy", 20, "the victim to take a batch")
+        procs.append(start_replica(frontend_thread.replica_address, "sleep", replica_id="survivor", cpus="1",
                                    opts={"a_ms": 200, "b_ms": 0}))
-        wait_for(lambda: frontend.replica_states().get("survivor") in ("ready", "busy"), 20, "the survivor")
+        wait_for(lambda: frontend_thread.replica_states().get("survivor") in ("ready", "busy"), 20, "the survivor")
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(10)
         worker.join(60)
     assert len(results) == 8
     assert all(not isinstance(r, Exception) and not r.default for r in results), results
-    assert frontend.replica_states()["victim"] == "dead"
+    assert frontend_thread.replica_states()["victim"] == "dead"
 
 
-def test_model_error_reaches_the_client_and_the_replica_keeps_serving(frontend, procs):
-    frontend.deploy([AppSpec("app", "floats", latency_slo_micros=20_000_000)],
+def test_model_error_reaches_the_client_and_the_replica_keeps_serving(frontend_thread, procs):
+    frontend_thread.deploy([AppSpec("app", "floats", latency_slo_micros=20_000_000)],
                     [ModelSpec("noop", "1", "floats", batch_size=1)], {"app": ["noop"]})
-    procs.append(start_replica(frontend.replica_address, "noop"))
-    frontend.wait_ready(1)
-    with Client(frontend.client_address, timeout_s=30) as client:
+    procs.append(start_replica(frontend_thread.replica_address, "noop"))
+    frontend_thread.wait_ready(1)
+    with Client(frontend_thread.client_address, timeout_s=30) as client:
         with pytest.raises(ModelError):
             client.predict("app", _x(-999.0))
         assert not client.predict("app", _x(1.0)).default
-    assert frontend.replica_states()["r1"] == "ready"
+    assert frontend_thread.replica_states()["r1"] == "ready"
 
 
-def test_draining_replica_finishes_its_batch_and_takes_no_new_one(frontend, procs):
-    frontend.deploy([AppSpec("app", "floats", latency_slo_micros=4_000_000)],
+def test_draining_replica_finishes_its_batch_and_takes_no_new_one(frontend_thread, procs):
+    frontend_thread.deploy([AppSpec("app", "floats", latency_slo_micros=4_000_000)],
                     [ModelSpec("sleep", "1", "floats", batch_size=1)], {"app": ["sleep"]})
-    proc = start_replica(frontend.replica_address, "sleep", opts={"a_ms": 800, "b_ms": 0})
+    proc = start_replica(frontend_thread.replica_address, "sleep", opts={"a_ms": 800, "b_ms": 0})
     procs.append(proc)
-    frontend.wait_ready(1)
+    frontend_thread.wait_ready(1)
     results: list = []
-    with Client(frontend.client_address, timeout_s=60) as client:
+    with Client(frontend_thread.client_address, timeout_s=60) as client:
         worker = threading.Thread(target=lambda: results.extend(
             client.predict_many("app", [_x(), _x()], concurrency=2)))
         worker.start()
-        wait_for(lambda: frontend.replica_states().get("r1") == "busy", 20, "the replica to take a batch")
+        wait_for(lambda: frontend_thread.replica_states().get("r1") == "busy", 20, "the replica to take a batch")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         worker.join(60)
     # The in-flight query completed; the queued one was never given to the draining replica and expired.
     assert len(results) == 2
     assert sum(1 for r in results if not isinstance(r, Exception) and not r.default) == 1
-    wait_for(lambda: frontend.replica_states()["r1"] == "stopped", 10, "the replica to be stopped")
+    wait_for(lambda: frontend_thread.replica_states()["r1"] == "stopped", 10, "the replica to be stopped")
 
 
 class FakeReplica:
@@ -127,19 +128,19 @@ class FakeReplica:
 
 
 @pytest.fixture
-def fake_replica(frontend):
-    fake = FakeReplica(frontend.replica_address)
+def fake_replica(frontend_thread):
+    fake = FakeReplica(frontend_thread.replica_address)
     yield fake
     fake.close()
 
 
-def test_result_with_wrong_item_count_fails_those_queries(frontend, fake_replica):
-    frontend.deploy([AppSpec("app", "floats", latency_slo_micros=20_000_000)],
+def test_result_with_wrong_item_count_fails_those_queries(frontend_thread, fake_replica):
+    frontend_thread.deploy([AppSpec("app", "floats", latency_slo_micros=20_000_000)],
                     [ModelSpec("m", "1", "floats", batch_size=2)], {"app": ["m"]})
     fake_replica.send(protocol.header(MsgType.HELLO, replica_id="fake", model="m", version="1",
                                       input_type="floats", pid=0, cpus=[]))
     fake_replica.recv("welcome")
-    with Client(frontend.client_address, timeout_s=30) as client:
+    with Client(frontend_thread.client_address, timeout_s=30) as client:
         errors: list = []
 
         def query() -> None:
@@ -159,7 +160,7 @@ def test_result_with_wrong_item_count_fails_those_queries(frontend, fake_replica
     assert "3 outputs for a batch of 2" in str(errors[0])
 
 
-def test_malformed_replica_message_gets_an_error_and_the_loop_continues(frontend, fake_replica):
+def test_malformed_replica_message_gets_an_error_and_the_loop_continues(frontend_thread, fake_replica):
     fake_replica.sock.send_multipart([b"\xc1 not msgpack"])
     hdr, _ = fake_replica.recv("error")
     assert hdr["code"] == "protocol_error"
@@ -169,7 +170,7 @@ def test_malformed_replica_message_gets_an_error_and_the_loop_continues(frontend
     fake_replica.send(protocol.header(MsgType.HELLO, replica_id="fake", model="m", version="1",
                                       input_type="floats", pid=0, cpus=[]))
     hdr, _ = fake_replica.recv("welcome")
-    assert hdr["heartbeat_interval_s"] == frontend.config.heartbeat_interval_s
+    assert hdr["heartbeat_interval_s"] == frontend_thread.config.heartbeat_interval_s
 
 
 def test_batch_whose_replicas_keep_dying_gets_replica_lost():

@@ -17,7 +17,7 @@ from redis.retry import Retry
 from management.api import make_app
 from management.embedded_redis import EmbeddedRedis, free_port
 from management.store import Store
-from management_support import wait_for
+from polling import wait_for
 
 HTTP_TIMEOUT_S = 30
 READY_S = 90.0  # a replica on a loaded 2-core machine: interpreter start, imports, register
@@ -360,15 +360,15 @@ def _pid_alive(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_deploy_scale_query_and_delete_through_the_api(serve: Callable[..., ApiServer], store: Store,
-                                                       frontend: dict, tmp_path) -> None:
+                                                       frontend_process: dict, tmp_path) -> None:
     from management.allocator import CpuAllocator
     from management.backends.local import LocalProcessBackend
     from management.manager import ReplicaManager
 
     backend = LocalProcessBackend(log_dir=tmp_path / "replicas")
-    manager = ReplicaManager(store, backend, CpuAllocator(), frontend_rpc=frontend["rpc"],
-                             frontend_http_url=frontend["http"], reconcile_interval_s=0.5)
-    api = serve(store, manager, frontend_http_url=frontend["http"])
+    manager = ReplicaManager(store, backend, CpuAllocator(), frontend_rpc=frontend_process["rpc"],
+                             frontend_http_url=frontend_process["http"], reconcile_interval_s=0.5)
+    api = serve(store, manager, frontend_http_url=frontend_process["http"])
     try:
         _add_app(api, "echo")
         _add_model(api, "noop", 1, launcher="noop")
@@ -383,8 +383,8 @@ def test_deploy_scale_query_and_delete_through_the_api(serve: Callable[..., ApiS
         assert len(replicas) == 1 and replicas[0]["state"] in ("ready", "busy")
         pid = int(replicas[0]["pid"])
 
-        answer = wait_for(lambda: _predict(frontend["http"], "echo"), 60, "a model answer",
-                          why=frontend["log"].read_text)
+        answer = wait_for(lambda: _predict(frontend_process["http"], "echo"), 60, "a model answer",
+                          why=frontend_process["log"].read_text)
         assert answer["default"] is False
         described = _ok(api.post("/admin/get_model_replicas", {"model_name": "noop", "model_version": 1}))
         assert [r["replica_id"] for r in described] == [replicas[0]["replica_id"]]

@@ -17,7 +17,8 @@ from management.allocator import CpuAllocator
 from management.backends.local import LocalProcessBackend
 from management.errors import AllocationError, ModelFailed, NotFound
 from management.manager import ReplicaManager
-from management_support import add_noop, frontend_rows, predict, wait_for_async
+from management_support import add_noop, frontend_rows, predict
+from polling import wait_for_async
 
 READY_S = 90.0  # a replica on a loaded 2-core machine: python start + imports + register
 CPUS = sorted(os.sched_getaffinity(0))
@@ -25,18 +26,18 @@ TWO_CORES = pytest.mark.skipif(len(CPUS) < 2, reason="needs two cores")
 
 
 @pytest.fixture
-def backend(tmp_path):
-    backend = LocalProcessBackend(log_dir=tmp_path / "replicas")
+def process_backend(tmp_path):
+    process_backend = LocalProcessBackend(log_dir=tmp_path / "replicas")
     try:
-        yield backend
+        yield process_backend
     finally:
-        for replica in backend.list():
-            backend.stop(replica.replica_id, timeout_s=5.0)
+        for replica in process_backend.list():
+            process_backend.stop(replica.replica_id, timeout_s=5.0)
 
 
-def make_manager(store, backend, frontend=None, **kwargs) -> ReplicaManager:
-    return ReplicaManager(store, backend, CpuAllocator(), frontend_rpc=frontend["rpc"] if frontend else
-                          "tcp://127.0.0.1:9", frontend_http_url=frontend["http"] if frontend else "",
+def make_manager(store, process_backend, frontend_process=None, **kwargs) -> ReplicaManager:
+    return ReplicaManager(store, process_backend, CpuAllocator(), frontend_rpc=frontend_process["rpc"] if frontend_process else
+                          "tcp://127.0.0.1:9", frontend_http_url=frontend_process["http"] if frontend_process else "",
                           reconcile_interval_s=0.3, restart_backoff_s=(0.2, 2.0), stop_timeout_s=20.0,
                           **kwargs)
 
@@ -50,9 +51,9 @@ def cpus_allowed(pid: int) -> str:
 
 # -- refusals: fast, nothing may start ------------------------------------------------------------
 
-def test_impossible_allocations_are_refused_before_anything_starts(store, backend):
+def test_impossible_allocations_are_refused_before_anything_starts(store, process_backend):
     add_noop(store)
-    manager = make_manager(store, backend)
+    manager = make_manager(store, process_backend)
     too_many = len(CpuAllocator().available) + 1
 
     async def scenario():
@@ -69,42 +70,42 @@ def test_impossible_allocations_are_refused_before_anything_starts(store, backen
         await manager.shutdown()
 
     asyncio.run(scenario())
-    assert backend.list() == []
+    assert process_backend.list() == []
     assert store.replicas.find() == []
     assert store.replicas.get_desired("noop", "1") is None
 
 
-def test_describe_of_unknown_model_is_not_found(store, backend):
-    manager = make_manager(store, backend)
+def test_describe_of_unknown_model_is_not_found(store, process_backend):
+    manager = make_manager(store, process_backend)
     with pytest.raises(NotFound):
         asyncio.run(manager.describe("ghost", "1"))
 
 
 @TWO_CORES
-def test_replica_is_pinned_to_its_cores_even_when_the_manager_is_not(backend):
+def test_replica_is_pinned_to_its_cores_even_when_the_manager_is_not(process_backend):
     from management.backends.base import LaunchSpec
 
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {CPUS[0]})  # like `numactl -C 0 schooner up`
     try:
-        running = backend.start(LaunchSpec(replica_id="pin-1", model_name="noop", model_version="1", model="noop",
+        running = process_backend.start(LaunchSpec(replica_id="pin-1", model_name="noop", model_version="1", model="noop",
                                            frontend_address="tcp://127.0.0.1:9", cpus=[CPUS[1]]))
     finally:
         os.sched_setaffinity(0, before)
     assert cpus_allowed(int(running.handle)) == str(CPUS[1])
-    assert [r.alive for r in backend.list()] == [True]
-    backend.stop("pin-1", timeout_s=20)
-    assert backend.list() == []
-    assert "--replica-id pin-1" in backend.logs("pin-1")
+    assert [r.alive for r in process_backend.list()] == [True]
+    process_backend.stop("pin-1", timeout_s=20)
+    assert process_backend.list() == []
+    assert "--replica-id pin-1" in process_backend.logs("pin-1")
 
 
 # -- real replicas ---------------------------------------------------------------------------------
 
 @TWO_CORES
 @pytest.mark.slow
-def test_two_replicas_are_pinned_to_their_own_cores_and_both_serve(store, backend, frontend):
+def test_two_replicas_are_pinned_to_their_own_cores_and_both_serve(store, process_backend, frontend_process):
     add_noop(store)
-    manager = make_manager(store, backend, frontend)
+    manager = make_manager(store, process_backend, frontend_process)
 
     async def scenario():
         replicas = await manager.set_num_replicas("noop", "1", 2, model_cpus=CPUS[:2], wait_s=READY_S)
@@ -114,21 +115,21 @@ def test_two_replicas_are_pinned_to_their_own_cores_and_both_serve(store, backen
             assert cpus_allowed(r["pid"]) == str(r["cpus"][0])
         assert store.replicas.get_desired("noop", "1")["num_replicas"] == 2
         # Concurrent queries keep both replicas busy: each must take batches.
-        await asyncio.gather(*(asyncio.to_thread(lambda i=i: [predict(frontend["http"], float(i))
+        await asyncio.gather(*(asyncio.to_thread(lambda i=i: [predict(frontend_process["http"], float(i))
                                                               for _ in range(15)]) for i in range(6)))
-        rows = await asyncio.to_thread(frontend_rows, frontend["http"])
+        rows = await asyncio.to_thread(frontend_rows, frontend_process["http"])
         assert all(rows[r["replica_id"]]["batches_done"] > 0 for r in replicas), rows
         await manager.shutdown()
 
     asyncio.run(scenario())
-    assert all(not r.alive for r in backend.list()) or backend.list() == []
+    assert all(not r.alive for r in process_backend.list()) or process_backend.list() == []
 
 
 @TWO_CORES
 @pytest.mark.slow
-def test_scale_down_drains_the_newest_replica_without_failing_a_query(store, backend, frontend):
+def test_scale_down_drains_the_newest_replica_without_failing_a_query(store, process_backend, frontend_process):
     add_noop(store)
-    manager = make_manager(store, backend, frontend)
+    manager = make_manager(store, process_backend, frontend_process)
     failures: list[str] = []
     done = threading.Event()
     answered = [0]
@@ -136,7 +137,7 @@ def test_scale_down_drains_the_newest_replica_without_failing_a_query(store, bac
     def load():
         while not done.is_set():
             try:
-                out = predict(frontend["http"], 3.0)
+                out = predict(frontend_process["http"], 3.0)
                 if out.get("default"):
                     failures.append(f"default output: {out}")
                 answered[0] += 1
@@ -162,7 +163,7 @@ def test_scale_down_drains_the_newest_replica_without_failing_a_query(store, bac
         assert [r["replica_id"] for r in after] == [oldest["replica_id"]]
         assert not Path(f"/proc/{newest['pid']}").exists() or _is_zombie(newest["pid"])
         assert [r.replica_id for r in store.replicas.find("noop", "1")] == [oldest["replica_id"]]
-        assert newest["replica_id"] not in {r.replica_id for r in backend.list()}
+        assert newest["replica_id"] not in {r.replica_id for r in process_backend.list()}
         await manager.shutdown()
 
     asyncio.run(scenario())
@@ -171,9 +172,9 @@ def test_scale_down_drains_the_newest_replica_without_failing_a_query(store, bac
 
 
 @pytest.mark.slow
-def test_killed_replica_is_restarted_on_the_same_cores_and_serves(store, backend, frontend):
+def test_killed_replica_is_restarted_on_the_same_cores_and_serves(store, process_backend, frontend_process):
     add_noop(store)
-    manager = make_manager(store, backend, frontend)
+    manager = make_manager(store, process_backend, frontend_process)
 
     async def scenario():
         stop = asyncio.Event()
@@ -190,7 +191,7 @@ def test_killed_replica_is_restarted_on_the_same_cores_and_serves(store, backend
             assert after["cpus"] == before["cpus"]
             await manager.wait_ready("noop", "1", READY_S)
             assert cpus_allowed(after["pid"]) == str(before["cpus"][0])
-            out = await asyncio.to_thread(predict, frontend["http"], 5.0)
+            out = await asyncio.to_thread(predict, frontend_process["http"], 5.0)
             assert not out.get("default"), out
             [described] = await manager.describe("noop", "1")
             assert described["restarts"] == 1 and described["pid"] == after["pid"]
@@ -203,18 +204,18 @@ def test_killed_replica_is_restarted_on_the_same_cores_and_serves(store, backend
 
 
 @pytest.mark.slow
-def test_reconcile_starts_missing_replicas_and_delete_model_stops_them(store, backend, frontend):
+def test_reconcile_starts_missing_replicas_and_delete_model_stops_them(store, process_backend, frontend_process):
     add_noop(store)
     store.replicas.set_desired("noop", "1", {"num_replicas": 1, "cpus_per_replica": 1, "model_cpus": [], "gpus": []})
-    manager = make_manager(store, backend, frontend)
+    manager = make_manager(store, process_backend, frontend_process)
 
     async def scenario():
         await manager.reconcile_once()
         [record] = store.replicas.find("noop", "1")
-        assert [r.replica_id for r in backend.list()] == [record.replica_id]
+        assert [r.replica_id for r in process_backend.list()] == [record.replica_id]
         await manager.wait_ready("noop", "1", READY_S)
         await manager.delete_model("noop", "1")
-        assert backend.list() == [] and store.replicas.find() == []
+        assert process_backend.list() == [] and store.replicas.find() == []
         assert store.replicas.get_desired("noop", "1") is None
         assert not Path(f"/proc/{record.pid}").exists() or _is_zombie(record.pid)
         await manager.shutdown()
@@ -223,10 +224,10 @@ def test_reconcile_starts_missing_replicas_and_delete_model_stops_them(store, ba
 
 
 @pytest.mark.slow
-def test_crash_looping_replica_is_restarted_with_growing_delays(store, backend, frontend):
+def test_crash_looping_replica_is_restarted_with_growing_delays(store, process_backend, frontend_process):
     store.add_model(ModelSpec(name="broken", version="1", input_type="doubles", launcher="no-such-zoo-model"))
-    manager = ReplicaManager(store, backend, CpuAllocator(), frontend_rpc=frontend["rpc"],
-                             frontend_http_url=frontend["http"], reconcile_interval_s=0.1,
+    manager = ReplicaManager(store, process_backend, CpuAllocator(), frontend_rpc=frontend_process["rpc"],
+                             frontend_http_url=frontend_process["http"], reconcile_interval_s=0.1,
                              restart_backoff_s=(0.3, 30.0), failed_after_starts=10)
 
     async def scenario():
@@ -249,7 +250,7 @@ def test_crash_looping_replica_is_restarted_with_growing_delays(store, backend, 
         gaps = [b - a for a, b in zip(seen, seen[1:])]
         # Backoff 0.3, 0.6, 1.2, 2.4 s on top of the (noisy) time the process takes to die.
         assert gaps[-1] > gaps[0] + 0.8, gaps
-        assert "no-such-zoo-model" in backend.logs(replica["replica_id"], tail=50)
+        assert "no-such-zoo-model" in process_backend.logs(replica["replica_id"], tail=50)
 
     asyncio.run(scenario())
 
@@ -281,9 +282,9 @@ def test_model_that_never_loads_is_marked_failed_and_waiting_answers_the_reason(
 
 @TWO_CORES
 @pytest.mark.slow
-def test_scale_up_from_one_to_two_time_until_the_new_replica_serves(store, backend, frontend):
+def test_scale_up_from_one_to_two_time_until_the_new_replica_serves(store, process_backend, frontend_process):
     add_noop(store)
-    manager = make_manager(store, backend, frontend)
+    manager = make_manager(store, process_backend, frontend_process)
 
     async def scenario():
         await manager.set_num_replicas("noop", "1", 1, model_cpus=CPUS[:2], wait_s=READY_S)
@@ -305,17 +306,17 @@ def _is_zombie(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_new_manager_takes_over_replicas_recorded_by_a_dead_one(store, frontend, tmp_path):
+def test_new_manager_takes_over_replicas_recorded_by_a_dead_one(store, frontend_process, tmp_path):
     add_noop(store)
     first_backend = LocalProcessBackend(log_dir=tmp_path / "first")
     second_backend = LocalProcessBackend(log_dir=tmp_path / "second")
     try:
         async def scenario():
-            first = make_manager(store, first_backend, frontend)
+            first = make_manager(store, first_backend, frontend_process)
             [old] = await first.set_num_replicas("noop", "1", 1, model_cpus=CPUS[-1:], wait_s=READY_S)
             # The first manager dies without stopping anything; a second one starts on the same Redis.
             await first.close()
-            second = make_manager(store, second_backend, frontend)
+            second = make_manager(store, second_backend, frontend_process)
             stop = asyncio.Event()
             loop_task = asyncio.create_task(second.run(stop))
             try:

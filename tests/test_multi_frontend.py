@@ -6,7 +6,8 @@ import time
 
 import numpy as np
 import pytest
-from frontend_support import FrontendThread, start_replica, wait_for
+from frontend_support import FrontendThread, start_replica
+from polling import wait_for
 from frontend_support import procs  # noqa: F401 - fixture
 
 from frontend.client import Client

@@ -8,8 +8,9 @@ import subprocess
 import numpy as np
 import pytest
 import requests
-from frontend_support import start_replica, wait_for
-from frontend_support import frontend, procs  # noqa: F401 - fixtures
+from frontend_support import start_replica
+from polling import wait_for
+from frontend_support import frontend_thread, procs  # noqa: F401 - fixtures
 from prometheus_client.parser import text_string_to_metric_families
 
 from frontend.client import Client
@@ -66,15 +67,15 @@ def test_rates_are_left_to_promql_and_model_series_carry_model_and_version():
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian package prometheus) is not installed")
-def test_promtool_accepts_a_live_frontends_exposition_and_deleted_apps_leave_it(frontend, procs):
+def test_promtool_accepts_a_live_frontends_exposition_and_deleted_apps_leave_it(frontend_thread, procs):
     apps = [AppSpec(name, "floats", latency_slo_micros=20_000_000) for name in ("col-x", "col_x", "col.x")]
-    frontend.deploy(apps, [ModelSpec("noop", "1", "floats")], {a.name: ["noop"] for a in apps})
-    procs.append(start_replica(frontend.replica_address, "noop"))
-    frontend.wait_ready(1)
-    with Client(frontend.client_address, timeout_s=30) as client:
+    frontend_thread.deploy(apps, [ModelSpec("noop", "1", "floats")], {a.name: ["noop"] for a in apps})
+    procs.append(start_replica(frontend_thread.replica_address, "noop"))
+    frontend_thread.wait_ready(1)
+    with Client(frontend_thread.client_address, timeout_s=30) as client:
         for app in apps:
             client.predict_many(app.name, [np.ones(4, np.float32)] * 10, concurrency=4)
-    resp = requests.get(f"{frontend.http_url}/metrics/prometheus", timeout=10)
+    resp = requests.get(f"{frontend_thread.http_url}/metrics/prometheus", timeout=10)
     assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     result = _promtool(resp.text)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
@@ -84,14 +85,14 @@ def test_promtool_accepts_a_live_frontends_exposition_and_deleted_apps_leave_it(
     assert ready.labels["model"] == "noop" and ready.value == 1
     assert "schooner_model_queue_depth" in fams and "schooner_queueing_delay_seconds" in fams
 
-    frontend.deploy(apps[:1], [ModelSpec("noop", "1", "floats")], {"col-x": ["noop"]})
+    frontend_thread.deploy(apps[:1], [ModelSpec("noop", "1", "floats")], {"col-x": ["noop"]})
 
     def only_col_x() -> bool:
-        text = requests.get(f"{frontend.http_url}/metrics/prometheus", timeout=10).text
+        text = requests.get(f"{frontend_thread.http_url}/metrics/prometheus", timeout=10).text
         return 'app="col_x"' not in text and 'app="col.x"' not in text and 'app="col-x"' in text
 
     wait_for(only_col_x, 30, "the deleted apps' series to go")
-    openmetrics = requests.get(f"{frontend.http_url}/metrics/prometheus", timeout=10,
+    openmetrics = requests.get(f"{frontend_thread.http_url}/metrics/prometheus", timeout=10,
                                headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert openmetrics.headers["Content-Type"].startswith("application/openmetrics-text")
     assert openmetrics.text.rstrip().endswith("# EOF")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 from frontend_support import start_replica, stop_process
-from management_support import wait_for
+from polling import wait_for
 from scale_support import ROOT, FrontendProc, HAProxyProc, stop_all
 
 from frontend.client import Client
