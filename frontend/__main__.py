@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             import uvloop  # libuv's loop: about a third less CPU per HTTP query than asyncio's own
         except ImportError:
-            uvloop = None
-        if uvloop is not None:
+            pass
+        else:
             uvloop.run(run(config, config_file, redis_url))
             return
     asyncio.run(run(config, config_file, redis_url))
