@@ -92,9 +92,9 @@ class Dispatcher:
             mq = self.queues.pop(key)
             mq.removed = True
             mq.cancel_wait()
-            err = NoModel(f"model {key[0]}:{key[1]} was removed")
+            removed = NoModel(f"model {key[0]}:{key[1]} was removed")
             for entry in mq.take(len(mq)):
-                entry.query.fail(err)
+                entry.query.fail(removed)
             self.metrics.remove_prefix(metric_names.model_prefix(*key))
         for name in [n for n in self.routes if n not in state.apps]:
             self.metrics.remove_prefix(metric_names.app_prefix(name))
@@ -258,6 +258,7 @@ class Dispatcher:
         if info.input_type != mq.spec.input_type:
             raise ProtocolError(f"replica {short(info.replica_id)} takes {info.input_type.value} input but model "
                                 f"{mq.spec.name}:{mq.spec.version} takes {mq.spec.input_type.value}; refused")
+        want: list[int] | None
         if mq.spec.input_shape is not None:
             want = mq.spec.input_shape
         elif any(r.identity != identity for r in self.pool.of_model(mq.spec.key)):
