@@ -206,13 +206,13 @@ def test_deadline_wheel_expires_queries_in_order_with_one_timer():
 
 def test_a_stacked_batch_splits_into_zero_copy_slices():
     arr = np.arange(6, dtype=np.float32).reshape(3, 2)
-    metas, frames = split_items({"stack": ["<f4", [3, 2]]}, [arr.tobytes()])
+    metas, frames = split_items({"stack": ["<f4", [3, 2]]}, [arr.tobytes()], 100)
     assert metas == [["a", "<f4", [2]]] * 3
     assert [np.frombuffer(f, np.float32).tolist() for f in frames] == [[0, 1], [2, 3], [4, 5]]
 
 
 @pytest.mark.parametrize("meta, frames, message", [
-    ({"stack": ["<f4", [3, 2]]}, [b"x" * 25], "does not split"),
+    ({"stack": ["<f4", [3, 2]]}, [b"x" * 25], "does not hold"),
     ({"stack": ["<f4"]}, [b""], "stacked"),
     ({"stack": ["<f4", []]}, [b""], "shape"),
     ({"list": [["a", "<f4", [1]]]}, [], "frames"),
@@ -220,7 +220,7 @@ def test_a_stacked_batch_splits_into_zero_copy_slices():
 ])
 def test_items_that_disagree_with_their_frames_are_protocol_errors(meta, frames, message):
     with pytest.raises(ProtocolError, match=message):
-        split_items(meta, frames)
+        split_items(meta, frames, 100)
 
 
 def test_valid_items_pass():
@@ -243,3 +243,8 @@ def test_bad_items_are_bad_input_naming_the_item(meta, frame, input_type, shape,
     with pytest.raises(BadInput, match=message) as info:
         validate_items([meta], [frame], input_type, shape, 1024)
     assert "items[0]" in str(info.value)
+
+
+def test_too_many_items_are_refused_before_anything_is_split():
+    with pytest.raises(BadInput):
+        split_items({"stack": ["<f4", [101, 1]]}, [b"\0" * 404], 100)
