@@ -255,10 +255,10 @@ def test_crash_looping_replica_is_restarted_with_growing_delays(store, process_b
     asyncio.run(scenario())
 
 
-def test_model_that_never_loads_is_marked_failed_and_waiting_answers_the_reason(store, backend, frontend):
+def test_model_that_never_loads_is_marked_failed_and_waiting_answers_the_reason(store, process_backend, frontend_process):
     store.add_model(ModelSpec(name="broken", version="1", input_type="doubles", launcher="no-such-zoo-model"))
-    manager = ReplicaManager(store, backend, CpuAllocator(), frontend_rpc=frontend["rpc"],
-                             frontend_http_url=frontend["http"], reconcile_interval_s=0.1,
+    manager = ReplicaManager(store, process_backend, CpuAllocator(), frontend_rpc=frontend_process["rpc"],
+                             frontend_http_url=frontend_process["http"], reconcile_interval_s=0.1,
                              restart_backoff_s=(0.1, 1.0), failed_after_starts=2)
 
     async def scenario():
