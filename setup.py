@@ -26,6 +26,8 @@ setup(
         "classic": ["scikit-learn>=1.3", "lightgbm>=4.0"],
         "torch": ["torch==2.14.1", "torchvision==0.29.1"],
         "docker": ["docker>=7"],
+        # The Ray backend (management/backends/ray.py); plain ray: no dashboard, no torch.
+        "ray": ["ray>=2.40,<3"],
         "onnx": ["onnxruntime>=1.16"],
         "closure": ["cloudpickle>=2"],
         "test": ["pytest>=8", "pytest-timeout>=2.2", "requests>=2.31", "ruff>=0.5", "mypy>=1.10",

@@ -47,6 +47,7 @@ class ServiceConfig:
     log_level: str = "INFO"
     docker_namespace: str = ""  # empty: default_docker_namespace(redis_url, state_dir)
     model_roots: list[str] = field(default_factory=list)  # empty: [<state_dir>/models]
+    ray_address: str = ""  # --backend ray: the cluster to join ("" = RAY_ADDRESS, or a local one)
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port < 65536:
@@ -104,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> ServiceConfig:
     parser.add_argument("--model-root", action="append", default=None, metavar="DIR",
                         help="a directory model files may load from (repeatable; SCHOONER_MODEL_ROOTS, "
                              f"{os.pathsep!r}-separated; default <state-dir>/models, created mode 0700)")
+    parser.add_argument("--ray-address", help="--backend ray: the Ray cluster (host:port of its head; default "
+                                              "RAY_ADDRESS, else a local Ray started for this service)")
     parser.add_argument("--log-level", default=os.environ.get("SCHOONER_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     base = ServiceConfig.__dataclass_fields__
@@ -124,6 +127,7 @@ def parse_args(argv: list[str] | None = None) -> ServiceConfig:
             log_level=args.log_level.upper(),
             docker_namespace=defaults.resolve(args.docker_namespace, "docker_namespace", ""),
             model_roots=args.model_root or model_roots.from_env() or [],
+            ray_address=defaults.resolve(args.ray_address, "ray_address", ""),
         )
     except ValueError as err:
         parser.error(str(err))

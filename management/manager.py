@@ -24,11 +24,14 @@ from management.allocator import CpuAllocator, Placement
 from management.backends.base import ReplicaBackend
 from management.backends.local import terminate_stray
 from management.errors import (AllocationError, BackendError, BadRequest, ManagementError, ModelFailed,
-                               NotFound, ReplicasNotReady)
-from management.store import ReplicaRecord
+                               NotFound, ReplicasNotReady, StoreUnavailable)
+from management.store import FrontendDirectory, ReplicaRecord
 from management.frontend_client import SERVING, FrontendView, merge, public, wall_time
 
 log = logging.getLogger(__name__)
+
+# Where a replica runs, as a backend on many hosts reports it (Ray): kept in the record beside ``node``.
+_PLACEMENT_KEYS = ("node_id", "node_ip", "node_cpus", "actor_pid")
 
 class ReplicaManager:
     """Starts, stops, restarts and describes the replicas of every model version."""
@@ -282,7 +285,7 @@ class ReplicaManager:
             if proc is not None and proc.alive:
                 if row and row.get("state") in SERVING and rid in self._health:
                     self._health[rid].served = True
-                await self._refresh(record, row)
+                await self._refresh(record, row, proc)
                 continue
             health = self._health.setdefault(rid, Health(started_at=now))
             if health.next_restart_at == 0.0 and not failed:  # first time we see it dead
@@ -353,7 +356,7 @@ class ReplicaManager:
     async def _launch(self, model: ModelSpec, record: ReplicaRecord) -> ReplicaRecord:
         rid = record.replica_id
         spec = launch.launch_spec(model, rid, Placement(list(record.cpus), record.gpu),
-                                  self.frontend_rpc, self.replica_env,
+                                  await asyncio.to_thread(self._frontend_addresses), self.replica_env,
                                   self.owns_cores(record.cpus, launch.owner(model.name, model.version)))
         record.state = ReplicaState.STARTING.value
         await self._call(self.store.replicas.put, record)  # first, so a crash here leaves a trace
@@ -367,16 +370,42 @@ class ReplicaManager:
             raise err if isinstance(err, BackendError) else BackendError(f"{rid}: {err}") from err
         record.handle = running.handle
         record.pid = int(running.handle) if running.backend == Backend.PROCESS.value else None
-        record.container_id = None if running.backend == Backend.PROCESS.value else running.handle
+        record.container_id = running.handle if running.backend == Backend.DOCKER.value else None
+        record.node = running.node  # Ray: "" until the actor is placed; _refresh fills it in
+        for key in _PLACEMENT_KEYS:
+            record.extra.pop(key, None)
         await self._call(self.store.replicas.put, record)
         failures = self._health[rid].failures if rid in self._health else 0
         self._health[rid] = Health(started_at=time.monotonic(), failures=failures)
         return record
 
-    async def _refresh(self, record: ReplicaRecord, row: dict | None) -> None:
-        """Copy the frontend's state and heartbeat into the record when they changed."""
+    def _frontend_addresses(self) -> str:
+        """The replica addresses a new replica starts from: the configured frontend's and every one
+        announced in Redis (a replica learns later ones from the frontends themselves)."""
+        addresses = [self.frontend_rpc]
+        client = getattr(self.store, "client", None)
+        if client is not None:
+            try:
+                addresses += FrontendDirectory(client).addresses("replica")
+            except (StoreUnavailable, TypeError):
+                pass
+        return ",".join(dict.fromkeys(addresses))
+
+    async def _refresh(self, record: ReplicaRecord, row: dict | None, proc: Any = None) -> None:
+        """Copy the frontend's state and heartbeat, and where the backend says it runs, when they changed."""
         state = str(row.get("state") or ReplicaState.STARTING.value) if row else ReplicaState.STARTING.value
         changed = state != record.state
+        if proc is not None and proc.node:
+            was, now = record.extra.get("node_id"), proc.details.get("node_id")
+            if was and now and was != now:
+                log.warning("replica %s moved from node %s to node %s", record.replica_id, was, now)
+            placed = {k: v for k, v in proc.details.items() if k in _PLACEMENT_KEYS}
+            pid = proc.details.get("pid")
+            if (proc.node != record.node or pid != record.pid
+                    or any(record.extra.get(k) != v for k, v in placed.items())):
+                record.node, record.pid = proc.node, pid
+                record.extra.update(placed)
+                changed = True
         if row and row.get("last_heartbeat_s"):
             beat = wall_time(float(row["last_heartbeat_s"]))
             changed = changed or abs(beat - float(record.last_heartbeat or 0)) >= 5.0

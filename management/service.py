@@ -23,20 +23,32 @@ def build_manager(config: ServiceConfig, store: Store) -> Any:
     from management.allocator import CpuAllocator  # noqa: PLC0415 - the manager pulls in backends
     from management.manager import ReplicaManager  # noqa: PLC0415
 
+    frontend_cpus = config.frontend_cpus
     if config.backend == "docker":
         from management.backends.docker import DockerBackend  # noqa: PLC0415 - needs the docker SDK
 
         backend: Any = DockerBackend(namespace=config.docker_namespace)
+        allocator = CpuAllocator()
+    elif config.backend == "ray":
+        from management.backends.ray import RayBackend  # noqa: PLC0415 - needs the [ray] extra
+
+        backend = RayBackend(config.ray_address, namespace=f"schooner-{config.docker_namespace}")
+        # The cluster's CPUs (and GPUs) as slots: Ray places each replica on a node, and the replica's
+        # actor picks its cores there (management/backends/ray.py).
+        cpus, gpus = backend.capacity()
+        allocator = CpuAllocator(available=list(range(max(cpus, 1))), gpus=list(range(gpus)))
+        frontend_cpus = []  # the frontends' cores are on their own hosts, not among the slots
     else:
         from management.backends.local import LocalProcessBackend  # noqa: PLC0415
 
         backend = LocalProcessBackend(log_dir=config.log_dir)
+        allocator = CpuAllocator()
     # Replicas check model paths against the same roots (they refuse to load from elsewhere).
     replica_env = {model_roots.ENV: os.pathsep.join(config.model_roots)}
-    return ReplicaManager(store, backend, CpuAllocator(), frontend_rpc=config.frontend_rpc,
+    return ReplicaManager(store, backend, allocator, frontend_rpc=config.frontend_rpc,
                           frontend_http_url=config.frontend_http,
                           reconcile_interval_s=config.reconcile_interval_s,
-                          frontend_cpus=config.frontend_cpus, replica_env=replica_env)
+                          frontend_cpus=frontend_cpus, replica_env=replica_env)
 
 
 async def serve(config: ServiceConfig, stop: asyncio.Event, *, manager: Any = "build") -> None:

@@ -91,6 +91,7 @@ class Backend(str, enum.Enum):
 
     PROCESS = "process"  # local processes (the default)
     DOCKER = "docker"  # containers on a Docker engine
+    RAY = "ray"  # processes owned by Ray actors, on the nodes of a Ray cluster
 
 
 BACKENDS = tuple(b.value for b in Backend)

@@ -54,11 +54,13 @@ class RunningReplica:
     """A replica a backend has started and still knows about."""
 
     replica_id: str
-    backend: str  # "process" | "docker"
-    handle: str  # pid or container id
+    backend: str  # "process" | "docker" | "ray"
+    handle: str  # pid, container id or Ray actor name
     cpus: list[int]
     gpu: int | None
     alive: bool
+    node: str = ""  # the host it runs on, where the backend places replicas on many (Ray: node address)
+    details: dict = field(default_factory=dict)  # where it runs, as the backend knows (Ray: node, pid, cores)
 
 
 @runtime_checkable

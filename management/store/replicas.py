@@ -37,6 +37,7 @@ class ReplicaRecord:
     restarts: int = 0
     seq: int = 0  # start order within its model version (the manager's own)
     created_s: float = 0.0
+    node: str = ""  # the node it runs on, for a backend that places replicas on many hosts (Ray: its address)
     pid: int | None = None
     container_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
