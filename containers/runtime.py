@@ -54,6 +54,7 @@ from containers.models.base import Model
 from schooner import defaults, protocol
 from schooner.errors import ProtocolError
 from schooner.protocol import ErrorCode
+from schooner.transport import recv_frames, send_frames
 from schooner.types import InputType
 
 log = logging.getLogger(__name__)
@@ -314,7 +315,7 @@ class Replica:
                 for i in range(len(links)):
                     link = links[(turn + i) % len(links)]
                     try:
-                        frames = link.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        frames = recv_frames(link.sock)
                     except zmq.Again:
                         continue
                     got = True
@@ -433,7 +434,7 @@ class Replica:
     @staticmethod
     def _send(sock: zmq.Socket, frames: list, quiet: bool = False) -> None:
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            send_frames(sock, frames)
         except zmq.Again:
             if quiet:  # HELLO or heartbeat to a frontend not connected yet: sent again next interval
                 log.debug("frontend not connected; a %d-frame message was not sent", len(frames))

@@ -61,6 +61,8 @@ def split_items(meta: Any, frames: Sequence[Any], max_items: int) -> tuple[list,
             return [], []
         size = view.nbytes // n
         item_meta = ["a", dt.str, shape[1:]]
+        if n == 1:  # a single query's input: the frame itself, no slicing
+            return [item_meta], [view]
         return [item_meta] * n, [view[i * size:(i + 1) * size] for i in range(n)]
     if len(frames) > max_items:
         raise BadInput(f"{len(frames)} items in one message, more than the limit of {max_items} "

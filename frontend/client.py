@@ -33,6 +33,7 @@ import zmq.asyncio
 from schooner import defaults, protocol
 from schooner.errors import Overloaded, ProtocolError, QueryTimeout, SchoonerError, from_code
 from schooner.protocol import MsgType
+from schooner.transport import send_frames
 from schooner.types import InputType
 from frontend.failover import HEARTBEAT_IVL_MS, HEARTBEAT_TIMEOUT_MS, FrontendLinks, split_addresses
 
@@ -196,7 +197,7 @@ class Client:
         qid = next(self._ids)
         msg = _query(app, qid, meta, frames)
         i = self._links.pick()
-        self._links.socks[i].send_multipart(msg, copy=False)
+        send_frames(self._links.socks[i], msg, noblock=False)
         if self._links.many:
             self._sent[qid] = (i, msg)
         return qid
@@ -207,7 +208,7 @@ class Client:
         for qid in moved:
             msg = self._sent[qid][1]
             j = self._links.other_than(down)
-            self._links.socks[j].send_multipart(msg, copy=False)
+            send_frames(self._links.socks[j], msg, noblock=False)
             self._sent[qid] = (j, msg)
         if moved:
             self.resent += len(moved)

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from schooner.transport import recv_frames
+
 log = logging.getLogger(__name__)
 
 HEARTBEAT_IVL_MS = 500
@@ -118,7 +120,7 @@ class FrontendLinks:
         for k in range(n):
             i = (self._turn + k) % n
             try:
-                return i, self.socks[i].recv_multipart(zmq.NOBLOCK, copy=False)
+                return i, recv_frames(self.socks[i])
             except zmq.Again:
                 continue
         return None

@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import zmq
 
+from schooner.transport import recv_frames, send_frames
+
 log = logging.getLogger(__name__)
 
 _EVENTS = int(zmq.EVENTS)  # plain ints: pyzmq's enum conversions cost more than the call itself
@@ -30,6 +32,29 @@ _POLLIN = int(zmq.POLLIN)
 MAX_BURST = 512  # messages handled per drain, so one busy socket cannot starve the other
 SNDHWM = 100_000  # outgoing messages buffered per peer before a send would block
 SPIN_BUDGET_FACTOR = 4  # one spin (extended by each message it catches) lasts at most this many windows
+DROP_LOG_INTERVAL_S = 5.0  # under overload, one line per this long says how many messages were dropped
+
+
+class _DropLog:
+    """Counts dropped messages; logs at most one line per interval (not one per message under overload)."""
+
+    def __init__(self, name: str, interval_s: float = DROP_LOG_INTERVAL_S) -> None:
+        self.name = name
+        self.interval_s = interval_s
+        self.total = 0
+        self._pending: dict[str, int] = {}
+        self._next_s = 0.0
+
+    def dropped(self, why: str, peer: Any) -> None:
+        self.total += 1
+        self._pending[why] = self._pending.get(why, 0) + 1
+        now = time.monotonic()
+        if now >= self._next_s:
+            self._next_s = now + self.interval_s
+            counts = ", ".join(f"{n} {reason}" for reason, n in self._pending.items())
+            self._pending.clear()
+            log.warning("%s: dropped messages (%s; latest to peer %r; next report in %.0f s at most)",
+                        self.name, counts, peer, self.interval_s)
 
 
 class RouterEndpoint:
@@ -71,6 +96,7 @@ class RouterEndpoint:
         self._flush_scheduled = False
         self._read_scheduled = False
         self._closed = False
+        self.drops = _DropLog(name)
 
     def bind(self, host: str, port: int) -> int:
         """Bind to ``tcp://host:port`` (0 = a free port) and return the port."""
@@ -100,15 +126,15 @@ class RouterEndpoint:
             self._out.clear()
             return
         out, self._out = self._out, []
-        send = self.sock.send_multipart
+        sock = self.sock
         for frames in out:
             try:
-                send(frames, zmq.NOBLOCK, copy=False)
+                send_frames(sock, frames)
             except zmq.Again:
-                log.warning("%s: peer %r is not reading; dropped a message", self.name, frames[0])
+                self.drops.dropped("to a peer not reading", frames[0])
             except zmq.ZMQError as err:
                 if err.errno == errno.EHOSTUNREACH:
-                    log.info("%s: peer %r is gone; dropped a message", self.name, frames[0])
+                    self.drops.dropped("to a peer gone", frames[0])
                     if self.on_unreachable is not None:
                         self.on_unreachable(bytes(frames[0]))
                 else:
@@ -162,10 +188,10 @@ class RouterEndpoint:
     def _drain(self) -> bool:
         """Handle one burst and flush; whether any message was received."""
         burst: list[list[zmq.Frame]] = []
-        recv = self.sock.recv_multipart
+        sock = self.sock
         try:
             while len(burst) < MAX_BURST:
-                burst.append(recv(zmq.NOBLOCK, copy=False))
+                burst.append(recv_frames(sock))
         except zmq.Again:
             pass
         if burst:
