@@ -1,0 +1,59 @@
+"""schooner.transport: whole messages in and out without pyzmq's per-frame overhead; drops logged sparingly."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import zmq
+
+from frontend.zmq_endpoints import _DropLog
+from schooner.transport import recv_frames, send_frames
+
+
+@pytest.fixture
+def pair():
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.IDENTITY, b"d")
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        yield router, dealer
+    finally:
+        router.close(0)
+        dealer.close(0)
+        ctx.term()
+
+
+def test_multipart_message_arrives_whole_with_every_buffer_kind(pair):
+    router, dealer = pair
+    send_frames(dealer, [b"hdr", memoryview(b"view"), np.arange(3.0)], noblock=False)
+    assert router.poll(10_000)
+    frames = recv_frames(router)
+    assert [bytes(f) for f in frames[:3]] == [b"d", b"hdr", b"view"]
+    assert np.frombuffer(frames[3], dtype=np.float64).tolist() == [0.0, 1.0, 2.0]
+    send_frames(router, [b"d", b"only"])
+    assert dealer.poll(10_000)
+    assert [bytes(f) for f in recv_frames(dealer)] == [b"only"]
+
+
+def test_nothing_waiting_is_again_and_an_unknown_peer_is_unreachable(pair):
+    router, dealer = pair
+    with pytest.raises(zmq.Again):
+        recv_frames(dealer)
+    with pytest.raises(zmq.ZMQError) as err:
+        send_frames(router, [b"nobody", b"x"])
+    assert err.value.errno == zmq.EHOSTUNREACH
+
+
+def test_dropped_messages_are_counted_but_logged_once_per_interval(caplog):
+    drops = _DropLog("client-router", interval_s=3600)
+    with caplog.at_level(logging.WARNING, logger="frontend.zmq_endpoints"):
+        for _ in range(1000):
+            drops.dropped("to a peer not reading", b"p")
+    assert drops.total == 1000
+    assert len(caplog.records) == 1 and "1 to a peer not reading" in caplog.records[0].getMessage()
