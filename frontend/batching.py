@@ -33,6 +33,22 @@ class FireReason(str, enum.Enum):
     IDLE = "idle"  # a replica was idle and no wait was configured
 
 
+def fire_reason(depth: int, target: int, wait_expired: bool, wait_micros: int) -> FireReason | None:
+    """The batching rule: why a batch leaves for an idle replica now, or None to wait for a fuller one.
+
+    Full when the queue holds the target size; else, with a batch wait
+    (``batch_wait_timeout_micros`` > 0), only once that wait has passed;
+    else at once (an idle replica takes what is there).
+    """
+    if depth >= target:
+        return FireReason.FULL
+    if wait_expired:
+        return FireReason.TIMEOUT
+    if wait_micros > 0:
+        return None
+    return FireReason.IDLE
+
+
 class BatchSizeController:
     """The batch size a model version dispatches: fixed, or adaptive (AIMD).
 

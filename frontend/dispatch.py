@@ -20,7 +20,7 @@ import time
 from typing import Any, Callable
 
 from schooner import metric_names, protocol
-from frontend.batching import FireReason, ModelQueue
+from frontend.batching import FireReason, ModelQueue, fire_reason
 from frontend.config import FrontendConfig
 from schooner.errors import NoModel, Overloaded, ProtocolError, ReplicaLost, SchoonerError
 from schooner.protocol import short
@@ -188,18 +188,13 @@ class Dispatcher:
         while mq.idle and mq.entries:
             target = mq.controller.target
             depth = len(mq.entries)
-            if depth >= target:
-                reason = FireReason.FULL
-            elif mq.wait_expired:
-                reason = FireReason.TIMEOUT
-            elif mq.spec.batch_wait_timeout_micros > 0:
+            reason = fire_reason(depth, target, mq.wait_expired, mq.spec.batch_wait_timeout_micros)
+            if reason is None:
                 if mq.wait_handle is None:
                     assert self.loop is not None  # pump_dirty runs only once attached
                     mq.wait_handle = self.loop.call_later(mq.spec.batch_wait_timeout_micros * 1e-6,
                                                           self._wait_over, mq)
                 return
-            else:
-                reason = FireReason.IDLE
             replica = mq.idle.popleft()
             if not replica.idle:
                 continue

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from frontend.admission import split_items, validate_items
-from frontend.batching import BatchSizeController, LatencyEstimate, ModelQueue
+from frontend.batching import BatchSizeController, FireReason, LatencyEstimate, ModelQueue, fire_reason
 from frontend.metrics import MetricsRegistry
 from frontend.queries import AppRoute, DeadlineWheel, Entry, Query
 from schooner.errors import BadInput, ProtocolError
@@ -248,3 +248,12 @@ def test_bad_items_are_bad_input_naming_the_item(meta, frame, input_type, shape,
 def test_too_many_items_are_refused_before_anything_is_split():
     with pytest.raises(BadInput):
         split_items({"stack": ["<f4", [101, 1]]}, [b"\0" * 404], 100)
+
+
+# -- the batching rule --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("depth, target, expired, wait, reason", [
+    (8, 8, False, 0, FireReason.FULL), (9, 8, False, 500, FireReason.FULL),
+    (3, 8, True, 500, FireReason.TIMEOUT), (3, 8, False, 500, None), (3, 8, False, 0, FireReason.IDLE)])
+def test_a_batch_fires_when_full_after_the_wait_or_at_once_without_one(depth, target, expired, wait, reason):
+    assert fire_reason(depth, target, expired, wait) is reason
