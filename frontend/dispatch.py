@@ -34,12 +34,14 @@ log = logging.getLogger(__name__)
 class Route:
     """Where an app's queries go: its queue, or why there is none."""
 
-    __slots__ = ("app", "queue", "problem")
+    __slots__ = ("app", "queue", "problem", "model")
 
-    def __init__(self, app: AppRoute, queue: ModelQueue | None, problem: str = "") -> None:
+    def __init__(self, app: AppRoute, queue: ModelQueue | None, problem: str = "",
+                 model: str | None = None) -> None:
         self.app = app
         self.queue = queue
         self.problem = problem
+        self.model = model if model is not None else (queue.spec.name if queue is not None else None)
 
 
 class Dispatcher:
@@ -60,6 +62,7 @@ class Dispatcher:
         self._dirty: set[ModelQueue] = set()
         self._next_query_id = 0
         self.aggregate = metrics.meter(metric_names.AGGREGATE_THROUGHPUT)
+        self.aggregate_count = metrics.counter(metric_names.AGGREGATE_NUM_PREDICTIONS)
         self.queueing_delay = metrics.histogram(metric_names.QUEUEING_DELAY, "microseconds")
 
     def attach(self, loop: asyncio.AbstractEventLoop, send_replica: Callable[[list], None]) -> None:
@@ -109,7 +112,8 @@ class Dispatcher:
             version = state.current_versions.get(model)
             mq = self.queues.get((model, version)) if version is not None else None
             if mq is None:
-                routes[name] = Route(app, None, f"model {model!r} of app {name!r} has no current version")
+                routes[name] = Route(app, None, f"model {model!r} of app {name!r} has no current version",
+                                     model=model)
             else:
                 routes[name] = Route(app, mq)
         self.routes = routes
@@ -300,6 +304,7 @@ class Dispatcher:
         mq.throughput.mark(n)
         mq.num_predictions.inc(n)
         self.aggregate.mark(n)
+        self.aggregate_count.inc(n)
         mq.controller.observe(n, latency_s * 1e6)
         mq.estimate.observe(n, latency_s)
 

@@ -16,7 +16,9 @@ from aiohttp import web
 from frontend.admission import validate_items
 from schooner import defaults
 from schooner.protocol import ALLOWED_DTYPES, short
-from schooner.errors import BadInput, NoModel, Overloaded, SchoonerError, UnknownApp
+from schooner.errors import BadInput, Overloaded, SchoonerError, UnknownApp, error_body
+from frontend.dispatch import Route
+from frontend.metrics import clipper_strings
 from frontend.prometheus import Exposition, RegistryCollector
 from frontend.queries import Query
 from schooner.types import InputType
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from frontend.server import Frontend
 
 log = logging.getLogger(__name__)
+
+NO_MODEL_EXPLANATION = "No connected models found for query"  # Clipper's words
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
@@ -47,7 +51,7 @@ def error_response(err: SchoonerError) -> web.Response:
     headers = None
     if isinstance(err, Overloaded):
         headers = {"Retry-After": str(max(1, round(err.retry_after_s)))}
-    return json_response({"error": err.code, "message": str(err)}, status=err.http_status, headers=headers)
+    return json_response(error_body(err.code, str(err)), status=err.http_status, headers=headers)
 
 
 _INT_RANGE = {InputType.INTS: (int(np.iinfo(np.int32).min), int(np.iinfo(np.int32).max))}
@@ -112,8 +116,9 @@ def json_depth(body: bytes) -> int:
     return int(np.cumsum(step, dtype=np.int64).max(initial=0))
 
 
-def parse_body(body: bytes, input_type: InputType, max_items: int) -> tuple[list, list, bool]:
-    """(metas, payload frames, whether it was ``input_batch``) of a predict body; BadInput names the limit."""
+def parse_body(body: bytes, input_type: InputType, max_items: int) -> tuple[list, list, bool, Any]:
+    """(metas, payload frames, whether it was ``input_batch``, its ``version`` or None) of a predict
+    body; BadInput names the limit."""
     depth = json_depth(body)
     if depth > defaults.MAX_JSON_DEPTH:
         raise BadInput(f"request body nests {depth} deep, more than the limit of {defaults.MAX_JSON_DEPTH} "
@@ -138,7 +143,10 @@ def parse_body(body: bytes, input_type: InputType, max_items: int) -> tuple[list
         batch = True
     else:
         raise BadInput("missing field 'input' (or 'input_batch')")
-    return [m for m, _ in items], [f for _, f in items], batch
+    version = data.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, (str, int)) or version == ""):
+        raise BadInput("field 'version' must be a model version (a string or an integer)")
+    return [m for m, _ in items], [f for _, f in items], batch, version
 
 
 def output_json(meta: Any, frame: Any) -> Any:
@@ -159,6 +167,11 @@ def output_json(meta: Any, frame: Any) -> Any:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return base64.b64encode(raw).decode("ascii")
+
+
+def _input_type(route: Route) -> InputType:
+    """The input type queries of ``route`` must have: its model's, else its app's."""
+    return route.queue.spec.input_type if route.queue is not None else route.app.spec.input_type
 
 
 def _prediction(query: Query, i: int) -> dict:
@@ -226,31 +239,47 @@ class HttpApi:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise BadInput(f"request body is larger than the limit of {limit} bytes (max_message_bytes)") from None
-        input_type = route.queue.spec.input_type
+        input_type = _input_type(route)
         if len(body) <= defaults.HTTP_PARSE_INLINE_BYTES:
-            metas, frames, batch = parse_body(body, input_type, config.max_items_per_query)
+            metas, frames, batch, version = parse_body(body, input_type, config.max_items_per_query)
         else:  # parsed off the loop: a big body must not stall every other query
-            metas, frames, batch = await asyncio.to_thread(parse_body, body, input_type, config.max_items_per_query)
+            metas, frames, batch, version = await asyncio.to_thread(parse_body, body, input_type,
+                                                                    config.max_items_per_query)
             route = self._route(name)  # the deployment may have changed meanwhile
-            if route.queue.spec.input_type is not input_type:
+            if _input_type(route) is not input_type:
                 raise BadInput(f"app {name!r} changed its input type while the request was parsed")
+        route = self._route_of_version(route, version)
         mq = route.queue
-        validate_items(metas, frames, input_type, mq.input_shape, config.max_input_bytes)
+        validate_items(metas, frames, input_type, mq.input_shape if mq is not None else None,
+                       config.max_input_bytes)
         now = time.monotonic()
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         query = Query(dispatcher.next_query_id(), route.app, len(metas), now, self._done)
         query.peer = future
+        if mq is None:
+            # Clipper answers an app with no model (or no current version) with its default output.
+            log.debug("app %r: %s; answering its default output", name, route.problem)
+            query.expire(NO_MODEL_EXPLANATION)
+            return query, batch
         dispatcher.submit(route, query, metas, frames, now)
         dispatcher.pump_dirty()
         return query, batch
 
-    def _route(self, name: str) -> Any:
+    def _route(self, name: str) -> Route:
         route = self.fe.dispatcher.routes.get(name)
         if route is None:
             raise UnknownApp(f"no app named {short(name)}")
-        if route.queue is None:
-            raise NoModel(route.problem)
         return route
+
+    def _route_of_version(self, route: Route, version: Any) -> Route:
+        """The route to ``version`` of the app's model when the body names one (Clipper's ``version``)."""
+        if version is None:
+            return route
+        mq = self.fe.dispatcher.queues.get((route.model, str(version))) if route.model else None
+        if mq is None:
+            raise BadInput(f"field 'version': model {short(route.model)} of this app has no version "
+                           f"{short(str(version))}" if route.model else "field 'version': this app has no linked model")
+        return Route(route.app, mq)
 
     def _done(self, query: Query, err: SchoonerError | None) -> None:
         self.fe.dispatcher.record(query, err)
@@ -258,10 +287,12 @@ class HttpApi:
             query.peer.set_result(err)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        """GET /metrics: Clipper JSON, or Prometheus text with ?format=prometheus."""
+        """GET /metrics: Clipper JSON (values as strings, as Clipper writes them; numbers with
+        ``?values=numbers``), or Prometheus text with ``?format=prometheus``."""
         if request.query.get("format") == "prometheus":
             return await self.prometheus(request)
-        return json_response(self.fe.metrics.dump())
+        dump = self.fe.metrics.dump()
+        return json_response(dump if request.query.get("values") == "numbers" else clipper_strings(dump))
 
     async def prometheus(self, request: web.Request) -> web.Response:
         """GET /metrics/prometheus: Prometheus text exposition (OpenMetrics if the Accept header asks)."""

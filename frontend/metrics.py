@@ -334,3 +334,15 @@ class MetricsRegistry:
             metric = self._metrics[name]
             out[metric.kind].append({name: metric.report()})
         return out
+
+
+def _as_string(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
+def clipper_strings(dump: dict) -> dict:
+    """A :meth:`MetricsRegistry.dump` with every number as a string, as Clipper's JSON writes them."""
+    return {kind: [{name: {k: _as_string(v) for k, v in body.items()} for name, body in entry.items()}
+                   for entry in entries] for kind, entries in dump.items()}

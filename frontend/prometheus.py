@@ -48,7 +48,8 @@ _MODEL = {
                                       "Queries defaulted before dispatch because they could not finish in time."),
 }
 _INTERNAL = {
-    names.AGGREGATE_THROUGHPUT.partition(":")[2]: ("predictions", "Outputs returned by replicas, every model together."),
+    names.AGGREGATE_NUM_PREDICTIONS.partition(":")[2]: ("predictions",
+                                                        "Outputs returned by replicas, every model together."),
     names.QUEUEING_DELAY.partition(":")[2]: ("queueing_delay", "Time a query waited in a model queue before dispatch."),
 }
 _LABELLED = {  # metric suffix prefix -> (scope, family, help, label)
@@ -140,8 +141,7 @@ class RegistryCollector(Collector):
                 # The numerator is the count; the denominator is the predictions counter already exported.
                 families.get(CounterMetricFamily, family, help_text, keys).add_metric(values, metric.numerator)
             elif isinstance(metric, Meter):
-                if scope == "internal":
-                    families.get(CounterMetricFamily, family, help_text, keys).add_metric(values, metric.count)
+                continue  # its count is a counter already; PromQL computes the rates
             elif isinstance(metric, Gauge):
                 families.get(GaugeMetricFamily, family, help_text, keys).add_metric(values, metric.value)
         if self.gauges is not None:

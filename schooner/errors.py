@@ -171,6 +171,14 @@ _BY_CODE: dict[str, type[SchoonerError]] = {
     if issubclass(cls, SchoonerError) and cls is not QueryTimeout}
 
 
+def error_body(code: str, message: str) -> dict:
+    """The JSON body of an error answer: the code, and the message as Clipper's ``cause``.
+
+    ``message`` carries the same text under the name earlier Schooner clients read.
+    """
+    return {"error": code, "cause": message, "message": message}
+
+
 def http_status(code: str) -> int:
     """The HTTP status an error ``code`` is answered with (500 for an unknown code)."""
     try:

@@ -7,6 +7,7 @@ dashboard and the tests read them back from ``/metrics`` by the same names.
 from __future__ import annotations
 
 AGGREGATE_THROUGHPUT = "internal:aggregate_model_throughput"  # meter, every model
+AGGREGATE_NUM_PREDICTIONS = "internal:aggregate_num_predictions"  # counter, every model (Clipper's name)
 QUEUEING_DELAY = "internal:rpc_request_queueing_delay"  # histogram, µs from enqueue to dispatch
 
 # Per app, after app_prefix(app):

@@ -67,11 +67,11 @@ def test_unknown_app_is_refused(client, limited_frontend):
     assert resp.status_code == 404 and resp.json()["error"] == "unknown_app"
 
 
-def test_app_without_a_linked_model_gets_no_model(client, limited_frontend):
-    with pytest.raises(NoModel):
+def test_app_without_a_linked_model_is_no_model_on_zmq_and_clippers_default_on_http(client, limited_frontend):
+    with pytest.raises(NoModel):  # Schooner's own client path stays strict
         client.predict("orphan", _x())
     resp = requests.post(f"{limited_frontend.http_url}/orphan/predict", json={"input": [1.0] * 4}, timeout=10)
-    assert resp.status_code == 503 and resp.json()["error"] == "no_model"
+    assert resp.status_code == 200 and resp.json()["default"] is True  # Clipper's path: the default output
 
 
 def test_wrong_input_type_is_bad_input(client):

@@ -153,13 +153,12 @@ def test_adding_an_existing_app_is_409(api: ApiServer) -> None:
     assert resp.status_code == 409 and resp.json()["error"] == "conflict"
 
 
-def test_unknown_app_is_404(api: ApiServer) -> None:
-    for path, body in (("/admin/get_application", {"name": "ghost"}),
-                       ("/admin/get_linked_models", {"app_name": "ghost"}),
-                       ("/admin/delete_app", {"name": "ghost"})):
-        resp = api.post(path, body)
-        assert resp.status_code == 404, path
-        assert resp.json()["error"] == "not_found" and "ghost" in resp.json()["message"]
+def test_deleting_an_unknown_app_is_404_and_reading_it_is_clippers_empty_answer(api: ApiServer) -> None:
+    resp = api.post("/admin/delete_app", {"name": "ghost"})
+    assert resp.status_code == 404
+    assert resp.json()["error"] == "not_found" and "ghost" in resp.json()["cause"]
+    assert _ok(api.post("/admin/get_application", {"name": "ghost"})) == {}
+    assert _ok(api.post("/admin/get_linked_models", {"app_name": "ghost"})) == []
 
 
 def test_added_model_keeps_clipper_and_schooner_fields(api: ApiServer) -> None:
@@ -244,7 +243,33 @@ def test_delete_endpoints_remove_links_apps_and_versions(api: ApiServer, store: 
     assert store.get_current_version("m") == "2"
     assert _ok(api.post("/admin/delete_app", {"name": "app"})) == "Success!"
     assert store.load_state().apps == {}
-    assert api.post("/admin/get_model", {"model_name": "m", "model_version": 1}).status_code == 404
+    assert _ok(api.post("/admin/get_model", {"model_name": "m", "model_version": 1})) == {}
+
+
+def test_clipper_admin_reads_of_missing_things_answer_200_empty(api: ApiServer) -> None:
+    # clipper_admin's get_app_info / get_model_info / get_container_info return None on an empty
+    # JSON object and raise on any other status: Clipper's management frontend answers 200 {}.
+    assert _ok(api.post("/admin/get_application", {"name": "nobody"})) == {}
+    assert _ok(api.post("/admin/get_model", {"model_name": "nobody", "model_version": "1"})) == {}
+    assert _ok(api.post("/admin/get_container", {"model_name": "nobody", "model_version": "1",
+                                                 "replica_id": "0"})) == {}
+    assert _ok(api.post("/admin/get_linked_models", {"app_name": "nobody"})) == []
+
+
+def test_replica_records_carry_clippers_container_fields(api: ApiServer, store: Store) -> None:
+    _add_model(api, "m", 1, input_type="doubles")
+    store.replicas.put({"model_name": "m", "model_version": "1", "replica_id": "m-1-r1", "backend": "process",
+                        "handle": "1", "cpus": [0], "gpu": None, "state": "ready", "seq": 0})
+    [record] = _ok(api.post("/admin/get_all_containers", {"verbose": True}))
+    assert record["model_id"] == "m:1" and record["model_replica_id"] == 0
+    assert record["input_type"] == "doubles"
+
+
+def test_error_bodies_carry_clippers_cause(api: ApiServer) -> None:
+    resp = api.post("/admin/add_app", {"name": "x"})
+    assert resp.status_code == 400
+    body = resp.json()
+    assert body["error"] == "bad_request" and "input_type" in body["cause"]
 
 
 def test_containers_come_from_the_replica_records(api: ApiServer, store: Store) -> None:
@@ -254,10 +279,10 @@ def test_containers_come_from_the_replica_records(api: ApiServer, store: Store) 
     assert _ok(api.post("/admin/get_all_containers", {"verbose": False})) == ["m:1:m-1-r1"]
     [listed] = _ok(api.post("/admin/get_all_containers", {"verbose": True}))
     assert {k: v for k, v in listed.items() if k in record} == record
+    assert listed["model_id"] == "m:1" and "input_type" not in listed  # no model m registered
     assert _ok(api.post("/admin/get_container", {"model_name": "m", "model_version": 1,
                                                  "replica_id": "m-1-r1"})) == listed
-    assert api.post("/admin/get_container", {"model_name": "m", "model_version": 1, "replica_id": "x"}
-                    ).status_code == 404
+    assert _ok(api.post("/admin/get_container", {"model_name": "m", "model_version": 1, "replica_id": "x"})) == {}
     assert api.post("/admin/get_all_containers", {"verbose": "yes"}).status_code == 400
 
 

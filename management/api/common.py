@@ -12,6 +12,7 @@ from aiohttp import web
 from management.api.body import Body
 from management.errors import BadRequest, ManagementError, ManagerUnavailable, Unauthorized
 from management.store import Store
+from schooner.errors import error_body
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,8 @@ MODEL_ROOTS_KEY = web.AppKey("model_roots", list)
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
-    """A JSON error answer ``{"error": code, "message": message}``."""
-    return web.json_response({"error": code, "message": message}, status=status)
+    """A JSON error answer ``{"error": code, "cause": message, "message": message}``."""
+    return web.json_response(error_body(code, message), status=status)
 
 
 @web.middleware

@@ -12,6 +12,7 @@ from management import model_check
 from management.api.common import (MANAGER_KEY, MODEL_ROOTS_KEY, SUCCESS, call, read_body, spec, store_of,
                                    write)
 from management.errors import NotFound
+from management.store import ReplicaRecord, Store
 
 # Clipper's older clients say "integers" for ints.
 _INPUT_TYPE_ALIASES = {"integers": "ints"}
@@ -114,7 +115,7 @@ async def get_application(request: web.Request) -> web.Response:
     store = store_of(request)
     app = await call(store.get_app, name)
     if app is None:
-        raise NotFound(f"application {name!r} does not exist")
+        return web.json_response({})  # Clipper: 200 {} (clipper_admin.get_app_info returns None)
     return web.json_response(app_info(app, await call(store.get_links, name)))
 
 
@@ -124,7 +125,7 @@ async def get_linked_models(request: web.Request) -> web.Response:
     name = body.string("app_name", allow_empty=False)
     store = store_of(request)
     if await call(store.get_app, name) is None:
-        raise NotFound(f"application {name!r} does not exist")
+        return web.json_response([])  # Clipper: an app that does not exist links no model
     return web.json_response(await call(store.get_links, name))
 
 
@@ -148,8 +149,7 @@ async def get_model(request: web.Request) -> web.Response:
     store = store_of(request)
     model = await call(store.get_model, name, version)
     if model is None:
-        raise NotFound(f"model {name!r} version {version!r} does not exist" if version
-                       else f"model {name!r} does not exist")
+        return web.json_response({})  # Clipper: 200 {} (clipper_admin.get_model_info returns None)
     info = model_info(model, await call(store.get_current_version, name))
     desired = await call(store.replicas.get_desired, model.name, model.version) or {}
     # "failed": its replicas exit before serving (failure says why); "deployed": replicas are asked for.
@@ -162,9 +162,10 @@ async def get_all_containers(request: web.Request) -> web.Response:
     """"model:version:replica_id" of every replica, or (verbose) their records."""
     body = await read_body(request)
     verbose = body.boolean("verbose", False)
-    records = await call(store_of(request).replicas.find)
+    store = store_of(request)
+    records = await call(store.replicas.find)
     if verbose:
-        return web.json_response([r.to_dict() for r in records])
+        return web.json_response([await _clipper_record(store, r) for r in records])
     return web.json_response([f"{r.model_name}:{r.model_version}:{r.replica_id}" for r in records])
 
 
@@ -174,10 +175,23 @@ async def get_container(request: web.Request) -> web.Response:
     name = body.string("model_name", allow_empty=False)
     version = body.version("model_version")
     replica_id = body.version("replica_id")
-    record = await call(store_of(request).replicas.get, name, version, replica_id)
+    store = store_of(request)
+    record = await call(store.replicas.get, name, version, replica_id)
     if record is None:
-        raise NotFound(f"replica {replica_id!r} of model {name!r} version {version!r} does not exist")
-    return web.json_response(record.to_dict())
+        return web.json_response({})  # Clipper: 200 {} (clipper_admin.get_container_info returns None)
+    return web.json_response(await _clipper_record(store, record))
+
+
+async def _clipper_record(store: Store, record: ReplicaRecord) -> dict:
+    """A replica record with the fields Clipper's container records carry as well."""
+    out = record.to_dict()
+    out.setdefault("model_id", f"{record.model_name}:{record.model_version}")
+    out.setdefault("model_replica_id", record.seq)  # Clipper numbers a model's replicas 0, 1, ...
+    if "input_type" not in out:
+        model = await call(store.get_model, record.model_name, record.model_version)
+        if model is not None:
+            out["input_type"] = model.input_type.value
+    return out
 
 
 @write
