@@ -32,7 +32,7 @@ setup(
         "closure": ["cloudpickle>=2"],
         "test": ["pytest>=8", "pytest-timeout>=2.2", "requests>=2.31", "ruff>=0.5", "mypy>=1.10",
                  "scikit-learn>=1.3", "lightgbm>=4.0", "docker>=7",
-                 "selenium>=4.20"],
+                 "selenium>=4.20", "onnxruntime>=1.16", "skl2onnx>=1.16", "cloudpickle>=2"],
     },
     entry_points={
         "console_scripts": [
