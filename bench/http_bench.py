@@ -77,10 +77,11 @@ class Deployment:
         for key in [k for k in env if k.startswith("SCHOONER_")]:
             del env[key]  # default settings, unless --env says otherwise
         env.update(self.env)
+        env["SCHOONER_ADMIN_TOKEN"] = self.token  # by environment: never on a command line
         self.log = open(self.state_dir.with_suffix(".log"), "wb")
         self.proc = subprocess.Popen(
             ["taskset", "-c", str(self.cpu), sys.executable, "-m", "management.cli", "up", "--free-ports",
-             "--state-dir", str(self.state_dir), "--admin-token", self.token],
+             "--state-dir", str(self.state_dir)],
             cwd=self.tree, env=env, stdout=subprocess.PIPE, stderr=self.log, start_new_session=True)
         text = ""
         deadline = time.monotonic() + timeout_s

@@ -9,6 +9,7 @@ import urllib.request
 from typing import Any
 
 from driver.errors import DeployError
+from management import admin_token
 
 log = logging.getLogger(__name__)
 
@@ -18,16 +19,20 @@ HTTP_TIMEOUT_S = 60.0
 class Admin:
     """Calls ``<base_url>/admin/...``; failures raise DeployError with the service's message."""
 
-    def __init__(self, base_url: str, timeout_s: float = HTTP_TIMEOUT_S) -> None:
+    def __init__(self, base_url: str, timeout_s: float = HTTP_TIMEOUT_S, token: str | None = None) -> None:
         if not base_url.startswith(("http://", "https://")):
             base_url = "http://" + base_url
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        # None: SCHOONER_ADMIN_TOKEN, SCHOONER_ADMIN_TOKEN_FILE or <state-dir>/admin-token (management.admin_token)
+        self.token = admin_token.discover() if token is None else token
 
     def _call(self, method: str, path: str, body: dict | None, timeout_s: float | None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.base_url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as resp:
                 raw = resp.read()

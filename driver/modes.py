@@ -36,10 +36,10 @@ SERVE_POLL_TIMEOUT_S = 300.0
 
 
 @contextlib.contextmanager
-def endpoints(spec: SweepSpec, log_dir: Path) -> Iterator[tuple[str, str]]:
+def endpoints(spec: SweepSpec, log_dir: Path) -> Iterator[tuple[str, str, str | None]]:
     """(management URL, client address): the running deployment named by the flags, or our own Stack."""
     if spec.frontend:
-        yield f"http://{spec.management}", f"tcp://{spec.frontend}"
+        yield f"http://{spec.management}", f"tcp://{spec.frontend}", None
         return
     from management.stack import Stack
 
@@ -50,7 +50,7 @@ def endpoints(spec: SweepSpec, log_dir: Path) -> Iterator[tuple[str, str]]:
     except Exception as err:  # the Stack's own errors carry the process log tail
         raise DriverError(f"could not start the stack: {err}") from err
     try:
-        yield stack.management_url, stack.client_address
+        yield stack.management_url, stack.client_address, stack.admin_token
     finally:
         stack.stop()
 
@@ -185,8 +185,8 @@ def run(spec: SweepSpec, machine: Machine, args: dict) -> int:
 
     failed: Exception | None = None
     try:
-        with endpoints(spec, out / f"logs-{name_stamp}") as (management_url, address):
-            asyncio.run(_run(spec, Admin(management_url), address, doc, save))
+        with endpoints(spec, out / f"logs-{name_stamp}") as (management_url, address, token):
+            asyncio.run(_run(spec, Admin(management_url, token=token), address, doc, save))
     except (DriverError, DeployError) as err:
         failed = err
         log.error("run stopped: %s", err)

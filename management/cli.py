@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"management REST port (default {defaults.MANAGEMENT_PORT})")
     up.add_argument("--free-ports", action="store_true", help="use free loopback ports instead of the defaults")
     up.add_argument("--backend", choices=BACKENDS, default=None, help="replica backend (default process)")
-    up.add_argument("--admin-token", default=None, help="token the management API's writes require")
+    up.add_argument("--no-admin-token", action="store_true",
+                    help="management writes need no token (refused unless --host is loopback); by default "
+                         "they need the token generated into <state-dir>/admin-token")
     up.add_argument("--state-dir", default=None, help=f"where embedded Redis and logs live "
                                                        f"(default {defaults.STATE_DIR})")
     up.add_argument("--frontend-cpus", type=_cpus, default=None, help="pin the frontend to these cpus, e.g. 0 or 0-1")
@@ -115,7 +117,7 @@ def up(args: argparse.Namespace) -> int:
         http_port=_port(args.http_port, "http_port", defaults.HTTP_PORT, free),
         management_port=_port(args.management_port, "management_port", defaults.MANAGEMENT_PORT, free),
         backend=defaults.resolve(args.backend, "backend", "process"),
-        admin_token=defaults.resolve(args.admin_token, "admin_token", ""),
+        admin_token="" if args.no_admin_token else None,
         state_dir=defaults.resolve(args.state_dir, "state_dir", defaults.STATE_DIR),
         frontend_cpus=args.frontend_cpus,
         heartbeat_timeout_s=args.heartbeat_timeout_s,

@@ -31,13 +31,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-opts", default="", help="JSON object of options for the loader")
     p.add_argument("--no-upload", action="store_true", help="PATH is already in a model root of the service")
     p.add_argument("--wait-s", type=float, default=120.0, help="how long to wait for the replicas (default 120)")
+    p.add_argument("--state-dir", default=None, help="state dir of `schooner up`, where its admin-token is "
+                                                     f"(default SCHOONER_STATE_DIR or {defaults.STATE_DIR})")
     p.add_argument("--management", default=None,
                    help=f"management URL (default http://{defaults.HOST}:{defaults.MANAGEMENT_PORT})")
 
 
 def run(args: argparse.Namespace) -> int:
     """Deploy, print the replicas as JSON; exit 1 with the reason when it does not serve."""
-    from management.client import AdminError, deploy  # noqa: PLC0415 - keeps `schooner --help` fast
+    from management import admin_token  # noqa: PLC0415 - keeps `schooner --help` fast
+    from management.client import AdminError, deploy  # noqa: PLC0415
 
     url = args.management or defaults.resolve(None, "management_url",
                                                f"http://{defaults.HOST}:{defaults.MANAGEMENT_PORT}")
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         result = deploy(args.name, args.path, launcher=args.launcher, version=args.version,
                         input_type=args.input_type, slo_ms=args.slo_ms, replicas=args.replicas,
                         cpus_per_replica=args.cpus_per_replica, model_opts=opts, batch_size=args.batch_size,
-                        upload=not args.no_upload, wait_s=args.wait_s, management_url=url)
+                        upload=not args.no_upload, wait_s=args.wait_s, management_url=url,
+                        token=admin_token.discover(args.state_dir))
     except (AdminError, ValueError, OSError) as err:
         print(f"schooner deploy {args.name}: {err}")
         return 1

@@ -84,6 +84,27 @@ def _cpu_list(text: str) -> list[int]:
     return parse_cpu_list(text) if text.strip() else []
 
 
+def _admin_token(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    """The token writes need: "" only with --no-admin-token on loopback; else env, file, or generated."""
+    from management import admin_token  # noqa: PLC0415
+
+    host = defaults.resolve(args.host, "host", defaults.HOST)
+    if args.no_admin_token or os.environ.get("SCHOONER_NO_ADMIN_TOKEN") == "1":
+        if not admin_token.is_loopback(host):
+            parser.error(f"--no-admin-token is refused: the management API listens on {host}, not loopback")
+        return ""
+    token = os.environ.get(admin_token.ENV, "").strip()
+    if token:
+        return token
+    state_dir = defaults.resolve(args.state_dir, "state_dir", defaults.STATE_DIR)
+    file = args.admin_token_file or os.environ.get(admin_token.FILE_ENV) or admin_token.path(state_dir)
+    try:
+        return admin_token.ensure(file)
+    except (OSError, ValueError) as err:
+        parser.error(f"admin token file {file}: {err}")
+        raise  # unreachable
+
+
 def parse_args(argv: list[str] | None = None) -> ServiceConfig:
     """Parse the command line (each flag also ``SCHOONER_<FLAG>``) into a ServiceConfig."""
     parser = argparse.ArgumentParser(prog="python -m management",
@@ -95,7 +116,12 @@ def parse_args(argv: list[str] | None = None) -> ServiceConfig:
     parser.add_argument("--frontend-http", help="the query frontend's HTTP URL (metrics, replica states)")
     parser.add_argument("--frontend-rpc", help="the frontend's replica address replicas connect to")
     parser.add_argument("--backend", choices=BACKENDS, help="where replicas run (default process)")
-    parser.add_argument("--admin-token", help="when set, writes need 'Authorization: Bearer <token>'")
+    parser.add_argument("--admin-token-file", metavar="FILE",
+                        help="file holding the token writes need (SCHOONER_ADMIN_TOKEN_FILE; the token itself "
+                             "may come as SCHOONER_ADMIN_TOKEN, never as a flag); default "
+                             "<state-dir>/admin-token, generated (mode 0600) if missing")
+    parser.add_argument("--no-admin-token", action="store_true",
+                        help="writes need no token (refused unless --host is loopback)")
     parser.add_argument("--log-dir", help="replica logs (default <state-dir>/logs/replicas)")
     parser.add_argument("--frontend-cpus", help="cores the frontend is pinned to, kept free of replicas (0-1,4)")
     parser.add_argument("--reconcile-interval-s", type=float, help="seconds between reconcile passes")
@@ -119,7 +145,7 @@ def parse_args(argv: list[str] | None = None) -> ServiceConfig:
             frontend_http=defaults.resolve(args.frontend_http, "frontend_http", base["frontend_http"].default),
             frontend_rpc=defaults.resolve(args.frontend_rpc, "frontend_rpc", base["frontend_rpc"].default),
             backend=defaults.resolve(args.backend, "backend", Backend.PROCESS.value),
-            admin_token=defaults.resolve(args.admin_token, "admin_token", ""),
+            admin_token=_admin_token(args, parser),
             log_dir=defaults.resolve(args.log_dir, "log_dir", ""),
             frontend_cpus=_cpu_list(defaults.resolve(args.frontend_cpus, "frontend_cpus", "")),
             reconcile_interval_s=defaults.resolve(args.reconcile_interval_s, "reconcile_interval_s",

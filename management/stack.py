@@ -28,6 +28,7 @@ import psutil
 
 from schooner import defaults
 from schooner.types import BACKENDS
+from management import admin_token as admin_token_mod
 from management.embedded_redis import EmbeddedRedis, free_port
 from management.errors import ManagementError
 
@@ -51,7 +52,7 @@ class Stack:
     def __init__(self, *, redis_url: str = "", host: str = defaults.HOST, client_port: int = 0,
                  replica_port: int = 0, http_port: int = 0, management_port: int = 0, backend: str = "process",
                  state_dir: str | os.PathLike | None = None, frontend_cpus: list[int] | None = None,
-                 admin_token: str = "", heartbeat_interval_s: float | None = None,
+                 admin_token: str | None = None, heartbeat_interval_s: float | None = None,
                  heartbeat_timeout_s: float | None = None, env: dict[str, str] | None = None,
                  log_dir: str | os.PathLike | None = None, python: str = sys.executable,
                  reconcile_interval_s: float | None = None,
@@ -73,6 +74,10 @@ class Stack:
         self.state_dir = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="schooner-stack-"))
         self.log_dir = Path(log_dir) if log_dir else self.state_dir / "logs"
         self.frontend_cpus = list(frontend_cpus) if frontend_cpus else []
+        # None: the one SCHOONER_ADMIN_TOKEN names, else the one the management service generates into
+        # <state_dir>/admin-token (read after it starts); "": writes need no token (loopback only).
+        if admin_token is None:
+            admin_token = (env or {}).get(admin_token_mod.ENV) or os.environ.get(admin_token_mod.ENV) or None
         self.admin_token = admin_token
         self.heartbeat_interval_s = heartbeat_interval_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
@@ -123,7 +128,8 @@ class Stack:
         """Every address of the running stack, by name."""
         return {"frontend_http": self.frontend_http_url, "management": self.management_url,
                 "client": self.client_address, "replica_rpc": self.replica_address, "redis": self.redis_url,
-                "logs": str(self.log_dir)}
+                "logs": str(self.log_dir),
+                "admin_token_file": admin_token_mod.path(self.state_dir) if self.admin_token else ""}
 
     def _port(self, name: str) -> int:
         if name not in self._ports:
@@ -241,8 +247,12 @@ class Stack:
             args += ["--model-root", root]
         # The token goes by environment, never on a command line (ps shows those to every user).
         env = {"SCHOONER_ADMIN_TOKEN": self.admin_token} if self.admin_token else {}
+        if self.admin_token == "":
+            args += ["--no-admin-token"]
         self.management = self._spawn("management", args, env=env)
         self._wait_http(self.management, "management", f"{self.management_url}/admin/ping", deadline)
+        if self.admin_token is None:  # the management service generated one into the state dir
+            self.admin_token = admin_token_mod.read_file(admin_token_mod.path(self.state_dir))
 
     def _wait_http(self, proc: subprocess.Popen, name: str, url: str, deadline: float) -> None:
         while True:

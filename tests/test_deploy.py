@@ -36,6 +36,7 @@ def stack(tmp_path_factory, site):
     state = tmp_path_factory.mktemp("state")
     env = {"PYTHONPATH": str(site)}
     with Stack(state_dir=state, heartbeat_interval_s=0.25, env=env, reconcile_interval_s=0.5) as s:
+        assert s.admin_token  # on by default
         yield s
 
 
@@ -157,3 +158,23 @@ def test_model_whose_load_raises_is_marked_failed_with_its_reason(stack, admin, 
     replicas = admin.post("get_model_replicas", {"model_name": "broken"})
     assert replicas and all(r["state"] == "failed" and "weights file is missing" in r["error"] for r in replicas)
     undeploy(admin, "broken")
+
+
+def test_writes_need_the_generated_token_reads_do_not(stack):
+    token_file = stack.state_dir / "admin-token"
+    assert token_file.read_text().strip() == stack.admin_token
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    body = {"name": "notoken", "input_type": "floats"}
+    resp = requests.post(f"{stack.management_url}/admin/add_app", json=body, timeout=30)
+    assert resp.status_code == 401 and resp.json()["error"] == "unauthorized"
+    bad = requests.post(f"{stack.management_url}/admin/add_app", json=body, timeout=30,
+                        headers={"Authorization": "Bearer wrong"})
+    assert bad.status_code == 401
+    assert requests.post(f"{stack.management_url}/admin/get_all_models", json={}, timeout=30).status_code == 200
+
+
+def test_no_admin_token_is_refused_off_loopback():
+    done = subprocess.run([sys.executable, "-m", "management", "--host", "0.0.0.0", "--no-admin-token"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert done.returncode == 2 and "--no-admin-token is refused" in done.stderr

@@ -361,8 +361,11 @@ def test_stack_with_docker_backend_deploys_serves_and_removes_containers_on_stop
     namespace = f"test-{uuid.uuid4().hex[:8]}"
     scope = {"label": ["schooner.managed=true", f"schooner.namespace={namespace}"]}
 
+    token: list[str] = []
+
     def admin(url: str, path: str, body: dict) -> requests.Response:
-        resp = requests.post(f"{url}/admin/{path}", json=body, timeout=READY_S + 30)
+        resp = requests.post(f"{url}/admin/{path}", json=body, timeout=READY_S + 30,
+                             headers={"Authorization": f"Bearer {token[0]}"})
         assert resp.status_code == 200, f"{path}: {resp.status_code} {resp.text}"
         return resp
 
@@ -370,6 +373,7 @@ def test_stack_with_docker_backend_deploys_serves_and_removes_containers_on_stop
         with Stack(backend="docker", state_dir=tmp_path / "state", heartbeat_interval_s=0.25,
                    env={"SCHOONER_DOCKER_NAMESPACE": namespace}) as stack:
             url = stack.management_url
+            token.append(stack.admin_token)
             admin(url, "add_app", {"name": "echo", "input_type": "doubles", "latency_slo_micros": 20_000_000})
             admin(url, "add_model", {"model_name": "noop", "model_version": "1", "input_type": "doubles"})
             admin(url, "add_model_links", {"app_name": "echo", "model_names": ["noop"]})

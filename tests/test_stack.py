@@ -21,18 +21,21 @@ ROOT = Path(__file__).resolve().parents[1]
 READY_S = 90.0
 
 
-def admin(stack_url: str, path: str, body: dict, timeout: float = 120) -> requests.Response:
-    resp = requests.post(f"{stack_url}/admin/{path}", json=body, timeout=timeout)
+def admin(stack_url: str, path: str, body: dict, timeout: float = 120, token: str = "") -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    resp = requests.post(f"{stack_url}/admin/{path}", json=body, timeout=timeout, headers=headers)
     assert resp.status_code == 200, f"{path}: {resp.status_code} {resp.text}"
     return resp
 
 
-def deploy_noop(management_url: str, num_replicas: int = 1) -> list[dict]:
-    admin(management_url, "add_app", {"name": "echo", "input_type": "doubles", "latency_slo_micros": 20_000_000})
-    admin(management_url, "add_model", {"model_name": "noop", "model_version": "1", "input_type": "doubles"})
-    admin(management_url, "add_model_links", {"app_name": "echo", "model_names": ["noop"]})
+def deploy_noop(management_url: str, token: str, num_replicas: int = 1) -> list[dict]:
+    admin(management_url, "add_app", {"name": "echo", "input_type": "doubles", "latency_slo_micros": 20_000_000},
+          token=token)
+    admin(management_url, "add_model", {"model_name": "noop", "model_version": "1", "input_type": "doubles"},
+          token=token)
+    admin(management_url, "add_model_links", {"app_name": "echo", "model_names": ["noop"]}, token=token)
     return admin(management_url, "set_num_replicas",
-                 {"model_name": "noop", "num_replicas": num_replicas, "wait_s": READY_S}).json()
+                 {"model_name": "noop", "num_replicas": num_replicas, "wait_s": READY_S}, token=token).json()
 
 
 def alive(pid: int) -> bool:
@@ -61,7 +64,7 @@ def test_stack_serves_queries_and_stop_leaves_no_process_behind(tmp_path):
         assert requests.get(f"{stack.management_url}/admin/ping", timeout=5).status_code == 200
         assert stack.redis_url.startswith("redis://127.0.0.1:")
         assert stack.client_address.startswith("tcp://127.0.0.1:")
-        [replica] = deploy_noop(stack.management_url)
+        [replica] = deploy_noop(stack.management_url, stack.admin_token)
         assert replica["state"] in ("ready", "busy")
         if frontend_cpus:  # the frontend is pinned and its core is kept free of replicas
             assert _cpus_allowed(stack.frontend.pid) == str(cpus[0])
@@ -100,7 +103,7 @@ def test_stack_validates_its_arguments():
 def test_stack_stop_reaps_replicas_of_a_management_service_killed_hard(tmp_path):
     stack = Stack(state_dir=tmp_path / "state").start()
     try:
-        [replica] = deploy_noop(stack.management_url)
+        [replica] = deploy_noop(stack.management_url, stack.admin_token)
         os.kill(stack.management.pid, signal.SIGKILL)
         stack.management.wait(timeout=10)
         assert alive(replica["pid"])
