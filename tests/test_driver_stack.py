@@ -47,10 +47,12 @@ def _kill_tree(proc: subprocess.Popen) -> None:
             child.kill()
 
 
-def run_driver(argv: list[str], prefix: list[str] = (), watch_replicas: bool = False) -> tuple[int, str, str, list]:
+def run_driver(argv: list[str], prefix: list[str] = (), watch_replicas: bool = False,
+               token: str = "") -> tuple[int, str, str, list]:
     """Run the driver CLI to completion; returns (rc, stdout, stderr, replica affinities seen)."""
+    env = dict(os.environ, SCHOONER_ADMIN_TOKEN=token) if token else None
     proc = subprocess.Popen([*prefix, *DRIVER, *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
     seen: dict[int, list[int]] = {}
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -171,7 +173,7 @@ def test_driver_measures_a_running_deployment_at_an_open_loop_rate(stack, tmp_pa
     front = stack.client_address.removeprefix("tcp://")
     rc, out, err, _ = run_driver(["-m", "noop", "-b", "4", "-r", "1", "-c", "1", "--rate", "40", "--arrival",
                                   "poisson", "--frontend", front, "--management", mgmt, "--out", str(tmp_path),
-                                  *SHORT])
+                                  *SHORT], token=stack.admin_token)
     assert rc == 0, err[-4000:]
     assert "starting a stack" not in err
     doc = results.load(tmp_path)
