@@ -74,7 +74,7 @@ def deployment(cluster, redis_server, tmp_path_factory):
     try:
         wait_for(lambda: http_ok(f"{url}/admin/ping"), 90, "the management service", alive=mgmt,
                  why=log_path.read_text)
-        admin = _Admin(url)
+        admin = _Admin(url, (tmp / "state" / "admin-token").read_text().strip())  # generated at start
         admin("add_app", name=APP, input_type="floats", latency_slo_micros=20_000_000)
         admin("add_model", model_name=MODEL, model_version="1", input_type="floats", batch_size=4,
               launcher="noop")
@@ -92,11 +92,13 @@ def deployment(cluster, redis_server, tmp_path_factory):
 
 
 class _Admin:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str) -> None:
         self.url = url
+        self.token = token
 
     def __call__(self, path: str, **body) -> dict:
-        resp = requests.post(f"{self.url}/admin/{path}", json=body, timeout=180)
+        resp = requests.post(f"{self.url}/admin/{path}", json=body, timeout=180,
+                             headers={"Authorization": f"Bearer {self.token}"})
         assert resp.status_code == 200, f"{path}: {resp.status_code} {resp.text}"
         return resp.json() if resp.headers.get("Content-Type", "").startswith("application/json") else {}
 
