@@ -8,6 +8,7 @@ operator sees what happened), then :meth:`ReplicaPool.prune` forgets them.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 from typing import Any
@@ -146,6 +147,8 @@ class ReplicaPool:
         self.by_id: dict[str, Replica] = {}  # replica_id -> its latest registration
         self.batches: dict[int, Batch] = {}
         self._next_batch_id = 1
+        # (gone_at, replica) in the order replicas went: prune() reads only the expired head.
+        self._gone: collections.deque[tuple[float, Replica]] = collections.deque()
 
     # ---- lookups ----------------------------------------------------------------------------
 
@@ -194,7 +197,7 @@ class ReplicaPool:
         info = info_from_hello(hdr, now)
         check_pid = bool(self.pidns) and hdr.get("pidns") == self.pidns and info.pid > 0
         old = self.by_identity.get(identity)
-        displaced = self._gone(old, ReplicaState.STOPPED, now) if old is not None else None
+        displaced = self._mark_gone(old, ReplicaState.STOPPED, now) if old is not None else None
         replica = Replica(identity, info, check_pid, now)
         self.by_identity[identity] = replica
         self.by_id[info.replica_id] = replica
@@ -239,17 +242,18 @@ class ReplicaPool:
     def lose(self, replica: Replica, now: float) -> Batch | None:
         """A replica went silent or away: dead (stopped if it was draining); returns its batch to requeue."""
         state = ReplicaState.STOPPED if replica.state == ReplicaState.DRAINING else ReplicaState.DEAD
-        return self._gone(replica, state, now)
+        return self._mark_gone(replica, state, now)
 
     def time_out(self, replica: Replica, now: float) -> Batch | None:
         """A replica held its batch past the batch timeout: dead until it registers again."""
-        batch = self._gone(replica, ReplicaState.DEAD, now)
+        batch = self._mark_gone(replica, ReplicaState.DEAD, now)
         replica.timed_out_batch = batch
         return batch
 
-    def _gone(self, replica: Replica, state: ReplicaState, now: float) -> Batch | None:
+    def _mark_gone(self, replica: Replica, state: ReplicaState, now: float) -> Batch | None:
         replica.info.state = state
         replica.gone_at = now
+        self._gone.append((now, replica))
         batch = replica.batch
         replica.batch = None
         if batch is not None:
@@ -257,12 +261,16 @@ class ReplicaPool:
         return batch
 
     def prune(self, now: float) -> list[Replica]:
-        """Forget replicas dead or stopped for ``forget_after_s``; returns them."""
+        """Forget replicas dead or stopped for ``forget_after_s``; returns them (O(forgotten))."""
         limit = now - self.forget_after_s
-        old = [r for r in self.by_identity.values()
-               if r.gone_at is not None and r.gone_at <= limit and r.state not in LIVE_REPLICA_STATES]
-        for replica in old:
-            self.forget(replica)
+        old = []
+        gone = self._gone
+        while gone and gone[0][0] <= limit:
+            at, replica = gone.popleft()
+            # Skip entries of replicas that came back (or went again later: a newer entry follows).
+            if replica.gone_at == at and replica.state not in LIVE_REPLICA_STATES:
+                self.forget(replica)
+                old.append(replica)
         return old
 
     def forget(self, replica: Replica) -> None:

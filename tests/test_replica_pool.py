@@ -67,3 +67,13 @@ def test_metrics_of_deleted_apps_and_models_are_removed() -> None:
     dispatcher.sync(DeploymentState())
     assert [n for n in metrics.names() if n.startswith(("app:", "model:"))] == []
     assert "internal:aggregate_model_throughput" in metrics.names()
+
+
+def test_a_replica_gone_twice_is_forgotten_a_grace_period_after_the_second_time() -> None:
+    pool = ReplicaPool(pidns="", forget_after_s=10.0)
+    replica, _ = pool.register(b"a", _hello("a"), now=0.0)
+    pool.lose(replica, now=1.0)
+    pool.heard_from(replica, now=2.0)
+    pool.lose(replica, now=5.0)
+    assert pool.prune(now=12.0) == [] and pool.get(b"a") is replica
+    assert pool.prune(now=15.0) == [replica] and pool.get(b"a") is None
