@@ -157,12 +157,13 @@ class Meter:
             ewma.reset()
 
     def mark(self, n: int = 1) -> None:
-        """Record ``n`` events now."""
-        now = self._clock()
-        if now - self._last_tick >= TICK_INTERVAL_S:
-            self._tick(now)
+        """Record ``n`` events now (no clock read: :meth:`tick` runs every interval, readers tick too)."""
         self.count += n
         self._uncounted += n
+
+    def tick(self) -> None:
+        """Fold the events of every interval that has ended into the EWMAs (the owner calls this often)."""
+        self._tick(self._clock())
 
     def _tick(self, now: float) -> None:
         ticks = int((now - self._last_tick) // TICK_INTERVAL_S)
@@ -298,6 +299,12 @@ class MetricsRegistry:
         """The histogram called ``name`` (``unit``, size and buckets apply when it is created)."""
         return self._get_or_create(  # type: ignore[return-value]
             name, Histogram, lambda: Histogram(name, unit, reservoir_size, buckets))
+
+    def tick(self) -> None:
+        """Tick every meter (the frontend calls this about once a second, so marks need no clock)."""
+        for metric in list(self._metrics.values()):
+            if isinstance(metric, Meter):
+                metric.tick()
 
     def items(self) -> list[tuple[str, Metric]]:
         """Every (name, metric), sorted by name."""

@@ -168,6 +168,7 @@ class Frontend:
                 next_heartbeat = now + self.config.heartbeat_interval_s
             try:
                 self.replica_events.check(send_heartbeats=beat)
+                self.metrics.tick()  # meters count without reading the clock; their intervals close here
             except Exception:  # the watcher must outlive a bug in one round
                 log.exception("replica liveness check failed")
 

@@ -244,10 +244,46 @@ def bye(replica_id: str) -> list[FrameLike]:
 
 def predict(batch_id: int, model: str, version: str, metas: list, payload: Sequence[FrameLike],
             to: Any = None) -> list[FrameLike]:
-    """PREDICT frames: a batch of items (``metas`` as :func:`encode_items` writes a list) for a replica."""
+    """PREDICT frames: a batch of items (``metas`` as :func:`encode_items` writes a list) for a replica.
+
+    A batch of arrays of one dtype and shape (the usual case) goes stacked, as one
+    frame: the replica decodes one array instead of one per item, and neither side
+    pays per-frame costs. When the batch is exactly one client's stacked frame,
+    that frame is forwarded as it came (no copy).
+    """
+    items: dict = {"list": metas}
+    if len(metas) > 1:
+        stacked = _stack(metas, payload)
+        if stacked is not None:
+            items, payload = stacked
     hdr: PredictHeader = {"v": PROTOCOL_VERSION, "type": "predict", "batch_id": batch_id, "model": model,
-                          "version": version, "items": {"list": metas}}
+                          "version": version, "items": items}
     return _frames(to, hdr, payload)
+
+
+def _stack(metas: list, payload: Sequence[FrameLike]) -> tuple[dict, list[FrameLike]] | None:
+    """(stack meta, [one frame]) for same-dtype, same-shape array items; None for any other batch."""
+    first = metas[0]
+    if first[0] != "a":
+        return None
+    for meta in metas:
+        if meta is not first and meta != first:
+            return None
+    meta = {"stack": [first[1], [len(metas), *first[2]]]}
+    head = payload[0]
+    source = head.obj if isinstance(head, memoryview) else None
+    if isinstance(source, zmq.Frame):
+        total = 0
+        for view in payload:
+            if view.__class__ is not memoryview or view.obj is not source:
+                break
+            total += view.nbytes
+        else:
+            # Distinct slices covering the frame are all of its items, in order (the dispatcher keeps
+            # a query's items in order): forward the frame whole.
+            if total == len(source) and len({id(view) for view in payload}) == len(payload):
+                return meta, [source]
+    return meta, [b"".join(payload)]
 
 
 def result(batch_id: int, items: dict, payload: Sequence[FrameLike]) -> list[FrameLike]:

@@ -152,7 +152,7 @@ def test_result_with_wrong_item_count_fails_those_queries(frontend_thread, fake_
         worker = threading.Thread(target=query)
         worker.start()
         hdr, payload = fake_replica.recv("predict")
-        assert len(payload) == 2
+        assert len(protocol.decode_items(hdr["items"], payload)) == 2
         meta, frames = protocol.encode_items(np.zeros((3, 1), dtype=np.float32))
         fake_replica.send(protocol.header(MsgType.RESULT, batch_id=hdr["batch_id"], items=meta), frames)
         worker.join(30)

@@ -103,7 +103,8 @@ def test_meter_ewma_converges_to_a_steady_rate():
     meter = MetricsRegistry(clock=clock).meter("m")
     meter.mark(5)  # 1/s in the first interval, then a steady 20/s
     clock.now += TICK_INTERVAL_S
-    for _ in range(120):  # ten minutes
+    for _ in range(120):  # ten minutes, ticked every interval as the frontend's loop does
+        meter.tick()
         meter.mark(100)
         clock.now += TICK_INTERVAL_S
     r1, r5, r15 = meter.rates()
@@ -132,3 +133,22 @@ def test_histogram_buckets_count_every_value_cumulatively():
     assert hist.cumulative_buckets()[-1] == (math.inf, 0)
     with pytest.raises(ValueError, match="increasing"):
         MetricsRegistry().histogram("bad", buckets=(2, 1))
+
+
+def test_marking_a_meter_does_not_read_the_clock_and_the_registry_ticks_it():
+    calls = []
+    clock = ManualClock()
+
+    def counting_clock() -> float:
+        calls.append(1)
+        return clock()
+
+    reg = MetricsRegistry(clock=counting_clock)
+    meter = reg.meter("m")
+    before = len(calls)
+    for _ in range(1000):
+        meter.mark()
+    assert len(calls) == before
+    clock.now += TICK_INTERVAL_S
+    reg.tick()
+    assert meter.rates()[0] == pytest.approx(200.0)  # 1000 events / 5 s

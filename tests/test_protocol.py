@@ -129,3 +129,25 @@ def test_unencodable_items_are_refused():
         protocol.encode_items(np.array(1.0, dtype=np.float32))
     with pytest.raises(TypeError):
         protocol.encode_items([object()])
+
+
+def test_a_batch_of_like_arrays_goes_to_the_replica_as_one_stacked_frame():
+    items = [np.full(4, i, dtype=np.float32) for i in range(3)]
+    metas = [["a", "<f4", [4]] for _ in items]
+    frames = protocol.predict(7, "m", "1", metas, [a.data for a in items])
+    hdr, payload = protocol.unpack(frames)
+    assert hdr["items"] == {"stack": ["<f4", [3, 4]]} and len(payload) == 1
+    assert [a.tolist() for a in protocol.decode_items(hdr["items"], payload)] == [a.tolist() for a in items]
+    mixed = protocol.predict(8, "m", "1", [["a", "<f4", [4]], ["a", "<f4", [2]]],
+                             [items[0].data, np.zeros(2, np.float32).data])
+    assert protocol.unpack(mixed)[0]["items"]["list"] == [["a", "<f4", [4]], ["a", "<f4", [2]]]
+
+
+def test_one_clients_stacked_frame_that_fills_a_batch_is_forwarded_without_a_copy():
+    frame = zmq.Frame(np.arange(8, dtype=np.float32).tobytes())
+    view = frame.buffer
+    slices = [view[0:16], view[16:32]]
+    frames = protocol.predict(9, "m", "1", [["a", "<f4", [4]], ["a", "<f4", [4]]], slices)
+    assert frames[-1] is frame
+    half = protocol.predict(10, "m", "1", [["a", "<f4", [4]]] * 1 + [["a", "<f4", [4]]], [slices[0], slices[0]])
+    assert half[-1] is not frame and len(bytes(half[-1])) == 32
