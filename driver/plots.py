@@ -32,7 +32,7 @@ def _load_swept(doc: dict) -> bool:
 
 
 def _batch_label(b: int) -> str:
-    return "adaptive" if b == -1 else str(b)
+    return "adaptive" if b == BatchSize.ADAPTIVE else str(b)
 
 
 def _series(doc: dict, x_key: str, group: Callable[[dict], str]) -> dict[str, list[tuple[int, dict]]]:

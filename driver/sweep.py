@@ -15,6 +15,7 @@ from driver.errors import DeployError
 from driver.load import LoadGenerator, LoadLevel, WindowStats, make_inputs
 from driver.results import batch_size_stats, summarize, thin
 from driver.validate import SweepSpec
+from schooner.types import BatchSize
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def scale_wait_s(model: str) -> float:
 
 def auto_concurrency(num_replicas: int, batch_size: int, saturate: bool = False) -> int:
     """Closed-loop workers for a configuration: enough to fill every replica's batch twice (4x to saturate)."""
-    b = ADAPTIVE_BATCH_GUESS if batch_size == -1 else batch_size
+    b = ADAPTIVE_BATCH_GUESS if BatchSize.parse(batch_size).adaptive else batch_size
     factor = 4 if saturate else 2
     floor = 32 if saturate else 4
     return min(MAX_AUTO_CONCURRENCY, max(floor, factor * num_replicas * b))

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import time
 from typing import Any
 
-from schooner import defaults
+from schooner import defaults, topology
 from schooner.types import Backend, ModelSpec, ReplicaState
 from management import replica_launch as launch
 from management.replica_launch import Health
@@ -89,7 +88,7 @@ class ReplicaManager:
             return False
         frontend = set(self.frontend_cpus)
         if not frontend:
-            mine = os.sched_getaffinity(0)
+            mine = set(topology.allowed_cpus())
             if mine >= set(self.allocator.available):
                 return None
             frontend = mine
