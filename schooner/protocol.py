@@ -283,7 +283,7 @@ def _stack(metas: list, payload: Sequence[FrameLike]) -> tuple[dict, list[FrameL
             # a query's items in order): forward the frame whole.
             if total == len(source) and len({id(view) for view in payload}) == len(payload):
                 return meta, [source]
-    return meta, [b"".join(payload)]
+    return meta, [b"".join(payload)]  # type: ignore[arg-type]  # zmq.Frame is a buffer too
 
 
 def result(batch_id: int, items: dict, payload: Sequence[FrameLike]) -> list[FrameLike]:
