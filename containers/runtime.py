@@ -120,7 +120,8 @@ class ReplicaConfig:
 class _Link:
     """The replica's connection to one frontend: its data socket and registration state."""
 
-    __slots__ = ("address", "sock", "seed", "registered", "last_hello", "last_heard", "next_heartbeat")
+    __slots__ = ("address", "sock", "seed", "registered", "last_hello", "last_heard", "next_heartbeat",
+                 "frontend")
 
     def __init__(self, address: str, sock: zmq.Socket, seed: bool, now: float) -> None:
         self.address = address
@@ -130,6 +131,7 @@ class _Link:
         self.last_hello = -float("inf")
         self.last_heard = now
         self.next_heartbeat = -float("inf")
+        self.frontend = ""  # the frontend's own address, as its WELCOME names it
 
 
 class Replica:
@@ -159,6 +161,7 @@ class Replica:
         self._listed: set[str] = set()  # the frontends the latest WELCOME/heartbeat named
         # Listed addresses a link already reaches under another name (its WELCOME said "frontend": it).
         self._aliases: set[str] = set()
+        self._duplicates: set[str] = set()  # links that reach a frontend another link reaches: closed
 
     def stop(self) -> None:
         """Begin draining (thread- and signal-safe)."""
@@ -223,7 +226,24 @@ class Replica:
         if isinstance(names, list) and all(isinstance(a, str) and a for a in names):
             self._listed = set(names)
 
+    def _welcomed(self, link: _Link, own: object) -> None:
+        """Note which frontend ``link`` reaches; a second link to the same frontend (two names for it, or
+        a Service address that landed on a frontend already linked) is closed, keeping the direct one."""
+        if not isinstance(own, str) or not own:
+            return
+        link.frontend = own
+        self._aliases = {lk.frontend for lk in self._links.values() if lk.frontend and lk.frontend != lk.address}
+        for other in self._links.values():
+            if other is not link and other.frontend == own and other.address not in self._duplicates:
+                self._duplicates.add(link.address if link.address != own else other.address)
+
     def _sync_links(self, poller: zmq.Poller, now: float) -> None:
+        for address in sorted(self._duplicates):
+            link = self._links.get(address)
+            if link is not None and len(self._links) > 1:
+                log.info("frontend %s is also linked as %s; closing this link", link.frontend, address)
+                self._close_link(poller, link)
+        self._duplicates.clear()
         for address in sorted(self._listed - set(self._links) - self._aliases):
             self._open_link(poller, address, seed=False, now=now)
         for link in list(self._links.values()):
@@ -362,9 +382,7 @@ class Replica:
         if kind == "welcome":
             self._adopt_settings(hdr)
             self._learn(hdr)
-            own = hdr.get("frontend")
-            if isinstance(own, str) and own and own != link.address:
-                self._aliases.add(own)
+            self._welcomed(link, hdr.get("frontend"))
             log.info("registered with the frontend at %s", link.address)
             return True, False
         if kind == "error":
