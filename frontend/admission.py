@@ -76,6 +76,13 @@ def _check_dtype(input_type: InputType, dtype: Any) -> bool:
     return ALLOWED_DTYPES.get(dtype) == input_type.dtype if dtype.__class__ is str else False
 
 
+def _elements(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 def validate_items(metas: list, frames: list, input_type: InputType, shape: list[int] | None,
                    max_input_bytes: int) -> None:
     """Raise :class:`BadInput` naming the first item whose kind, dtype, shape or size is wrong."""
@@ -105,7 +112,9 @@ def validate_items(metas: list, frames: list, input_type: InputType, shape: list
             elements = check_shape(item_shape)
         except ProtocolError as err:
             raise BadInput(f"items[{i}]: {err}") from None
-        if shape is not None and item_shape != shape:
+        # Same number of elements is enough: a model's input_shape fixes how many values it takes, the
+        # layout is its own business (vgg's [150528] takes [3, 224, 224] and [224, 224, 3] images too).
+        if shape is not None and item_shape != shape and elements != _elements(shape):
             raise BadInput(f"items[{i}]: shape {item_shape} does not match the model's input shape {shape}")
         if size != elements * want_dtype.itemsize:
             raise BadInput(f"items[{i}]: {size} bytes do not hold shape {item_shape} of {want_dtype.str}")

@@ -178,3 +178,22 @@ def test_no_admin_token_is_refused_off_loopback():
                           cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert done.returncode == 2 and "--no-admin-token is refused" in done.stderr
+
+
+@pytest.mark.torch
+def test_cnn_takes_chw_and_hwc_images_through_the_frontend(stack, admin):
+    done = schooner_deploy(stack, "res", "--launcher", "resnet18")
+    assert done.returncode == 0, done.stdout + done.stderr
+    try:
+        chw = np.random.default_rng(0).standard_normal((3, 224, 224)).astype(np.float32)
+        outs = []
+        for image in (chw.reshape(-1), chw, chw.transpose(1, 2, 0)):
+            resp = requests.post(f"{stack.frontend_http_url}/res/predict", json={"input": image.tolist()},
+                                 timeout=120)
+            assert resp.status_code == 200 and not resp.json()["default"], resp.text
+            outs.append(np.asarray(resp.json()["output"]))
+        assert np.allclose(outs[0], outs[1], atol=1e-4) and np.allclose(outs[0], outs[2], atol=1e-4)
+        wrong = requests.post(f"{stack.frontend_http_url}/res/predict", json={"input": [1.0, 2.0]}, timeout=60)
+        assert wrong.status_code == 400 and "shape" in wrong.text
+    finally:
+        undeploy(admin, "res")

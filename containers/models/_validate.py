@@ -20,6 +20,8 @@ def flat_float_batch(inputs: Sequence[Any], width: int, model: str) -> np.ndarra
     out = np.empty((len(inputs), width), dtype=np.float32)
     for i, x in enumerate(inputs):
         a = _as_float_array(x, i, model)
+        if a.ndim != 1 and a.size == width:  # the frontend checks counts; the layout is ours to flatten
+            a = a.reshape(-1)
         if a.ndim != 1 or a.shape[0] != width:
             raise ValueError(
                 f"{model}: input {i} must be a flat array of {width} floats, got shape {tuple(a.shape)}")
@@ -44,6 +46,8 @@ def image_batch(inputs: Sequence[Any], size: int, model: str) -> np.ndarray:
             out[i] = a
         elif a.shape == (size, size, 3):
             out[i] = a.transpose(2, 0, 1)
+        elif a.size == flat:  # any other layout of the right count: taken as flat CHW
+            out[i] = a.reshape(3, size, size)
         else:
             raise ValueError(
                 f"{model}: input {i} must be {flat} floats (flat CHW), [3, {size}, {size}] or "
