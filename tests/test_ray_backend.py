@@ -20,7 +20,8 @@ import time
 import numpy as np
 import pytest
 import requests
-from management_support import http_ok, wait_for
+from management_support import http_ok
+from polling import wait_for
 from scale_support import ROOT, FrontendProc
 
 from frontend.client import Client
@@ -215,7 +216,8 @@ def test_driver_sweeps_a_ray_backed_deployment(deployment, tmp_path):
         [sys.executable, str(ROOT / "driver" / "driver.py"), "-m", "noop", "-b", "1", "4", "-r", "1", "2",
          "-c", "0", "1", "-p", "1", "--frontend", front, "--management", mgmt, "--out", str(tmp_path),
          "-d", "2", "--window_s", "0.5", "--warmup_s", "0.5"],
-        cwd=ROOT, capture_output=True, text=True, timeout=400)
+        cwd=ROOT, capture_output=True, text=True, timeout=400,
+        env={**os.environ, "SCHOONER_ADMIN_TOKEN": deployment["admin"].token})
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = results.load(tmp_path)
     assert len(doc["runs"]) == 4
