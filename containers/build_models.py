@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 
+from schooner.cli import add_version, setup_logging
 from containers.models.classic import FAMILIES, MODEL_NAMES, TrainParams, build_artifact
 from schooner import defaults
 
@@ -25,17 +25,28 @@ def build(out: str, models: list[str], params: TrainParams, num_threads: int) ->
             for name in models]
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The ``schooner-build-models`` argument parser."""
+    parser = argparse.ArgumentParser(prog="schooner-build-models", description=__doc__.splitlines()[0])
+    add_version(parser)
+    parser.add_argument("--out", default=None, help="output directory (default ~/.schooner/models)")
+    parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES),
+                        help="models to train and save (default: all)")
+    parser.add_argument("--n-samples", type=int, default=TrainParams.n_samples,
+                        help=f"training samples (default {TrainParams.n_samples})")
+    parser.add_argument("--n-classes", type=int, default=TrainParams.n_classes,
+                        help=f"classes (default {TrainParams.n_classes})")
+    parser.add_argument("--seed", type=int, default=TrainParams.seed, help=f"seed (default {TrainParams.seed})")
+    parser.add_argument("--num-threads", type=int, default=os.cpu_count() or 1,
+                        help="training threads (default: every core)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, build, print JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=None, help="output directory (default ~/.schooner/models)")
-    parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
-    parser.add_argument("--n-samples", type=int, default=TrainParams.n_samples)
-    parser.add_argument("--n-classes", type=int, default=TrainParams.n_classes)
-    parser.add_argument("--seed", type=int, default=TrainParams.seed)
-    parser.add_argument("--num-threads", type=int, default=os.cpu_count() or 1)
+    parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging("INFO")
     out = os.path.expanduser(defaults.resolve(args.out, "model_dir", defaults.MODEL_DIR))
     try:
         params = TrainParams(n_samples=args.n_samples, n_classes=args.n_classes, seed=args.seed)

@@ -20,6 +20,8 @@ from containers import pinning
 from containers.errors import LOAD_ERROR_MARKER, LOAD_FAILED_EXIT, ContainerError
 from containers.models import load_model
 from containers.runtime import Replica, ReplicaConfig
+from schooner import __version__
+from schooner.cli import setup_logging
 from schooner import defaults, model_roots
 
 __all__ = ["Replica", "ReplicaConfig", "main"]
@@ -36,7 +38,18 @@ def _yes_no(text: str | None, name: str) -> bool | None:
     return value
 
 
-def _parse_args(argv: list[str] | None) -> ReplicaConfig:
+class _VersionOrModelVersion(argparse.Action):
+    """``--version``: the program's version; ``--version V``: the model version (the old spelling)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if values is None:
+            parser.exit(message=f"{parser.prog} {__version__}\n")
+        setattr(namespace, self.dest, values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``schooner-replica`` argument parser (each flag also ``SCHOONER_<FLAG>``)."""
     p = argparse.ArgumentParser(prog="schooner-replica", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="zoo model to serve (SCHOONER_MODEL)")
     p.add_argument("--frontend", help="frontend replica address(es), comma-separated; default "
@@ -44,7 +57,11 @@ def _parse_args(argv: list[str] | None) -> ReplicaConfig:
     p.add_argument("--cpus", help="cpus to pin to, e.g. 0,1 or 0-3,6 (default: not pinned)")
     p.add_argument("--gpu", help="gpu index to use (default: none)")
     p.add_argument("--name", help="model name announced to the frontend (default: --model)")
-    p.add_argument("--version", help="model version (default 1)")
+    p.add_argument("--model-version", dest="version", help="model version (default 1)")
+    # --version alone prints the program's version; "--version V", the old spelling of
+    # --model-version, still sets the model version.
+    p.add_argument("--version", dest="version", nargs="?", action=_VersionOrModelVersion, metavar="V",
+                   help="without a value: print the program's version and exit (with one: --model-version)")
     p.add_argument("--replica-id", help="replica id (default: a fresh uuid)")
     p.add_argument("--model-path", help="model data path passed to the loader")
     p.add_argument("--model-opts", help="JSON object of loader options, e.g. '{\"a_ms\": 5}'")
@@ -58,14 +75,18 @@ def _parse_args(argv: list[str] | None) -> ReplicaConfig:
     p.add_argument("--owns-cores", help="yes/no: no other process is placed on this replica's cores "
                                         "(the manager says; default unknown)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING... (default INFO)")
+    return p
+
+
+def _parse_args(argv: list[str] | None) -> ReplicaConfig:
+    p = build_parser()
     args = p.parse_args(argv)
 
     def opt(flag: str, cast: Any = str) -> Any:
         return defaults.resolve(getattr(args, flag), flag, None, cast)
 
     try:
-        logging.basicConfig(stream=sys.stderr, level=(opt("log_level") or "INFO").upper(),
-                            format="%(asctime)s %(levelname)s replica[%(process)d] %(name)s: %(message)s")
+        setup_logging(opt("log_level") or "INFO")
         model = opt("model")
         if not model:
             p.error("--model (or SCHOONER_MODEL) is required")

@@ -10,6 +10,7 @@ import signal
 import zmq.asyncio
 
 from schooner import defaults
+from schooner.cli import add_version, run_listening, setup_logging
 from frontend.config import FrontendConfig, load_state_file
 from frontend.server import Frontend
 
@@ -22,13 +23,22 @@ def _port(raw: str) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags; unset ones resolve from the environment later."""
-    p = argparse.ArgumentParser(prog="python -m frontend", description=__doc__)
-    p.add_argument("--host")
-    p.add_argument("--client-port", type=_port)
-    p.add_argument("--replica-port", type=_port)
-    p.add_argument("--http-port", type=_port, help="0 = a free port; -1 = no HTTP endpoint")
-    p.add_argument("--heartbeat-interval-s", type=float)
-    p.add_argument("--heartbeat-timeout-s", type=float)
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``schooner-frontend`` argument parser."""
+    p = argparse.ArgumentParser(prog="schooner-frontend", description=__doc__)
+    add_version(p)
+    p.add_argument("--host", help=f"address to bind (default {defaults.HOST})")
+    p.add_argument("--client-port", type=_port, help=f"ZMQ client port (default {defaults.CLIENT_PORT})")
+    p.add_argument("--replica-port", type=_port, help=f"ZMQ replica port (default {defaults.REPLICA_PORT})")
+    p.add_argument("--http-port", type=_port, help=f"HTTP port (default {defaults.HTTP_PORT}); 0 = a free "
+                                                   "port; -1 = no HTTP endpoint")
+    p.add_argument("--heartbeat-interval-s", type=float,
+                   help=f"seconds between heartbeats to replicas (default {defaults.HEARTBEAT_INTERVAL_S})")
+    p.add_argument("--heartbeat-timeout-s", type=float,
+                   help=f"replica silence before it is dead (default {defaults.HEARTBEAT_TIMEOUT_S})")
     p.add_argument("--batch-timeout-s", type=float, help="a batch in flight longer marks its replica dead")
     p.add_argument("--spin-us", type=int, help="busy-poll window after a burst, µs (0 = off)")
     p.add_argument("--advertise-host", help="host others reach this frontend by, announced in Redis "
@@ -37,8 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--config", help="DeploymentState JSON file to serve")
     source.add_argument("--redis-url", help="follow the deployment kept in this Redis")
-    p.add_argument("--log-level", default="INFO")
-    return p.parse_args(argv)
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING... (default INFO)")
+    return p
 
 
 def build_config(args: argparse.Namespace) -> FrontendConfig:
@@ -96,7 +106,7 @@ async def run(config: FrontendConfig, config_file: str | None, redis_url: str | 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m frontend`` and ``schooner-frontend``."""
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(args.log_level)
     redis_url = args.redis_url if args.redis_url is not None else (defaults.resolve(None, "redis_url", "") or None)
     config_file = args.config or defaults.resolve(None, "config", "") or None
     if config_file and args.redis_url is None:
@@ -108,9 +118,9 @@ def main(argv: list[str] | None = None) -> None:
         except ImportError:
             pass
         else:
-            uvloop.run(run(config, config_file, redis_url))
+            run_listening("schooner-frontend", uvloop.run, run(config, config_file, redis_url))
             return
-    asyncio.run(run(config, config_file, redis_url))
+    run_listening("schooner-frontend", asyncio.run, run(config, config_file, redis_url))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from frontend.admission import validate_items
 from schooner import defaults
+from schooner.cli import add_pid_header
 from schooner.protocol import ALLOWED_DTYPES, short
 from schooner.errors import BadInput, Overloaded, SchoonerError, UnknownApp, error_body
 from frontend.dispatch import Route
@@ -211,6 +212,7 @@ class HttpApi:
         app.router.add_get("/metrics/prometheus", self.prometheus)
         app.router.add_get("/health", self.health)
         app.router.add_get("/replicas", self.replicas)
+        app.on_response_prepare.append(add_pid_header)
         return app
 
     async def predict(self, request: web.Request) -> web.Response:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 
 from management.config import ServiceConfig, parse_args
 from management.service import serve
+from schooner.cli import run_listening, setup_logging
 
 
 async def _run(config: ServiceConfig) -> None:
@@ -21,8 +21,8 @@ async def _run(config: ServiceConfig) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Parse flags and run the service until SIGINT or SIGTERM."""
     config = parse_args(argv)
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_run(config))
+    setup_logging(config.log_level)
+    run_listening("schooner-management", asyncio.run, _run(config))
 
 
 if __name__ == "__main__":

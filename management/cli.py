@@ -1,4 +1,5 @@
-"""``schooner``: start a whole deployment in the foreground (``up``) or check one (``status``)."""
+"""``schooner``: start a whole deployment in the foreground (``up``), check it (``status``), stop it
+(``down``), forget its deployments (``reset``), deploy a model, write an HAProxy configuration."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Sequence
 from schooner import defaults
 from schooner.topology import parse_cpu_list
 from schooner.types import BACKENDS
-from management import cli_deploy
+from management import cli_deploy, instance
+from schooner.cli import add_version, setup_logging
 from management.errors import ManagementError
 from management.stack import Stack
 
@@ -30,7 +32,9 @@ def _cpus(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     """The ``schooner`` argument parser (flags fall back to ``SCHOONER_<NAME>`` env vars)."""
     parser = argparse.ArgumentParser(prog="schooner", description=__doc__)
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
+    state_help = f"the instance's state dir (SCHOONER_STATE_DIR; default {defaults.STATE_DIR})"
 
     up = sub.add_parser("up", help="start Redis (embedded unless --redis-url), the frontend and the "
                                    "management service; stop them all on Ctrl-C")
@@ -56,11 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_deploy.add_parser(sub)
 
-    status = sub.add_parser("status", help="ping a running deployment")
+    status = sub.add_parser("status", help="ping a running deployment (found from its state dir, else the "
+                                           "default ports)")
+    status.add_argument("--state-dir", default=None, help=state_help)
     status.add_argument("--management", default=None,
-                        help=f"management URL (default http://{defaults.HOST}:{defaults.MANAGEMENT_PORT})")
+                        help="management URL (default: the instance's, else "
+                             f"http://{defaults.HOST}:{defaults.MANAGEMENT_PORT})")
     status.add_argument("--frontend", default=None,
-                        help=f"frontend URL (default http://{defaults.HOST}:{defaults.HTTP_PORT})")
+                        help=f"frontend URL (default: the instance's, else http://{defaults.HOST}:{defaults.HTTP_PORT})")
+    down = sub.add_parser("down", help="stop the schooner up running from the state dir (and its replicas)")
+    down.add_argument("--state-dir", default=None, help=state_help)
+    down.add_argument("--timeout-s", type=float, default=90.0, help="how long to wait for it to stop (default 90)")
+    reset = sub.add_parser("reset", help="forget every app, model and replica record kept in the state dir "
+                                         "(the embedded Redis data) and the logs; model files and the "
+                                         "admin token stay")
+    reset.add_argument("--state-dir", default=None, help=state_help)
+    reset.add_argument("--yes", action="store_true", help="do it without asking")
     haproxy = sub.add_parser("haproxy", help="write an HAProxy configuration balancing HTTP over the "
                                              "frontends announced in Redis (--watch: keep it current)")
     haproxy.add_argument("--redis-url", default=None, help="the deployment's Redis (SCHOONER_REDIS_URL)")
@@ -137,8 +152,9 @@ def up(args: argparse.Namespace) -> int:
         log.error("schooner up failed: %s", err)
         return 1
     try:
+        instance.write_instance(stack.state_dir, stack.addresses())
         print(json.dumps(stack.addresses(), indent=2), flush=True)
-        log.info("schooner is up; Ctrl-C stops it")
+        log.info("schooner is up; Ctrl-C (or `schooner down`) stops it")
         while not stop.wait(1.0):
             for name, proc in (("frontend", stack.frontend), ("management", stack.management)):
                 if proc is not None and proc.poll() is not None:
@@ -147,36 +163,70 @@ def up(args: argparse.Namespace) -> int:
         return 0
     finally:
         stack.stop()
+        instance.remove_instance(stack.state_dir)
         log.info("schooner stopped")
+
+
+def _state_dir(args: argparse.Namespace) -> str:
+    return defaults.resolve(args.state_dir, "state_dir", defaults.STATE_DIR)
 
 
 def status(args: argparse.Namespace) -> int:
     """Ping the management service and the frontend; exit 0 only if both answer."""
-    import requests  # here, not at the top: `schooner up` stays running and need not hold it
-
-    management = args.management or f"http://{defaults.HOST}:{defaults.MANAGEMENT_PORT}"
-    frontend = args.frontend or f"http://{defaults.HOST}:{defaults.HTTP_PORT}"
+    record = instance.read_instance(_state_dir(args)) or {}
+    if record:
+        print(f"schooner up: pid {record['pid']} (state dir {_state_dir(args)})")
+    management = args.management or record.get("management") or f"http://{defaults.HOST}:{defaults.MANAGEMENT_PORT}"
+    frontend = args.frontend or record.get("frontend_http") or f"http://{defaults.HOST}:{defaults.HTTP_PORT}"
     ok = True
     for name, url in (("management", f"{management.rstrip('/')}/admin/ping"),
                       ("frontend", f"{frontend.rstrip('/')}/health")):
-        try:
-            resp = requests.get(url, timeout=5)
-            up_ = resp.status_code == 200
-            print(f"{name}: {'up' if up_ else f'HTTP {resp.status_code}'} ({url})")
-        except requests.RequestException as err:
-            up_ = False
-            print(f"{name}: down ({url}: {err.__class__.__name__})")
+        up_, word, pid = instance.probe(url)
+        if up_ and pid is None:
+            up_, word = False, "answered, but not a Schooner process"
+        print(f"{name}: {'up' if up_ else word} ({url}{f', pid {pid}' if up_ else ''})")
         ok = ok and up_
     return 0 if ok else 1
+
+
+def down(args: argparse.Namespace) -> int:
+    """Stop the instance of the state dir; 0 when it stopped or was not running."""
+    state_dir = _state_dir(args)
+    try:
+        print(f"schooner ({state_dir}): {instance.stop_instance(state_dir, args.timeout_s)}")
+    except (TimeoutError, PermissionError) as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+def reset(args: argparse.Namespace) -> int:
+    """Remove the deployments kept in the state dir (after asking, unless --yes)."""
+    state_dir = _state_dir(args)
+    if not args.yes:
+        answer = input(f"forget every app, model and replica kept in {state_dir}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing removed")
+            return 1
+    try:
+        removed = instance.reset_state(state_dir)
+    except RuntimeError as err:
+        log.error("%s", err)
+        return 1
+    print("removed: " + (", ".join(removed) if removed else "nothing (no deployments kept)"))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``schooner`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     if args.command == "up":
         return up(args)
+    if args.command == "down":
+        return down(args)
+    if args.command == "reset":
+        return reset(args)
     if args.command == "haproxy":
         return haproxy(args)
     if args.command == "deploy":

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from schooner.cli import add_version
 from schooner import defaults, model_roots
 from schooner.types import BACKENDS, Backend
 
@@ -107,10 +108,18 @@ def _admin_token(args: argparse.Namespace, parser: argparse.ArgumentParser) -> s
 
 def parse_args(argv: list[str] | None = None) -> ServiceConfig:
     """Parse the command line (each flag also ``SCHOONER_<FLAG>``) into a ServiceConfig."""
-    parser = argparse.ArgumentParser(prog="python -m management",
+    parser = build_parser()
+    return _config(parser.parse_args(argv), parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``schooner-management`` argument parser."""
+    parser = argparse.ArgumentParser(prog="schooner-management",
                                      description="Schooner management service: REST admin API and replica manager")
+    add_version(parser)
     parser.add_argument("--host", help=f"bind address (default {defaults.HOST})")
-    parser.add_argument("--port", type=int, help=f"REST port (default {defaults.MANAGEMENT_PORT})")
+    parser.add_argument("--management-port", "--port", dest="port", type=int,
+                        help=f"REST port (SCHOONER_MANAGEMENT_PORT; default {defaults.MANAGEMENT_PORT})")
     parser.add_argument("--redis-url", help="Redis URL; empty starts an embedded Redis in --state-dir")
     parser.add_argument("--state-dir", help=f"data of the embedded Redis, logs (default {defaults.STATE_DIR})")
     parser.add_argument("--frontend-http", help="the query frontend's HTTP URL (metrics, replica states)")
@@ -133,8 +142,12 @@ def parse_args(argv: list[str] | None = None) -> ServiceConfig:
                              f"{os.pathsep!r}-separated; default <state-dir>/models, created mode 0700)")
     parser.add_argument("--ray-address", help="--backend ray: the Ray cluster (host:port of its head; default "
                                               "RAY_ADDRESS, else a local Ray started for this service)")
-    parser.add_argument("--log-level", default=os.environ.get("SCHOONER_LOG_LEVEL", "INFO"))
-    args = parser.parse_args(argv)
+    parser.add_argument("--log-level", default=os.environ.get("SCHOONER_LOG_LEVEL", "INFO"),
+                        help="DEBUG, INFO, WARNING... (default INFO)")
+    return parser
+
+
+def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ServiceConfig:
     base = ServiceConfig.__dataclass_fields__
     try:
         return ServiceConfig(

@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 
 from schooner import defaults
+from schooner.cli import PID_HEADER
 from schooner.types import BACKENDS
 from management import admin_token as admin_token_mod
 from management.embedded_redis import EmbeddedRedis, free_port
@@ -261,7 +262,9 @@ class Stack:
                 raise StackError(f"{name} exited with {code} while starting:\n{self._tail(name)}")
             try:
                 with urllib.request.urlopen(url, timeout=2.0) as resp:  # requests would cost ~8 MiB here
-                    if resp.status == 200:
+                    # Ready only when the answer names our child's pid: another server on the port
+                    # (or an old instance) answering 200 must not pass for it.
+                    if resp.status == 200 and resp.headers.get(PID_HEADER) == str(proc.pid):
                         return
             except (urllib.error.URLError, OSError):
                 pass

@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from schooner.cli import add_pid_header
 from management.api import registry as _api_registry, replicas as _api_replicas, uploads as _api_uploads
 from management.api.common import (FRONTEND_URL_KEY, MANAGER_KEY, MODEL_ROOTS_KEY, STORE_KEY, SUCCESS,
                                     TOKEN_KEY, errors_middleware)
@@ -57,4 +58,5 @@ def make_app(store: Store, manager: Any, *, frontend_http_url: str, admin_token:
     _api_registry.register(app)
     _api_replicas.register(app)
     _api_uploads.register(app)
+    app.on_response_prepare.append(add_pid_header)
     return app
