@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from typing import Callable
 
 import aiohttp
 
@@ -18,28 +19,51 @@ SERVING = frozenset(s.value for s in SERVING_REPLICA_STATES)
 
 
 class FrontendView:
-    """Reads the frontend's replica table over HTTP; an unreachable frontend reads as empty."""
+    """Reads the frontend's replica table over HTTP; an unreachable frontend reads as empty.
 
-    def __init__(self, frontend_http_url: str, timeout_s: float) -> None:
+    ``others`` (blocking; run in a thread) names the HTTP URLs of the other frontends of the
+    deployment (Redis's frontend directory): when the configured one cannot be reached, the
+    first of them that answers is read instead, so the manager keeps its view while one
+    frontend is down.
+    """
+
+    def __init__(self, frontend_http_url: str, timeout_s: float,
+                 others: Callable[[], list[str]] | None = None) -> None:
         self.url = frontend_http_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.others = others
         self._http: aiohttp.ClientSession | None = None
 
     async def rows(self) -> dict[str, dict]:
-        """replica_id -> the frontend's row from GET /replicas; empty when it cannot be reached."""
+        """replica_id -> the frontend's row from GET /replicas; empty when no frontend can be reached."""
         if not self.url:
             return {}
+        rows = await self._rows(self.url)
+        if rows is None and self.others is not None:
+            try:
+                urls = await asyncio.to_thread(self.others)
+            except Exception as err:  # noqa: BLE001 - the directory is a fallback; its failure is not ours
+                log.debug("cannot list the other frontends: %s", err)
+                urls = []
+            for url in urls:
+                if url.rstrip("/") != self.url:
+                    rows = await self._rows(url.rstrip("/"))
+                    if rows is not None:
+                        break
+        return rows or {}
+
+    async def _rows(self, url: str) -> dict[str, dict] | None:
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         try:
-            async with self._http.get(f"{self.url}/replicas") as resp:
+            async with self._http.get(f"{url}/replicas") as resp:
                 if resp.status != 200:
-                    log.debug("frontend GET /replicas answered %s", resp.status)
-                    return {}
+                    log.debug("frontend GET %s/replicas answered %s", url, resp.status)
+                    return None
                 body = await resp.json()
         except (aiohttp.ClientError, asyncio.TimeoutError, json.JSONDecodeError, ValueError) as err:
-            log.debug("frontend GET /replicas failed: %s", err)
-            return {}
+            log.debug("frontend GET %s/replicas failed: %s", url, err)
+            return None
         rows = body.get("replicas", []) if isinstance(body, dict) else body
         return {row["replica_id"]: row for row in rows if isinstance(row, dict) and "replica_id" in row}
 

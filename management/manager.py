@@ -66,7 +66,7 @@ class ReplicaManager:
         self.host = socket.gethostname()
         self._lock = asyncio.Lock()
         self._health: dict[str, Health] = {}
-        self._view = FrontendView(frontend_http_url, http_timeout_s)
+        self._view = FrontendView(frontend_http_url, http_timeout_s, others=self._announced_http)
         self._adopted = False
 
     # -- public API --------------------------------------------------------------------------
@@ -377,6 +377,11 @@ class ReplicaManager:
         failures = self._health[rid].failures if rid in self._health else 0
         self._health[rid] = Health(started_at=time.monotonic(), failures=failures)
         return record
+
+    def _announced_http(self) -> list[str]:
+        """HTTP URLs of the frontends announced in Redis (the view's fallback)."""
+        client = getattr(self.store, "client", None)
+        return [] if client is None else FrontendDirectory(client).addresses("http")
 
     def _frontend_addresses(self) -> str:
         """The replica addresses a new replica starts from: the configured frontend's and every one

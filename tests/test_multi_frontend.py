@@ -120,3 +120,23 @@ def test_two_names_for_one_frontend_make_one_link(two_frontends, procs):
     with Client(first.client_address, timeout_s=30) as client:
         results = client.predict_many("a1", [np.ones(4, dtype=np.float32)] * 20, concurrency=4)
     assert all(not isinstance(r, Exception) and not r.default for r in results)
+
+
+def test_manager_view_reads_another_frontend_when_its_own_is_down(two_frontends, procs):
+    import asyncio
+
+    from management.embedded_redis import free_port
+    from management.frontend_client import FrontendView
+
+    first, second = two_frontends
+    procs.append(start_replica(first.replica_address, "noop", replica_id="seen"))
+    second.wait_ready(1)
+    down = f"http://127.0.0.1:{free_port()}"  # nobody listens here
+
+    async def read() -> dict:
+        view = FrontendView(down, 5.0, others=lambda: [down, second.http_url])
+        try:
+            return await view.rows()
+        finally:
+            await view.close()
+    assert "seen" in asyncio.run(read())
