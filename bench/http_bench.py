@@ -8,6 +8,7 @@ replica) runs pinned to ``--deploy-cpu`` and ``wrk`` (closed loop) to
 - W2: ``elastic-net``, ``{"input": [4096 floats]}``, batches of up to 32, 5 ms wait.
 
 Also the tree's PSS (``schooner up`` and every descendant) with each replica.
+``--rounds N`` repeats every point N times (alternating) and reports medians.
 With ``--baseline REF`` the same runs against REF, checked out in a temporary
 ``git worktree`` and driven through its CLI, in the same run: both deployments
 are up at once and the points alternate between them, so that machine noise
@@ -33,6 +34,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,6 +178,13 @@ def wrk(url: str, body_path: Path, cpu: int, connections: int, duration_s: float
             "non_2xx": r["non_2xx"]}
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """Median of each figure over the rounds (each figure on its own), with every round's q/s."""
+    out = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
+    out["qps_rounds"] = [r["qps"] for r in runs]
+    return out
+
+
 def ratios(new: dict, old: dict) -> dict:
     """new/old for every number both have (nested)."""
     out: dict = {}
@@ -202,6 +211,8 @@ def main() -> None:
     p.add_argument("--warmup-s", type=float, default=2.0)
     p.add_argument("--duration-s", type=float, default=5.0)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat every point this many times, alternating trees; figures are medians")
     p.add_argument("--env", nargs="+", default=[], metavar="KEY=VALUE",
                    help="environment of this tree's deployment (e.g. SCHOONER_SPIN_MODE=adaptive); the "
                         "baseline always runs with default settings")
@@ -228,10 +239,14 @@ def main() -> None:
             for d in deps:
                 d.deploy(app, w)
             for c in args.concurrency:
-                for d in deps:  # alternate: machine noise lands on both trees
-                    url = f"{d.addresses['frontend_http']}/{app}/predict"
-                    wrk(url, body, args.wrk_cpu, c, args.warmup_s)
-                    results[d.label][f"{wname}_c{c}"] = wrk(url, body, args.wrk_cpu, c, args.duration_s)
+                runs: dict[str, list[dict]] = {d.label: [] for d in deps}
+                for _ in range(args.rounds):
+                    for d in deps:  # alternate: machine noise lands on both trees
+                        url = f"{d.addresses['frontend_http']}/{app}/predict"
+                        wrk(url, body, args.wrk_cpu, c, args.warmup_s)
+                        runs[d.label].append(wrk(url, body, args.wrk_cpu, c, args.duration_s))
+                for d in deps:
+                    results[d.label][f"{wname}_c{c}"] = _median_run(runs[d.label])
             for d in deps:
                 results[d.label][f"pss_{w['model']}"] = d.pss_mib()
                 d.scale_down(app)
@@ -244,7 +259,7 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     out: dict[str, Any] = {
         "setup": {"deploy_cpu": args.deploy_cpu, "wrk_cpu": args.wrk_cpu, "warmup_s": args.warmup_s,
-                  "duration_s": args.duration_s, "baseline": args.baseline, "env": env, "workloads": WORKLOADS,
+                  "duration_s": args.duration_s, "rounds": args.rounds, "baseline": args.baseline, "env": env, "workloads": WORKLOADS,
                   "cpus": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 2)},
         "this": results["this"]}
     if args.baseline:
