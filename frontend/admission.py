@@ -1,12 +1,16 @@
-"""Validation at the edge: split a message's items and check them against the model's input type.
+"""Admission at the edge: split and validate a message's items, and shed what cannot make its deadline.
 
 Items stay as the frames they arrived in (or zero-copy slices of a stacked
-frame); nothing here copies an input.
+frame); nothing here copies an input. :func:`predict_finish` is the admission
+rule: when a query would finish after its deadline given the work queued ahead
+of it, it is answered at once (429 ``overloaded`` or the default output, per
+app) instead of waiting to be answered late.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import math
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import zmq
@@ -142,3 +146,26 @@ def check_outputs(metas: list, frames: list) -> None:
                 raise ProtocolError(f"outputs[{i}] is not valid UTF-8") from None
         elif kind != "b":
             raise ProtocolError(f"outputs[{i}]: unknown item kind {short(kind)}")
+
+
+def predict_finish(now: float, ahead: int, items: int, free_at: Sequence[float], target: int,
+                   latency: Callable[[int], float], rate: float) -> tuple[float, float, int]:
+    """(start, finish, position in it) of the batch holding the last of a query's ``items``.
+
+    This is the admission rule: a query is admitted when ``finish`` is before
+    its deadline and before that of the first query in the same batch (the one
+    at ``position`` places ahead, whose batch it makes longer).
+
+    ``ahead`` items are queued before it; ``free_at`` says when each live
+    replica takes its next batch (soonest first, at least ``now``); batches
+    hold up to ``target`` items and a batch of ``n`` takes ``latency(n)``.
+    Batch ``j`` of the queue goes to the ``j mod R``-th replica to free, after
+    ``j div R`` full batches there. Its own batch holds what is ahead of it in
+    that batch, itself, and what arrives (at ``rate`` items/s) before it starts.
+    """
+    last = ahead + items - 1
+    j, pos = divmod(last, target)
+    rounds, slot = divmod(j, len(free_at))
+    start = max(now, free_at[slot]) + rounds * latency(target)
+    size = min(target, pos + 1 + math.ceil(rate * (start - now)))
+    return start, start + latency(size), pos

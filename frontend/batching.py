@@ -1,15 +1,16 @@
-"""Per-model-version bounded queues, the batch-size controller (fixed or AIMD) and the latency estimate.
+"""Per-model-version bounded queues and the goodput policy: latency curve, batch-size cap, wait rule.
 
-Deadline-aware dispatch: each queue keeps a :class:`LatencyEstimate` of how long
-a batch of ``n`` takes (PREDICT sent -> RESULT received, an EWMA per batch size).
-When a batch is formed, entries whose deadline is earlier than now plus the
-estimate for that batch cannot be answered in time; :meth:`ModelQueue.take`
-skips them (the dispatcher answers them at once with the app's default output)
-and takes later entries instead, so the replica spends its time on queries that
-can still meet their objective. Before the first batch there is no estimate and
-nothing is skipped; nor is anything skipped when the estimate exceeds a query's
-whole objective (no query could make it, and dispatching keeps the estimate
-learning).
+The latency objective covers queueing plus processing. Each queue learns a
+:class:`LatencyCurve` (PREDICT sent -> RESULT received, by batch size) and an
+:class:`ArrivalMeter`; from them :class:`BatchSizeController` picks the batch
+cap with the most answers within the objective, :func:`should_wait` decides
+whether a partial batch is worth holding, and
+:func:`frontend.admission.admit` sheds at arrival what cannot make its
+deadline. Entries that can no longer make theirs once queued are skipped at
+dispatch (:meth:`ModelQueue.take`) and answered at once with the default output.
+
+Everything here is plain arithmetic on times passed in, so it is tested with a
+fake clock and no sockets.
 """
 
 from __future__ import annotations
@@ -30,7 +31,184 @@ class FireReason(str, enum.Enum):
 
     FULL = "full"  # the queue held at least the target batch size
     TIMEOUT = "timeout"  # batch_wait_timeout_micros passed with a partial batch
-    IDLE = "idle"  # a replica was idle and no wait was configured
+    IDLE = "idle"  # a replica was idle and waiting was not worth it (or not configured)
+
+
+class LatencyCurve:
+    """Processing latency of a batch by its size, learnt from finished batches.
+
+    Each size seen keeps an EWMA; a line ``a + b·n`` is fitted through them by
+    least squares, each size weighted by how recently it was seen (so a change in
+    the model's cost moves the whole curve, not just the sizes it was seen at).
+    With one size ``m`` seen, sizes up to ``m`` cost what ``m`` costs and larger
+    ones scale up linearly (both err on the slow side). ``noise_s`` tracks how far
+    batches land from the curve; :meth:`upper` adds two of it.
+    """
+
+    def __init__(self, weight: float = defaults.LATENCY_EWMA_WEIGHT,
+                 recency: float = defaults.LATENCY_RECENCY) -> None:
+        if not 0.0 < weight <= 1.0:
+            raise ValueError(f"weight must be in (0, 1], got {weight!r}")
+        if not 0.0 < recency <= 1.0:
+            raise ValueError(f"recency must be in (0, 1], got {recency!r}")
+        self.weight = weight
+        self.recency = recency
+        # n -> [EWMA seconds, index of the last batch of n, sign of its last far miss or 0]
+        self.by_size: dict[int, list[float]] = {}
+        self.batches = 0
+        self.noise_s = 0.0
+        self._line: tuple[float, float] | None = None  # (a, b) when two or more sizes are seen
+        self._single: tuple[int, float] | None = None  # (m, seconds) when one size dominates
+
+    @property
+    def known(self) -> bool:
+        """Whether any batch has finished yet."""
+        return bool(self.by_size)
+
+    @property
+    def largest(self) -> int:
+        """The largest batch size seen (0 before the first batch)."""
+        return max(self.by_size, default=0)
+
+    @property
+    def has_slope(self) -> bool:
+        """Whether two or more batch sizes have been seen, so the cost of other sizes is not a guess."""
+        return self._line is not None
+
+    def observe(self, n: int, latency_s: float) -> None:
+        """Learn from one finished batch of ``n`` items.
+
+        A batch far off the estimate (more than the noise explains) is taken as
+        a change in cost when the next far one at that size misses the same way,
+        and then followed fast; a lone one (a stall of the machine) moves the
+        estimate no more than an ordinary miss.
+        """
+        if self.by_size:
+            pred = self.seconds(n)
+            miss = min(abs(latency_s - pred), max(4.0 * self.noise_s, 0.2 * pred))
+            self.noise_s += 0.25 * self.weight * (miss - self.noise_s)  # slower: it is a margin
+        self.batches += 1
+        slot = self.by_size.get(n)
+        if slot is None:
+            self.by_size[n] = [latency_s, self.batches, 0.0]
+            self._fit()
+            return
+        step = latency_s - slot[0]
+        bound = max(3.0 * self.noise_s, 0.1 * slot[0])
+        far = math.copysign(1.0, step) if abs(step) > bound else 0.0
+        if far and far == slot[2]:
+            slot[0] += 0.5 * step
+        else:
+            slot[0] += self.weight * max(-bound, min(bound, step))
+        slot[1] = self.batches
+        slot[2] = far
+        self._fit()
+
+    def _fit(self) -> None:
+        w_sum = n_sum = nn_sum = l_sum = nl_sum = 0.0
+        for n, (lat, last, _) in self.by_size.items():
+            w = self.recency ** (self.batches - last)
+            w_sum += w
+            n_sum += w * n
+            nn_sum += w * n * n
+            l_sum += w * lat
+            nl_sum += w * n * lat
+        det = w_sum * nn_sum - n_sum * n_sum
+        if det <= 1e-6 * w_sum * nn_sum:  # effectively one size: no slope to learn from
+            m = max(self.by_size, key=lambda k: self.by_size[k][1])
+            self._single, self._line = (m, self.by_size[m][0]), None
+            return
+        b = (w_sum * nl_sum - n_sum * l_sum) / det
+        a = (l_sum - b * n_sum) / w_sum
+        if b < 0.0:  # noise on a flat curve
+            a, b = l_sum / w_sum, 0.0
+        elif a < 0.0:
+            a, b = 0.0, nl_sum / nn_sum
+        self._line, self._single = (a, b), None
+
+    def seconds(self, n: int) -> float:
+        """Expected seconds for a batch of ``n`` (0.0 before the first batch)."""
+        if self._line is not None:
+            a, b = self._line
+            return a + b * n
+        if self._single is not None:
+            m, lat = self._single
+            return lat if n <= m else lat * n / m
+        return 0.0
+
+    def upper(self, n: int) -> float:
+        """Seconds a batch of ``n`` takes at worst, bar outliers: the curve plus twice its noise."""
+        return self.seconds(n) + 2.0 * self.noise_s
+
+
+class ArrivalMeter:
+    """Arrival rate of items, with exponential forgetting, and the rate while the model is busy.
+
+    "Busy" means queries are queued or a batch is in flight. The busy rate is
+    what the wait rule needs: with one closed-loop client nothing ever arrives
+    while its query is outstanding, however fast it sends; with open-loop
+    Poisson arrivals it is the plain rate.
+    """
+
+    def __init__(self, horizon_s: float = defaults.ARRIVAL_HORIZON_S) -> None:
+        if horizon_s <= 0:
+            raise ValueError(f"horizon_s must be positive, got {horizon_s!r}")
+        self.horizon_s = horizon_s
+        self.count = 0.0  # decayed arrivals
+        self.busy_count = 0.0  # decayed arrivals that found the model busy
+        self.busy_s = 0.0  # decayed time spent busy
+        self.busy = False
+        self.last: float | None = None
+
+    def _advance(self, now: float) -> None:
+        if self.last is None:
+            self.last = now
+            return
+        dt = now - self.last
+        if dt <= 0:
+            return
+        d = math.exp(-dt / self.horizon_s)
+        self.count *= d
+        self.busy_count *= d
+        self.busy_s = self.busy_s * d + (self.horizon_s * (1.0 - d) if self.busy else 0.0)
+        self.last = now
+
+    def arrive(self, now: float, items: int, busy: bool) -> None:
+        """``items`` arrived at ``now``; ``busy``: the model had work outstanding when they did."""
+        self._advance(now)
+        self.count += items
+        if busy:
+            self.busy_count += items
+
+    def set_busy(self, now: float, busy: bool) -> None:
+        """The model has (or no longer has) work outstanding from ``now``."""
+        self._advance(now)
+        self.busy = busy
+
+    def rate(self, now: float) -> float:
+        """Items per second lately (0.0 before any arrival)."""
+        if self.last is None:
+            return 0.0
+        return self.count * math.exp(-max(0.0, now - self.last) / self.horizon_s) / self.horizon_s
+
+    def busy_rate(self) -> float | None:
+        """Items per second arriving while the model is busy; None until it has been busy a while."""
+        if self.busy_s < 0.01 * self.horizon_s:
+            return None
+        return self.busy_count / self.busy_s
+
+
+def should_wait(timeout_s: float, depth: int, target: int, busy_rate: float | None,
+                slack_s: float, need_s: float) -> bool:
+    """Whether to hold a partial batch of ``depth`` for up to ``timeout_s`` (the wait rule).
+
+    Only when another query is expected within the wait (from the arrival rate
+    while busy), the batch is not full, and the oldest query (``slack_s`` left)
+    can still afford the wait plus the full batch (``need_s``).
+    """
+    if timeout_s <= 0 or depth >= target or busy_rate is None:
+        return False
+    return busy_rate * timeout_s >= 1.0 and slack_s - timeout_s >= need_s
 
 
 def fire_reason(depth: int, target: int, wait_expired: bool, wait_micros: int) -> FireReason | None:
@@ -50,30 +228,41 @@ def fire_reason(depth: int, target: int, wait_expired: bool, wait_micros: int) -
 
 
 class BatchSizeController:
-    """The batch size a model version dispatches: fixed, or adaptive (AIMD).
+    """The batch size a model version dispatches: fixed, or chosen for goodput.
 
-    Adaptive (:attr:`BatchSize.ADAPTIVE`): start at 1; after a *full* batch whose
-    processing latency (PREDICT sent -> RESULT received) stays within the
-    objective, add ``AIMD_ADDITIVE_STEP``; after any batch that misses it, cut
-    the size by ``AIMD_BACKOFF_FRACTION`` (at least by one). Bounded by
-    ``max_batch_size``. Only full batches grow the size: a partial batch says
-    nothing about whether a larger one would still meet the objective.
+    Adaptive (:attr:`BatchSize.ADAPTIVE`) picks the cap ``n`` (at most
+    ``max_batch_size``) that maximises the predicted rate of answers within the
+    objective ``S`` (less ``margin``), from the latency curve, the arrival rate
+    ``λ`` and the number of replicas ``R``. A query's latency is its wait for
+    the batch ahead plus its own batch, so:
 
-    The objective is the smallest ``latency_slo_micros`` among the apps linked
-    to the model, so the tightest app's queries can still be answered in time
-    when a batch is processed within it. With no linked app it is
-    ``defaults.LATENCY_SLO_MICROS``.
+    - a cap whose capacity ``R·n/L(n)`` has headroom over ``λ`` settles at the
+      batch ``k`` that arrives during one batch (``k = λ/R · L(k)``); everything
+      is answered if ``2·L(k) ≤ S``, else only what arrives in the last
+      ``S − L(k)`` of a batch;
+    - a saturated cap runs full batches: ``R·n/L(n)`` answers per second when
+      ``2·L(n) ≤ S``, else only the ``λ/R·(S − L(n))`` per batch that arrive
+      late enough to make it (admission sheds the rest).
+
+    Among caps within 2 % of the best, the largest whose batch fits in half the
+    objective wins (a burst then costs nobody their deadline), else the
+    smallest. Caps beyond twice the largest batch seen are not considered: the
+    curve is a guess there. A new cap that differs by two and by 5 % is taken at
+    once; a smaller change only when proposed three times running, so noise in
+    the curve does not make the cap jitter.
     """
 
     def __init__(self, batch_size: int, max_batch_size: int,
-                 step: int = defaults.AIMD_ADDITIVE_STEP,
-                 backoff: float = defaults.AIMD_BACKOFF_FRACTION) -> None:
+                 margin: float = defaults.SLO_MARGIN_FRACTION,
+                 headroom: float = defaults.CAPACITY_HEADROOM_FRACTION) -> None:
         self.adaptive = BatchSize.parse(batch_size).adaptive
         self.max_batch_size = max_batch_size
-        self.step = step
-        self.backoff = backoff
+        self.margin = margin
+        self.headroom = headroom
         self.objective_micros = defaults.LATENCY_SLO_MICROS
         self.target = 1 if self.adaptive else batch_size
+        self._proposed = 0
+        self._streak = 0
 
     def reconfigure(self, batch_size: int, max_batch_size: int) -> None:
         """Apply new batching settings, keeping the learnt size when staying adaptive."""
@@ -87,45 +276,81 @@ class BatchSizeController:
         else:
             self.target = min(self.target, max_batch_size)
 
-    def observe(self, batch_len: int, latency_micros: float) -> None:
-        """Learn from one finished batch of ``batch_len`` items."""
-        if not self.adaptive:
-            return
-        if latency_micros > self.objective_micros:
-            cut = max(1, math.floor(self.target * self.backoff))
-            self.target = max(1, self.target - cut)
-        elif batch_len >= self.target:
-            self.target = min(self.max_batch_size, self.target + self.step)
+    def _slo_s(self) -> float:
+        # What the cap plans for, a hair over so that a curve landing exactly on it counts as fitting.
+        return self.objective_micros * 1e-6 * (1.0 - self.margin) * (1.0 + 1e-9)
+
+    def goodput(self, n: int, curve: LatencyCurve, rate: float, replicas: int, settled: int) -> float:
+        """Predicted answers per second within the objective with a cap of ``n``.
+
+        ``settled`` is the batch that arrives while a batch of its own size runs
+        (see :func:`settled_batch`).
+        """
+        slo = self._slo_s()
+        lat = curve.upper(n)
+        if lat <= 0.0 or lat > slo:
+            return 0.0
+        per_replica = rate / replicas
+        capacity = n / lat
+        if per_replica * (1.0 + self.headroom) <= capacity:
+            lk = curve.upper(min(settled, n))
+            if 2.0 * lk <= slo:
+                return rate
+            return rate * max(0.0, slo - lk) / lk
+        if 2.0 * lat <= slo:
+            return replicas * capacity / (1.0 + self.headroom)
+        return replicas * min(n, per_replica * (slo - lat)) / lat / (1.0 + self.headroom)
+
+    def update(self, curve: LatencyCurve, rate: float, replicas: int) -> int:
+        """Re-choose the cap from the curve, the arrival rate (items/s) and live replicas; returns it."""
+        if not self.adaptive or not curve.known:
+            return self.target
+        best_n = self.best(curve, rate, max(1, replicas))
+        if best_n == self.target:
+            self._streak = 0
+            return self.target
+        # A big change is taken at once; a small one only when proposed three times running,
+        # so a curve that wobbles by one does not make the cap jitter.
+        if abs(best_n - self.target) >= max(2, 0.05 * self.target):
+            self.target, self._streak = best_n, 0
+        elif best_n == self._proposed:
+            self._streak += 1
+            if self._streak >= 3:
+                self.target, self._streak = best_n, 0
+        else:
+            self._proposed, self._streak = best_n, 1
+        return self.target
+
+    def best(self, curve: LatencyCurve, rate: float, replicas: int) -> int:
+        """The cap with the most predicted goodput (ties: see the class docstring)."""
+        slo = self._slo_s()
+        # The curve is trusted only near what was seen: at most double the largest batch so far.
+        sizes = range(1, min(self.max_batch_size, 2 * curve.largest) + 1)
+        half = [n for n in sizes if 2.0 * curve.upper(n) <= slo]
+        n_safe = half[-1] if half else 1
+        if rate <= 0.0:
+            return n_safe
+        settled = settled_batch(rate / replicas, curve, self.max_batch_size)
+        scores = [self.goodput(n, curve, rate, replicas, settled) for n in sizes]
+        top = max(scores)
+        if top <= 0.0:
+            return n_safe
+        near = [n for n, g in zip(sizes, scores) if g >= 0.98 * top]
+        within_half = [n for n in near if n <= n_safe]
+        return within_half[-1] if within_half else near[0]
 
 
-class LatencyEstimate:
-    """Expected processing latency of a batch, by size: an EWMA per batch size seen.
-
-    A size not seen yet borrows from the nearest size seen: a larger one's
-    estimate as is, a smaller one's scaled up linearly (both err on the slow side).
-    """
-
-    __slots__ = ("weight", "by_size")
-
-    def __init__(self, weight: float = defaults.LATENCY_EWMA_WEIGHT) -> None:
-        if not 0.0 < weight <= 1.0:
-            raise ValueError(f"weight must be in (0, 1], got {weight!r}")
-        self.weight = weight
-        self.by_size: dict[int, float] = {}
-
-    def observe(self, n: int, latency_s: float) -> None:
-        """Learn from one finished batch of ``n`` items."""
-        old = self.by_size.get(n)
-        self.by_size[n] = latency_s if old is None else old + self.weight * (latency_s - old)
-
-    def seconds(self, n: int) -> float | None:
-        """Expected seconds for a batch of ``n``; None before the first batch."""
-        by_size = self.by_size
-        est = by_size.get(n)
-        if est is not None or not by_size:
-            return est
-        m = min(by_size, key=lambda k: abs(k - n))
-        return by_size[m] * (n / m if m < n else 1.0)
+def settled_batch(per_replica: float, curve: LatencyCurve, cap: int) -> int:
+    """The batch size ``k`` that arrives while a batch of ``k`` runs (``k = λ·L(k)``), at most ``cap``."""
+    k = 1.0
+    for _ in range(50):
+        nxt = max(1.0, per_replica * curve.upper(max(1, math.ceil(k))))
+        if nxt >= cap:
+            return cap
+        if abs(nxt - k) < 0.01:
+            break
+        k = nxt
+    return max(1, math.ceil(k))
 
 
 class ModelQueue:
@@ -151,7 +376,58 @@ class ModelQueue:
         self.late_outputs = metrics.counter(prefix + names.MODEL_LATE_OUTPUTS)
         self.batch_timeouts = metrics.counter(prefix + names.MODEL_BATCH_TIMEOUTS)
         self.dropped_at_dispatch = metrics.counter(prefix + names.MODEL_DROPPED_AT_DISPATCH)
-        self.estimate = LatencyEstimate()
+        self.shed_at_arrival = metrics.counter(prefix + names.MODEL_SHED_AT_ARRIVAL)
+        self.target_gauge = metrics.gauge(prefix + names.MODEL_BATCH_SIZE_TARGET)
+        self.target_gauge.set(self.controller.target)
+        self.curve = LatencyCurve()
+        self.arrivals = ArrivalMeter()
+        self.in_flight: dict[int, Any] = {}  # batch_id -> Batch, kept by the Dispatcher
+        self._retuned_at = -math.inf
+
+    def live_replicas(self) -> int:
+        """Replicas of this version that hold a batch or are idle and ready for one."""
+        idle = sum(1 for r in self.idle if r.idle)
+        return len(self.in_flight) + idle
+
+    def busy(self) -> bool:
+        """Whether queries are queued or a batch is in flight."""
+        return bool(self.entries) or bool(self.in_flight)
+
+    def note_busy(self, now: float) -> None:
+        """Tell the arrival meter whether the model is busy from ``now``."""
+        self.arrivals.set_busy(now, bool(self.entries) or bool(self.in_flight))
+
+    def retune(self, now: float, force: bool = False) -> int:
+        """Re-choose the batch cap (at most every RETUNE_INTERVAL_S unless forced); returns it."""
+        ctl = self.controller
+        if ctl.adaptive and (force or now - self._retuned_at >= defaults.RETUNE_INTERVAL_S):
+            self._retuned_at = now
+            ctl.update(self.curve, self.arrivals.rate(now), self.live_replicas())
+            self.target_gauge.set(ctl.target)
+        return ctl.target
+
+    def free_times(self, now: float) -> list[float]:
+        """When each live replica is expected to be free for the next batch, soonest first."""
+        upper = self.curve.upper
+        times = [max(now, b.sent_at + upper(len(b.entries))) for b in self.in_flight.values()]
+        times.extend(now for r in self.idle if r.idle)
+        times.sort()
+        return times
+
+    def can_shed(self) -> bool:
+        """Whether admission knows enough to shed: a fixed cap's batches seen, or an adaptive cap's curve.
+
+        An adaptive cap starts at 1 and grows as the curve is learnt; shedding by the
+        cost of that first guess would turn away queries the grown cap will serve.
+        """
+        return self.curve.has_slope if self.controller.adaptive else self.curve.known
+
+    def queued(self) -> int:
+        """Entries waiting (answered ones at the head are dropped first)."""
+        entries = self.entries
+        while entries and entries[0].query.done:
+            entries.popleft()
+        return len(entries)
 
     @property
     def input_shape(self) -> list[int] | None:
@@ -162,6 +438,7 @@ class ModelQueue:
         """Take new batching settings for the same model version."""
         self.spec = spec
         self.controller.reconfigure(spec.batch_size, spec.max_batch_size)
+        self.target_gauge.set(self.controller.target)
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -3,13 +3,18 @@
 Everything here runs on the event loop thread, called by the endpoints with a
 whole burst of messages; queues touched by a burst are pumped once at its end.
 
-Dispatch is deadline-aware: a batch for ``n`` queries is expected to take the
-queue's latency estimate for ``n`` (learnt from finished batches). Entries that
-would get their output only after their deadline are not sent; they get the
-app's default output at once, with an explanation naming the time left and the
-time needed, and count in ``model:<m>:<v>:dropped_at_dispatch``. Later entries
-take their place in the batch, so an overloaded replica keeps producing outputs
-somebody receives instead of late ones that are discarded.
+Admission is at arrival: a query that would finish after its deadline given
+the work queued ahead of it (:func:`frontend.admission.predict_finish`) is
+answered at once, with the error ``overloaded`` and a retry time from the queue
+(HTTP 429 + Retry-After) or, for an app with ``on_overload: default``, the
+default output; it counts in ``model:<m>:<v>:shed_at_arrival``.
+
+Dispatch is deadline-aware too: a batch for ``n`` queries is expected to take
+the queue's latency curve at ``n``. Entries already queued that would get their
+output only after their deadline are not sent; they get the app's default
+output at once, with an explanation naming the time left and the time needed,
+and count in ``model:<m>:<v>:dropped_at_dispatch``. Later entries take their
+place in the batch.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import logging
 import time
 from typing import Any, Callable
 
-from schooner import metric_names, protocol
-from frontend.batching import FireReason, ModelQueue, fire_reason
+from schooner import defaults, metric_names, protocol
+from frontend.admission import predict_finish
+from frontend.batching import FireReason, ModelQueue, fire_reason, should_wait
 from frontend.config import FrontendConfig
 from schooner.errors import NoModel, Overloaded, ProtocolError, ReplicaLost, SchoonerError
 from schooner.protocol import short
@@ -122,6 +128,7 @@ class Dispatcher:
                     if mq.spec.name in (state.links.get(n) or [])]
             if slos:
                 mq.controller.objective_micros = min(slos)
+            mq.retune(time.monotonic(), force=True)
         self.pump_dirty()
 
     # ---- queries ----------------------------------------------------------------------------
@@ -132,19 +139,53 @@ class Dispatcher:
         return self._next_query_id
 
     def submit(self, route: Route, query: Query, metas: list, frames: list, now: float) -> None:
-        """Enqueue every item of ``query``; raise Overloaded at once when the queue is full."""
+        """Enqueue every item of ``query``, or answer it at once when it cannot make its deadline.
+
+        Raises Overloaded when the queue is full, or when the query would finish
+        late and its app rejects on overload (else it gets the default output now).
+        """
         mq = route.queue
         assert mq is not None, "submit needs a route with a queue"  # the endpoints answer NoModel first
         n = len(metas)
+        mq.arrivals.arrive(now, n, mq.busy())
         if not mq.has_room(n):
             self.count_error(route.app, Overloaded.code, n)
+            mq.shed_at_arrival.inc(n)
             raise Overloaded(f"queue of model {mq.spec.name}:{mq.spec.version} is full "
                              f"({mq.spec.max_queue_size} queries)", self.config.retry_after_s)
+        if mq.can_shed() and self._shed(route, mq, query, n, now):
+            return
         append = mq.entries.append
         for i in range(n):
             append(Entry(query, i, metas[i], frames[i], now))
         route.app.deadlines.add(query, self.loop)
+        mq.note_busy(now)
         self._dirty.add(mq)
+
+    def _shed(self, route: Route, mq: ModelQueue, query: Query, n: int, now: float) -> bool:
+        """Answer ``query`` at once if it would finish after its deadline; whether it was."""
+        free = mq.free_times(now)
+        if not free:  # no live replica: nothing to predict from; it waits for one
+            return False
+        ahead = mq.queued()
+        start, finish, pos = predict_finish(now, ahead, n, free, mq.controller.target, mq.curve.upper,
+                                            mq.arrivals.rate(now))
+        deadline = query.deadline
+        if pos >= n:  # the first query of its batch is ahead of it, with an earlier deadline
+            head = mq.entries[ahead - pos + n - 1].query.deadline
+            if head >= start + mq.curve.upper(1):  # one that is late anyway is dropped at dispatch
+                deadline = min(deadline, head)
+        if finish <= deadline - defaults.ADMISSION_GUARD_MICROS * 1e-6:
+            return False
+        mq.shed_at_arrival.inc(n)
+        why = (f"overloaded: model {mq.spec.name}:{mq.spec.version} would answer in "
+               f"~{round((finish - now) * 1e6)} µs, with {round((deadline - now) * 1e6)} µs left "
+               f"of the latency objective of {route.app.spec.latency_slo_micros} µs")
+        if route.app.spec.on_overload == "default":
+            query.expire(why)
+            return True
+        self.count_error(route.app, Overloaded.code, n)
+        raise Overloaded(why, max(1e-3, start - now))
 
     def record(self, query: Query, error: SchoonerError | None) -> None:
         """Per-app metrics of a finished query."""
@@ -189,20 +230,23 @@ class Dispatcher:
         if mq.removed:
             return
         now = time.monotonic()
-        while mq.idle and mq.entries:
+        while mq.idle and mq.queued():
             target = mq.controller.target
             depth = len(mq.entries)
-            reason = fire_reason(depth, target, mq.wait_expired, mq.spec.batch_wait_timeout_micros)
+            wait_us = mq.spec.batch_wait_timeout_micros
+            # The wait is spent only when another query is expected within it (the wait rule).
+            worth = (wait_us > 0 and depth < target and not mq.wait_expired
+                     and (mq.wait_handle is not None or self._worth_waiting(mq, depth, target, now)))
+            reason = fire_reason(depth, target, mq.wait_expired, wait_us if worth else 0)
             if reason is None:
                 if mq.wait_handle is None:
                     assert self.loop is not None  # pump_dirty runs only once attached
-                    mq.wait_handle = self.loop.call_later(mq.spec.batch_wait_timeout_micros * 1e-6,
-                                                          self._wait_over, mq)
+                    mq.wait_handle = self.loop.call_later(wait_us * 1e-6, self._wait_over, mq)
                 return
             replica = mq.idle.popleft()
             if not replica.idle:
                 continue
-            need = mq.estimate.seconds(min(target, depth))
+            need = mq.curve.seconds(min(target, depth)) if mq.curve.known else None
             if need is None:
                 entries = mq.take(target)
             else:
@@ -215,6 +259,15 @@ class Dispatcher:
                 break
             mq.cancel_wait()
             self._send_batch(mq, replica, entries, reason, depth, now)
+
+    @staticmethod
+    def _worth_waiting(mq: ModelQueue, depth: int, target: int, now: float) -> bool:
+        timeout_s = mq.spec.batch_wait_timeout_micros * 1e-6
+        if timeout_s <= 0:
+            return False
+        slack = mq.entries[0].query.deadline - now
+        need = mq.curve.upper(target) if mq.curve.known else 0.0
+        return should_wait(timeout_s, depth, target, mq.arrivals.busy_rate(), slack, need)
 
     @staticmethod
     def _drop_late(mq: ModelQueue, late: list[Entry], now: float, need: float) -> None:
@@ -233,9 +286,11 @@ class Dispatcher:
     def _send_batch(self, mq: ModelQueue, replica: Replica, entries: list[Entry], reason: FireReason,
                     depth: int, now: float) -> None:
         batch = self.pool.start_batch(replica, mq, entries, now)
+        mq.in_flight[batch.batch_id] = batch
         self.send_replica(protocol.predict(batch.batch_id, mq.spec.name, mq.spec.version,
                                            [e.meta for e in entries], [e.frame for e in entries],
                                            to=replica.identity))
+        mq.note_busy(now)
         mq.batch_size.insert(len(entries))
         mq.queue_size.insert(depth)
         mq.fired[reason].inc()
@@ -292,6 +347,7 @@ class Dispatcher:
     def complete_batch(self, batch: Batch, metas: list, outputs: list, now: float) -> None:
         """Hand a finished batch's outputs to their queries (in order) and learn from its latency."""
         mq, entries = batch.queue, batch.entries
+        mq.in_flight.pop(batch.batch_id, None)
         n = len(entries)
         late = 0
         for entry, meta, out in zip(entries, metas, outputs):
@@ -305,19 +361,23 @@ class Dispatcher:
         mq.num_predictions.inc(n)
         self.aggregate.mark(n)
         self.aggregate_count.inc(n)
-        mq.controller.observe(n, latency_s * 1e6)
-        mq.estimate.observe(n, latency_s)
+        mq.curve.observe(n, latency_s)
+        mq.note_busy(now)
+        mq.retune(now)
 
     def fail_batch(self, batch: Batch, err: SchoonerError, now: float) -> None:
         """Answer every query of a failed batch with ``err``."""
+        batch.queue.in_flight.pop(batch.batch_id, None)
         for entry in batch.entries:
             entry.query.fail(err)
         batch.queue.latency.insert((now - batch.sent_at) * 1e6)
+        batch.queue.note_busy(now)
 
     def requeue(self, batch: Batch | None, why: str) -> None:
         """Put a lost batch's unanswered queries back at the head of their queue (bounded retries)."""
         if batch is None:
             return
+        batch.queue.in_flight.pop(batch.batch_id, None)
         keep = []
         for entry in batch.entries:
             if entry.query.done:

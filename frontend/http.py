@@ -6,6 +6,7 @@ import asyncio
 import base64
 import dataclasses
 import logging
+import math
 import time
 import warnings
 from typing import TYPE_CHECKING, Any, Iterator
@@ -51,9 +52,12 @@ def json_response(data: Any, status: int = 200, headers: dict | None = None) -> 
 def error_response(err: SchoonerError) -> web.Response:
     """The JSON error response for ``err``, with Retry-After when overloaded."""
     headers = None
+    body = error_body(err.code, str(err))
     if isinstance(err, Overloaded):
-        headers = {"Retry-After": str(max(1, round(err.retry_after_s)))}
-    return json_response(error_body(err.code, str(err)), status=err.http_status, headers=headers)
+        # The header takes whole seconds; the body says how long the queue ahead needs, to the ms.
+        headers = {"Retry-After": str(max(1, math.ceil(err.retry_after_s)))}
+        body["retry_after_s"] = round(err.retry_after_s, 3)
+    return json_response(body, status=err.http_status, headers=headers)
 
 
 # An overflowing float cast is refused below; numpy's own warning about it would only be noise.

@@ -30,13 +30,18 @@ HTTP_PARSE_INLINE_BYTES = 64 * 1024  # larger HTTP bodies are parsed on a worker
 
 DEFAULT_OUTPUT = "None"
 LATENCY_SLO_MICROS = 100_000
-BATCH_SIZE = -1  # schooner.types.BatchSize.ADAPTIVE
+BATCH_SIZE = -1  # schooner.types.BatchSize.ADAPTIVE: the goodput controller picks the batch cap
 MAX_BATCH_SIZE = 64
 BATCH_WAIT_TIMEOUT_MICROS = 0
 MAX_QUEUE_SIZE = 10_000
-AIMD_ADDITIVE_STEP = 1
-AIMD_BACKOFF_FRACTION = 0.10
-LATENCY_EWMA_WEIGHT = 0.2  # weight of the newest batch in the per-size latency estimate
+LATENCY_EWMA_WEIGHT = 0.1  # weight of the newest batch in the per-size latency estimate
+LATENCY_RECENCY = 0.9  # weight of a batch size in the latency curve's fit, per batch since it was last seen
+ARRIVAL_HORIZON_S = 0.5  # the arrival rate forgets with this time constant
+SLO_MARGIN_FRACTION = 0.10  # the controller plans for this much less than the objective (noise, overheads)
+CAPACITY_HEADROOM_FRACTION = 0.20  # a batch cap counts as keeping up when its capacity is this much over the load
+RETUNE_INTERVAL_S = 0.02  # the batch cap is re-chosen at most this often
+ADMISSION_GUARD_MICROS = 1000  # admission wants a query done this long before its deadline
+ON_OVERLOAD = "reject"  # what an app answers a query that cannot make its deadline: reject (429) | default
 
 # Retries and backoff, everywhere they happen.
 MAX_BATCH_RETRIES = 2  # a batch whose replica died is retried this many times

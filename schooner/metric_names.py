@@ -27,6 +27,8 @@ MODEL_FIRED = "batch_fired_{reason}"  # counter per FireReason (full, timeout, i
 MODEL_LATE_OUTPUTS = "late_outputs"  # counter, outputs that came after their query's deadline
 MODEL_BATCH_TIMEOUTS = "batch_timeouts"  # counter, batches held past the batch timeout
 MODEL_DROPPED_AT_DISPATCH = "dropped_at_dispatch"  # counter, defaulted before dispatch (would be late)
+MODEL_SHED_AT_ARRIVAL = "shed_at_arrival"  # counter, answered at arrival (would finish after its deadline)
+MODEL_BATCH_SIZE_TARGET = "batch_size_target"  # gauge, the batch cap the controller chose
 
 
 def app_prefix(app: str) -> str:

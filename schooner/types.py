@@ -121,6 +121,9 @@ LIVE_REPLICA_STATES = frozenset({ReplicaState.READY, ReplicaState.BUSY, ReplicaS
 SERVING_REPLICA_STATES = frozenset({ReplicaState.READY, ReplicaState.BUSY})
 
 
+ON_OVERLOAD_CHOICES = ("reject", "default")
+
+
 @dataclass
 class AppSpec:
     """An application: the name clients query, bound to one model."""
@@ -130,6 +133,9 @@ class AppSpec:
     default_output: str = defaults.DEFAULT_OUTPUT
     latency_slo_micros: int = defaults.LATENCY_SLO_MICROS
     policy: str = "default"
+    # A query that cannot finish within the objective given the queue is answered at once:
+    # "reject" = error overloaded (HTTP 429 + Retry-After), "default" = the default output.
+    on_overload: str = defaults.ON_OVERLOAD
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -137,6 +143,9 @@ class AppSpec:
         self.input_type = InputType.parse(self.input_type)
         if not isinstance(self.latency_slo_micros, int) or self.latency_slo_micros <= 0:
             raise ValueError("latency_slo_micros must be a positive integer")
+        if self.on_overload not in ON_OVERLOAD_CHOICES:
+            raise ValueError(f"on_overload must be one of {', '.join(ON_OVERLOAD_CHOICES)}, "
+                             f"got {self.on_overload!r}")
 
 
 @dataclass
@@ -144,7 +153,8 @@ class ModelSpec:
     """A model version and how the frontend batches for it.
 
     ``batch_size`` is a :class:`BatchSize`: a fixed size, or adaptive batching
-    (``-1`` on the wire) bounded by ``max_batch_size``. ``input_shape`` (optional) is the shape every
+    (``-1`` on the wire; the cap with the most answers within the objective)
+    bounded by ``max_batch_size``. ``input_shape`` (optional) is the shape every
     input must have; the frontend rejects others with BadInput.
     """
 

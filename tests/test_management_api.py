@@ -113,13 +113,15 @@ def test_ping_answers_pong(api: ApiServer) -> None:
 
 def test_added_app_is_listed_and_described(api: ApiServer) -> None:
     _add_app(api, "b")
-    _add_app(api, "a", "strings", policy="default")
+    _add_app(api, "a", "strings", policy="default", on_overload="default")
     assert _ok(api.post("/admin/get_all_applications", {"verbose": False})) == ["a", "b"]
     assert _ok(api.post("/admin/get_all_applications", {})) == ["a", "b"]
     verbose = _ok(api.post("/admin/get_all_applications", {"verbose": True}))
     assert verbose[1] == {"name": "b", "input_type": "floats", "default_output": "-1",
-                          "latency_slo_micros": 50_000, "policy": "default", "linked_models": []}
-    assert _ok(api.post("/admin/get_application", {"name": "a"}))["input_type"] == "strings"
+                          "latency_slo_micros": 50_000, "policy": "default", "on_overload": "reject",
+                          "linked_models": []}
+    described = _ok(api.post("/admin/get_application", {"name": "a"}))
+    assert described["input_type"] == "strings" and described["on_overload"] == "default"
 
 
 @pytest.mark.parametrize("body, field", [
@@ -132,6 +134,7 @@ def test_added_app_is_listed_and_described(api: ApiServer) -> None:
     ({"name": "a", "input_type": "floats", "latency_slo_micros": True}, "latency_slo_micros"),
     ({"name": "a", "input_type": "floats", "default_output": 3}, "default_output"),
     ({"name": "a:b", "input_type": "floats"}, "name"),
+    ({"name": "a", "input_type": "floats", "on_overload": "queue"}, "on_overload"),
 ])
 def test_bad_add_app_body_is_400_naming_the_field(api: ApiServer, body: dict, field: str) -> None:
     resp = api.post("/admin/add_app", body)

@@ -21,7 +21,8 @@ _INPUT_TYPE_ALIASES = {"integers": "ints"}
 def app_info(app: AppSpec, linked: list[str]) -> dict:
     """Clipper's verbose app description."""
     return {"name": app.name, "input_type": app.input_type.value, "default_output": app.default_output,
-            "latency_slo_micros": app.latency_slo_micros, "policy": app.policy, "linked_models": linked}
+            "latency_slo_micros": app.latency_slo_micros, "policy": app.policy, "on_overload": app.on_overload,
+            "linked_models": linked}
 
 
 def model_info(model: ModelSpec, current: str | None) -> dict:
@@ -47,7 +48,8 @@ async def add_app(request: web.Request) -> web.Response:
                input_type=_INPUT_TYPE_ALIASES.get(input_type, input_type),
                default_output=body.string("default_output", defaults.DEFAULT_OUTPUT),
                latency_slo_micros=body.integer("latency_slo_micros", defaults.LATENCY_SLO_MICROS, minimum=1),
-               policy=body.string("policy", "default", allow_empty=False))
+               policy=body.string("policy", "default", allow_empty=False),
+               on_overload=body.string("on_overload", defaults.ON_OVERLOAD, allow_empty=False))
     await call(store_of(request).add_app, app)
     return web.Response(text=SUCCESS)
 

@@ -1,0 +1,285 @@
+"""The goodput policy on its own: latency curve, batch-size controller, admission rule, wait rule.
+
+Deterministic: a fake clock (plain floats), seeded noise, no sockets, no processes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import random
+
+import pytest
+
+from frontend.admission import predict_finish
+from frontend.batching import ArrivalMeter, BatchSizeController, LatencyCurve, should_wait
+
+
+def sleep_curve(a_s: float, b_s: float):
+    """The `sleep` model's cost: a + b·n seconds for a batch of n."""
+    return lambda n: a_s + b_s * n
+
+
+def run_controller(ctl: BatchSizeController, curve: LatencyCurve, cost, rate: float, batches: int,
+                   rng: random.Random | None = None, noise: float = 0.0, replicas: int = 1) -> list[int]:
+    """Feed ``batches`` finished batches at the controller's cap (the queue always fills it) and
+    return the cap after each."""
+    seen = []
+    for _ in range(batches):
+        n = ctl.target
+        lat = cost(n) * (1.0 + (rng.uniform(-noise, noise) if rng else 0.0))
+        curve.observe(n, lat)
+        seen.append(ctl.update(curve, rate, replicas))
+    return seen
+
+
+def best_fixed(cost, slo_s: float, rate: float, max_n: int, margin: float = 0.1) -> int:
+    """Brute force over caps of the same goodput model, with the cost known exactly."""
+    curve = LatencyCurve()
+    for n in range(1, max_n + 1):
+        curve.observe(n, cost(n))
+    ctl = BatchSizeController(-1, max_n, margin=margin)
+    ctl.objective_micros = round(slo_s * 1e6)
+    return ctl.best(curve, rate, 1)
+
+
+# ---- latency curve ----------------------------------------------------------------------------
+
+def test_curve_learns_a_linear_cost_from_two_sizes():
+    curve = LatencyCurve()
+    curve.observe(1, 0.011)
+    assert curve.seconds(1) == pytest.approx(0.011)
+    assert curve.seconds(4) == pytest.approx(0.044)  # one size seen: scaled up, on the slow side
+    curve.observe(4, 0.014)
+    assert curve.seconds(32) == pytest.approx(0.042, rel=1e-6)  # 10 + 1·n ms
+
+
+def test_curve_follows_a_step_in_cost_at_the_size_in_use():
+    cost = sleep_curve(0.010, 0.001)
+    curve = LatencyCurve()
+    for n in (1, 2, 4, 8, 16, 32):
+        curve.observe(n, cost(n))
+    for _ in range(15):
+        curve.observe(32, 2 * cost(32))  # the model got twice as slow
+    assert curve.seconds(32) == pytest.approx(2 * cost(32), rel=0.05)
+
+
+# ---- controller -------------------------------------------------------------------------------
+
+def test_controller_converges_on_a_known_latency_curve():
+    # sleep 10 + 1·n ms, SLO 100 ms: a batch of n fits half the (90 %) objective up to n = 35.
+    cost = sleep_curve(0.010, 0.001)
+    ctl = BatchSizeController(-1, 64)
+    ctl.objective_micros = 100_000
+    curve = LatencyCurve()
+    rate = 0.5 * 35 / cost(35)  # half the capacity at n = 35
+    caps = run_controller(ctl, curve, cost, rate, 40)
+    assert caps[-1] in (34, 35)  # 35 bar the curve's noise margin
+    assert caps[-10:] == [caps[-1]] * 10
+
+
+def test_controller_goes_past_half_the_objective_when_heavily_overloaded():
+    # At 10x the load only queries that arrive late in a batch can make it; the best cap
+    # then runs longer batches than half the objective.
+    cost = sleep_curve(0.010, 0.001)
+    ctl = BatchSizeController(-1, 64)
+    ctl.objective_micros = 100_000
+    curve = LatencyCurve()
+    rate = 10 * 35 / cost(35)
+    caps = run_controller(ctl, curve, cost, rate, 60)
+    want = best_fixed(cost, 0.1, rate, 64)
+    assert want > 35
+    assert caps[-1] == want
+    assert ctl.goodput(want, curve, rate, 1, 64) > ctl.goodput(35, curve, rate, 1, 64)
+
+
+def test_controller_is_stable_under_noise():
+    cost = sleep_curve(0.005, 0.002)
+    ctl = BatchSizeController(-1, 64)
+    ctl.objective_micros = 50_000
+    curve = LatencyCurve()
+    rng = random.Random(7)
+    caps = run_controller(ctl, curve, cost, 2000.0, 400, rng=rng, noise=0.10)
+    tail = caps[-200:]
+    changes = sum(1 for x, y in zip(tail, tail[1:]) if x != y)
+    assert max(tail) - min(tail) <= 2, (min(tail), max(tail))
+    assert changes <= 6, changes
+
+
+def test_controller_backs_off_on_a_step_change_in_cost():
+    cost = sleep_curve(0.005, 0.002)
+    ctl = BatchSizeController(-1, 64)
+    ctl.objective_micros = 50_000
+    curve = LatencyCurve()
+    rate = 100.0
+    before = run_controller(ctl, curve, cost, rate, 60)[-1]
+    slow = sleep_curve(0.010, 0.004)  # the model (or its machine) got twice as slow
+    after = run_controller(ctl, curve, slow, rate, 25)
+    assert before == best_fixed(cost, 0.05, rate, 64) == 8
+    want = best_fixed(slow, 0.05, rate, 64)
+    assert want == 3
+    assert after[2] < before  # it backs off within a few batches ...
+    assert all(abs(c - want) <= 1 for c in after[-15:]), after  # ... and stays near the new best
+
+
+def test_controller_follows_a_load_change():
+    cost = sleep_curve(0.010, 0.001)
+    ctl = BatchSizeController(-1, 64)
+    ctl.objective_micros = 100_000
+    curve = LatencyCurve()
+    light = run_controller(ctl, curve, cost, 300.0, 40)[-1]
+    heavy = run_controller(ctl, curve, cost, 8000.0, 5)[-1]
+    assert light in (34, 35)
+    assert abs(heavy - best_fixed(cost, 0.1, 8000.0, 64)) <= 1
+    back = run_controller(ctl, curve, cost, 300.0, 5)[-1]
+    assert back == light
+
+
+def test_controller_never_exceeds_max_batch_size_and_fixed_size_stays_fixed():
+    cost = sleep_curve(0.001, 0.0001)
+    ctl = BatchSizeController(-1, 16)
+    curve = LatencyCurve()
+    assert max(run_controller(ctl, curve, cost, 50_000.0, 50)) <= 16
+    fixed = BatchSizeController(8, 64)
+    assert run_controller(fixed, LatencyCurve(), cost, 50_000.0, 10) == [8] * 10
+
+
+def test_more_replicas_share_the_load():
+    cost = sleep_curve(0.010, 0.001)
+    ctl = BatchSizeController(-1, 64)
+    ctl.objective_micros = 100_000
+    curve = LatencyCurve()
+    for n in range(1, 65):
+        curve.observe(n, cost(n))
+    rate = 2 * 35 / cost(35)
+    assert ctl.best(curve, rate, 1) > 35  # one replica is overloaded at twice its capacity
+    assert ctl.best(curve, rate, 4) in (34, 35)  # four keep up within half the objective
+
+
+# ---- admission --------------------------------------------------------------------------------
+
+def simulate_fifo(arrivals: list[tuple[float, int]], admitted: list[bool], free_at: list[float], target: int,
+                  cost) -> list[float]:
+    """Finish time of each admitted query under FIFO batches of up to ``target`` on pull-based replicas."""
+    queue = [i for i, ok in enumerate(admitted) if ok]
+    finish = [math.nan] * len(arrivals)
+    replicas = list(free_at)
+    heapq.heapify(replicas)
+    while queue:
+        t = heapq.heappop(replicas)
+        ready = [i for i in queue if arrivals[i][0] <= t]
+        if not ready:
+            t = arrivals[queue[0]][0]
+            ready = [i for i in queue if arrivals[i][0] <= t]
+        batch = ready[:target]
+        done = t + cost(len(batch))
+        for i in batch:
+            finish[i] = done
+            queue.remove(i)
+        heapq.heappush(replicas, done)
+    return finish
+
+
+def test_admission_sheds_exactly_what_cannot_make_it():
+    # 40 queries arrive at once at a replica busy for another 20 ms; batches of 8 at 10 + 1·n ms,
+    # objective 100 ms: batches finish at 38, 56, 74, 92, 110 ms, so the first 32 make it.
+    cost = sleep_curve(0.010, 0.001)
+    now, slo = 1000.0, 0.100
+    free = [now + 0.020]
+    admitted, predicted = [], []
+    for _ in range(40):
+        _, finish, _ = predict_finish(now, sum(admitted), 1, free, 8, cost, 0.0)
+        predicted.append(finish)
+        admitted.append(finish <= now + slo)
+    assert admitted == [True] * 32 + [False] * 8
+    actual = simulate_fifo([(now, 1)] * 40, admitted, free, 8, cost)
+    assert all(actual[i] <= now + slo for i in range(32))
+    # The last query of each batch knows its batch's length exactly.
+    assert [actual[i] for i in (7, 15, 23, 31)] == pytest.approx([predicted[i] for i in (7, 15, 23, 31)])
+    # Had the 33rd been admitted it would have finished after its deadline.
+    late = simulate_fifo([(now, 1)] * 40, admitted[:32] + [True] + [False] * 7, free, 8, cost)
+    assert late[32] > now + slo
+
+
+def test_admission_spreads_batches_over_replicas():
+    cost = sleep_curve(0.010, 0.001)
+    now = 50.0
+    free = [now, now + 0.005, now + 0.030]
+    # ahead 0..7 -> first replica, 8..15 -> second, 16..23 -> third, 24.. -> first again after 18 ms
+    assert predict_finish(now, 0, 1, free, 8, cost, 0.0) == (now, pytest.approx(now + 0.011), 0)
+    assert predict_finish(now, 8, 1, free, 8, cost, 0.0)[0] == pytest.approx(now + 0.005)
+    assert predict_finish(now, 16, 1, free, 8, cost, 0.0)[0] == pytest.approx(now + 0.030)
+    assert predict_finish(now, 24, 1, free, 8, cost, 0.0)[0] == pytest.approx(now + 0.018)
+
+
+def test_admission_counts_arrivals_that_will_share_its_batch():
+    cost = sleep_curve(0.010, 0.001)
+    now = 0.0
+    # Alone at a replica busy for 10 ms while 400 items/s arrive: 4 more join its batch of up to 8.
+    _, finish, _ = predict_finish(now, 0, 1, [now + 0.010], 8, cost, 400.0)
+    assert finish == pytest.approx(0.010 + cost(5))
+    # A multi-item query lands in the batch of its last item, at its start.
+    start, _, pos = predict_finish(now, 6, 3, [now], 8, cost, 0.0)
+    assert (start, pos) == (pytest.approx(now + cost(8)), 0)
+
+
+# ---- wait rule ------------------------------------------------------------------------------------
+
+def test_closed_loop_client_is_never_waited_for():
+    meter = ArrivalMeter()
+    t = 0.0
+    for _ in range(2000):  # one client: send, the model works 1 ms, reply, 0.2 ms later the next
+        meter.arrive(t, 1, busy=False)
+        meter.set_busy(t, True)
+        t += 0.001
+        meter.set_busy(t, False)
+        t += 0.0002
+    assert meter.rate(t) == pytest.approx(1 / 0.0012, rel=0.05)
+    assert meter.busy_rate() == 0.0
+    assert not should_wait(0.005, 1, 32, meter.busy_rate(), slack_s=0.1, need_s=0.01)
+
+
+def test_open_loop_stream_is_waited_for():
+    rng = random.Random(3)
+    meter = ArrivalMeter()
+    t, busy_until = 0.0, 0.0
+    for _ in range(5000):  # Poisson at 2000/s; each arrival keeps the model busy 0.3 ms
+        t += rng.expovariate(2000.0)
+        if t > busy_until:
+            meter.set_busy(busy_until, False)
+        meter.arrive(t, 1, busy=t <= busy_until)
+        meter.set_busy(t, True)
+        busy_until = max(busy_until, t) + 0.0003
+    assert meter.busy_rate() == pytest.approx(2000.0, rel=0.2)
+    assert should_wait(0.005, 3, 32, meter.busy_rate(), slack_s=0.1, need_s=0.01)
+    # ... but not past what the oldest query can afford, nor with a full batch, nor with no wait set.
+    assert not should_wait(0.005, 3, 32, meter.busy_rate(), slack_s=0.012, need_s=0.01)
+    assert not should_wait(0.005, 32, 32, meter.busy_rate(), slack_s=0.1, need_s=0.01)
+    assert not should_wait(0.0, 3, 32, meter.busy_rate(), slack_s=0.1, need_s=0.01)
+
+
+def test_unknown_rate_does_not_wait():
+    assert not should_wait(0.005, 1, 32, ArrivalMeter().busy_rate(), slack_s=0.1, need_s=0.0)
+
+
+def test_one_stalled_batch_does_not_move_the_cap():
+    cost = sleep_curve(0.005, 0.002)
+    ctl = BatchSizeController(-1, 64)
+    ctl.objective_micros = 50_000
+    curve = LatencyCurve()
+    before = run_controller(ctl, curve, cost, 100.0, 60)[-1]
+    curve.observe(before, 10 * cost(before))  # the machine stalled for one batch
+    assert ctl.update(curve, 100.0, 1) == before
+    assert run_controller(ctl, curve, cost, 100.0, 5)[-1] == before
+
+
+def test_shed_query_over_http_is_429_with_retry_after_from_the_queue():
+    from frontend.http import error_response
+    from schooner.errors import Overloaded
+
+    resp = error_response(Overloaded("overloaded: ...", 0.25))
+    assert resp.status == 429
+    assert resp.headers["Retry-After"] == "1"  # whole seconds, never 0
+    assert json.loads(resp.body)["retry_after_s"] == 0.25
+    assert error_response(Overloaded("overloaded: ...", 2.2)).headers["Retry-After"] == "3"
