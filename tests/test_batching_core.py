@@ -1,6 +1,6 @@
 """The batching core on a fake clock: no sockets, no sleeps, no threads.
 
-BatchSizeController, LatencyEstimate, ModelQueue.take/has_room/requeue,
+BatchSizeController, LatencyCurve, ModelQueue.take/has_room/requeue,
 DeadlineWheel and the edge validators (split_items, validate_items).
 """
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from frontend.admission import split_items, validate_items
-from frontend.batching import BatchSizeController, FireReason, LatencyEstimate, ModelQueue, fire_reason
+from frontend.batching import BatchSizeController, FireReason, LatencyCurve, ModelQueue, fire_reason
 from frontend.metrics import MetricsRegistry
 from frontend.queries import AppRoute, DeadlineWheel, Entry, Query
 from schooner.errors import BadInput, ProtocolError
@@ -67,38 +67,32 @@ def _queue(**spec) -> ModelQueue:
     return ModelQueue(ModelSpec("m", "1", InputType.FLOATS, **spec), MetricsRegistry())
 
 
-# -- BatchSizeController ----------------------------------------------------------------------------
+# -- BatchSizeController (its policy: tests/test_goodput_policy.py) ---------------------------------
+
+def _curve(cost, sizes=(1, 2, 4, 8)) -> LatencyCurve:
+    curve = LatencyCurve()
+    for n in sizes:
+        curve.observe(n, cost(n))
+    return curve
+
 
 def test_fixed_batch_size_never_moves():
     ctl = BatchSizeController(8, 64)
     assert not ctl.adaptive and ctl.target == 8
-    ctl.observe(8, 1e9)
-    ctl.observe(8, 1.0)
-    assert ctl.target == 8
+    assert ctl.update(_curve(lambda n: 1e3 * n), 1e6, 1) == 8
+    assert ctl.update(_curve(lambda n: 1e-6 * n), 1.0, 1) == 8
 
 
-def test_adaptive_grows_by_one_after_each_full_batch_within_the_objective():
+def test_adaptive_starts_at_one_and_stays_put_before_any_batch():
     ctl = BatchSizeController(BatchSize.ADAPTIVE, 4)
-    ctl.objective_micros = 1000
     assert ctl.adaptive and ctl.target == 1
-    for expected in (2, 3, 4, 4):  # bounded by max_batch_size
-        ctl.observe(ctl.target, 500)
-        assert ctl.target == expected
+    assert ctl.update(LatencyCurve(), 1000.0, 1) == 1
 
 
-def test_adaptive_ignores_partial_batches_and_backs_off_on_a_miss():
-    ctl = BatchSizeController(-1, 64)
-    ctl.objective_micros = 1000
-    ctl.target = 30
-    ctl.observe(10, 500)  # partial: says nothing about a larger batch
-    assert ctl.target == 30
-    ctl.observe(30, 1500)  # missed: cut by 10% (3)
-    assert ctl.target == 27
-    ctl.target = 2
-    ctl.observe(2, 1500)  # the cut is at least one, the size at least 1
-    assert ctl.target == 1
-    ctl.observe(1, 1500)
-    assert ctl.target == 1
+def test_adaptive_is_bounded_by_max_batch_size():
+    ctl = BatchSizeController(-1, 4)
+    ctl.objective_micros = 1_000_000
+    assert ctl.update(_curve(lambda n: 0.001 * n), 100.0, 1) == 4
 
 
 def test_reconfigure_keeps_the_learnt_size_while_adaptive_and_resets_on_a_switch():
@@ -112,29 +106,30 @@ def test_reconfigure_keeps_the_learnt_size_while_adaptive_and_resets_on_a_switch
     assert ctl.adaptive and ctl.target == 1
 
 
-# -- LatencyEstimate ---------------------------------------------------------------------------------
+# -- LatencyCurve ------------------------------------------------------------------------------------
 
-def test_latency_estimate_is_an_ewma_per_batch_size():
-    est = LatencyEstimate(weight=0.5)
-    assert est.seconds(4) is None
-    est.observe(4, 1.0)
-    est.observe(4, 3.0)
-    assert est.seconds(4) == pytest.approx(2.0)
+def test_latency_curve_is_an_ewma_per_batch_size_with_a_line_through_them():
+    curve = LatencyCurve(weight=0.5)
+    assert not curve.known and curve.seconds(4) == 0.0
+    curve.observe(4, 1.0)
+    curve.observe(4, 1.1)
+    assert curve.seconds(4) == pytest.approx(1.05)
+    curve.observe(2, 0.55)
+    assert curve.has_slope and curve.seconds(6) > curve.seconds(4)
 
 
-def test_unseen_sizes_borrow_from_the_nearest_seen_on_the_slow_side():
-    est = LatencyEstimate(weight=1.0)
-    est.observe(2, 0.010)
-    est.observe(8, 0.020)
-    assert est.seconds(1) == pytest.approx(0.010)  # a larger size's estimate as is
-    assert est.seconds(16) == pytest.approx(0.040)  # a smaller size's, scaled up linearly
-    assert est.seconds(3) == pytest.approx(0.015)
+def test_sizes_above_the_one_seen_scale_up_on_the_slow_side():
+    curve = LatencyCurve(weight=1.0)
+    curve.observe(8, 0.020)
+    assert curve.seconds(1) == pytest.approx(0.020)  # a larger size's cost as is
+    assert curve.seconds(16) == pytest.approx(0.040)  # scaled up linearly
+    assert curve.largest == 8 and not curve.has_slope
 
 
 @pytest.mark.parametrize("weight", [0.0, -0.1, 1.5])
-def test_latency_estimate_weight_must_be_in_zero_one(weight):
+def test_latency_curve_weight_must_be_in_zero_one(weight):
     with pytest.raises(ValueError, match="weight"):
-        LatencyEstimate(weight)
+        LatencyCurve(weight)
 
 
 # -- ModelQueue ------------------------------------------------------------------------------------
