@@ -8,6 +8,7 @@ setup(
     description="Low-latency prediction serving with adaptive batching, in the style of Clipper",
     python_requires=">=3.10",
     packages=find_packages(include=["schooner*", "frontend*", "containers*", "management*", "driver*"]),
+    package_data={"management.api": ["dashboard.html"]},
     install_requires=[
         "numpy>=1.24",
         "orjson>=3.8",

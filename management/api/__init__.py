@@ -23,7 +23,8 @@ from typing import Any
 from aiohttp import web
 
 from schooner.cli import add_pid_header
-from management.api import registry as _api_registry, replicas as _api_replicas, uploads as _api_uploads
+from management.api import dashboard as _api_dashboard, registry as _api_registry, replicas as _api_replicas
+from management.api import uploads as _api_uploads
 from management.api.common import (FRONTEND_URL_KEY, MANAGER_KEY, MODEL_ROOTS_KEY, STORE_KEY, SUCCESS,
                                     TOKEN_KEY, errors_middleware)
 from management.api.registry import app_info, model_info
@@ -58,5 +59,6 @@ def make_app(store: Store, manager: Any, *, frontend_http_url: str, admin_token:
     _api_registry.register(app)
     _api_replicas.register(app)
     _api_uploads.register(app)
+    _api_dashboard.register(app)
     app.on_response_prepare.append(add_pid_header)
     return app
