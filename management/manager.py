@@ -63,6 +63,7 @@ class ReplicaManager:
         if not isinstance(failed_after_starts, int) or failed_after_starts < 1:
             raise ValueError("failed_after_starts must be a positive integer")
         self.failed_after_starts = failed_after_starts
+        self.pending_s = defaults.PENDING_SCALE_S
         self.host = socket.gethostname()
         self._lock = asyncio.Lock()
         self._health: dict[str, Health] = {}
@@ -115,6 +116,18 @@ class ReplicaManager:
         if wait_s > 0:
             await self.wait_ready(model.name, model.version, wait_s)
         return await self.describe(model.name, model.version)
+
+    async def set_pending(self, model_name: str, model_version: str, num_replicas: int,
+                          cpus_per_replica: int | None = None, model_cpus: list[int] | None = None,
+                          gpus: list[int] | None = None) -> None:
+        """Remember a scale request for a model version not registered yet; it applies once add_model comes."""
+        if not isinstance(num_replicas, int) or isinstance(num_replicas, bool) or num_replicas < 0:
+            raise BadRequest(f"num_replicas must be an integer >= 0, got {num_replicas!r}")
+        desired = {"num_replicas": num_replicas, "cpus_per_replica": cpus_per_replica,
+                   "model_cpus": list(model_cpus or []), "gpus": gpus, "pending_since": time.time()}
+        await self._call(self.store.replicas.set_desired, model_name, str(model_version), desired)
+        log.info("scale of %s:%s to %d kept until the model is registered", model_name, model_version,
+                 num_replicas)
 
     async def wait_ready(self, model_name: str, model_version: str, timeout_s: float) -> None:
         """Wait until the frontend shows every replica of the model version ready (or busy).
@@ -198,6 +211,13 @@ class ReplicaManager:
                 mine = [r for r in records if r.model_name == name and r.model_version == version]
                 wanted.update(r.replica_id for r in mine)
                 model = await self._call(self.store.get_model, name, version)
+                if model is None and time.time() - float(desired.get("pending_since") or 0) < self.pending_s:
+                    continue  # scaled before add_model (Clipper's container managers): wait for it
+                if model is not None and "pending_since" in desired:  # registered now: the model's defaults
+                    desired = {"num_replicas": desired["num_replicas"], "model_cpus": desired["model_cpus"],
+                               "cpus_per_replica": desired["cpus_per_replica"] or model.cpus_per_replica,
+                               "gpus": list(model.gpus if desired["gpus"] is None else desired["gpus"])}
+                    await self._call(self.store.replicas.set_desired, name, version, desired)
                 if model is None:
                     await self._stop_many(mine)
                     await self._call(self.store.replicas.delete_desired, name, version)

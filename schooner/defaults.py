@@ -71,6 +71,8 @@ RETRY_AFTER_S = 1  # Retry-After on 429
 GONE_REPLICA_FORGET_AFTER_S = 60.0
 
 MAX_UPLOAD_BYTES = 1024 * 1024 * 1024  # a model file or archive uploaded to the management API
+# set_num_replicas for a model version not registered yet (Clipper's deploy order) is kept this long.
+PENDING_SCALE_S = 300.0
 # A model version whose replicas exit this many times in a row before ever serving is marked failed.
 MODEL_FAILED_AFTER_STARTS = 3
 

@@ -197,3 +197,21 @@ def test_cnn_takes_chw_and_hwc_images_through_the_frontend(stack, admin):
         assert wrong.status_code == 400 and "shape" in wrong.text
     finally:
         undeploy(admin, "res")
+
+
+def test_scale_before_register_starts_replicas_once_the_model_is_added(stack, admin):
+    # clipper_admin's deploy_model: the container manager scales first, register_model comes after.
+    assert admin.post("set_num_replicas", {"model_name": "early", "model_version": "1", "num_replicas": 1}) == []
+    admin.post("add_app", {"name": "early", "input_type": "doubles", "latency_slo_micros": 20_000_000})
+    admin.post("add_model", {"model_name": "early", "model_version": "1", "input_type": "doubles",
+                             "image": "clipper/noop-container:0.4.1"})
+    admin.post("add_model_links", {"app_name": "early", "model_names": ["early"]})
+    assert admin.post("get_model", {"model_name": "early"})["launcher"] == "noop"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        resp = requests.post(f"{stack.frontend_http_url}/early/predict", json={"input": [7.0]}, timeout=60)
+        if resp.status_code == 200 and not resp.json()["default"]:
+            break
+        time.sleep(0.5)
+    assert resp.json()["output"] == [7.0] and not resp.json()["default"], resp.text
+    undeploy(admin, "early")

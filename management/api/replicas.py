@@ -29,7 +29,16 @@ async def set_num_replicas(request: web.Request) -> web.Response:
     body = await read_body(request)
     manager = manager_of(request)
     name = body.string("model_name", allow_empty=False)
-    version = await _version_or_current(store_of(request), name, body.version("model_version", None))
+    asked = body.version("model_version", None)
+    if asked is not None and await call(store_of(request).get_model, name, asked) is None:
+        # Clipper's deploy_model has its container manager scale a model before it registers it:
+        # keep the request, the replicas start when add_model comes (or it is dropped after a while).
+        await manager.set_pending(name, asked, body.integer("num_replicas", minimum=0),
+                                  cpus_per_replica=body.integer("cpus_per_replica", None, minimum=1),
+                                  model_cpus=body.integers("model_cpus", None, minimum=0),
+                                  gpus=body.integers("gpus", None, minimum=0))
+        return web.json_response([])
+    version = await _version_or_current(store_of(request), name, asked)
     replicas = await manager.set_num_replicas(
         name, version, body.integer("num_replicas", minimum=0),
         cpus_per_replica=body.integer("cpus_per_replica", None, minimum=1),
