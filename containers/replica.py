@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -118,6 +119,11 @@ def _parse_args(argv: list[str] | None) -> ReplicaConfig:
 
 def _safe_paths(config: ReplicaConfig) -> tuple[str, dict]:
     """The model path and options, checked against the model roots when the manager named them."""
+    if config.model_path.startswith(model_roots.IMAGE_PREFIX):
+        if os.environ.get(model_roots.IN_IMAGE_ENV) != "1":
+            raise model_roots.UnsafeModelPath(f"model path {config.model_path!r} names a path inside a model "
+                                              "image, and this replica does not run in one")
+        return config.model_path[len(model_roots.IMAGE_PREFIX):], dict(config.model_opts)
     roots = model_roots.from_env()
     if roots is None:
         return config.model_path, dict(config.model_opts)

@@ -14,7 +14,7 @@ from typing import Sequence
 from schooner import defaults
 from schooner.topology import parse_cpu_list
 from schooner.types import BACKENDS
-from management import cli_deploy, instance
+from management import build_image, cli_deploy, instance
 from schooner.cli import add_version, setup_logging
 from management.errors import ManagementError
 from management.stack import Stack
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--heartbeat-timeout-s", type=float, default=None, help="replica heartbeat timeout")
 
     cli_deploy.add_parser(sub)
+    build_image.add_parser(sub)
 
     status = sub.add_parser("status", help="ping a running deployment (found from its state dir, else the "
                                            "default ports)")
@@ -231,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return haproxy(args)
     if args.command == "deploy":
         return cli_deploy.run(args)
+    if args.command == "build-image":
+        return build_image.run(args)
     return status(args)
 
 

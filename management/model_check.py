@@ -39,12 +39,18 @@ def resolve(model: ModelSpec, roots: list[str], launcher_given: bool) -> ModelSp
     if not launcher_given:
         launcher = launcher_for_image(model.image) or model.name
     changes: dict = {"launcher": launcher}
+    in_image = model.model_data_path.startswith(model_roots.IMAGE_PREFIX)
+    if in_image and not model.image:
+        raise BadRequest(f"model_data_path {model.model_data_path!r} names a path inside an image: "
+                         "give the image (built by `schooner build-image`)")
     try:
-        if model.model_data_path:
+        if model.model_data_path and not in_image:
             changes["model_data_path"] = model_roots.inside(model.model_data_path, roots)
         changes["model_opts"] = model_roots.check_options(model.model_opts, roots)
     except model_roots.UnsafeModelPath as err:
         raise BadRequest(str(err)) from err
+    if in_image and launcher == "model-dir":
+        return dataclasses.replace(model, **changes)  # its model.py is in the image, not here
     try:
         find_plugin(launcher, changes.get("model_data_path", ""))
     except UnknownModel as err:

@@ -14,7 +14,11 @@ from __future__ import annotations
 import os
 from typing import Iterable
 
-ENV = "SCHOONER_MODEL_ROOTS"  # os.pathsep-joined roots, as the manager passes them to replicas
+ENV = "SCHOONER_MODEL_ROOTS"
+# A model path inside a replica image (``schooner build-image``), e.g. ``image:/model``: not on the host,
+# so not checked against the roots; a replica takes it only inside such an image (IN_IMAGE_ENV set).
+IMAGE_PREFIX = "image:"
+IN_IMAGE_ENV = "SCHOONER_MODEL_IN_IMAGE"  # os.pathsep-joined roots, as the manager passes them to replicas
 # Model options that name a file or directory: they are checked like model_data_path.
 PATH_OPTION_SUFFIXES = ("_dir", "_path", "_file")
 

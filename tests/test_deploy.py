@@ -215,3 +215,44 @@ def test_scale_before_register_starts_replicas_once_the_model_is_added(stack, ad
         time.sleep(0.5)
     assert resp.json()["output"] == [7.0] and not resp.json()["default"], resp.text
     undeploy(admin, "early")
+
+
+@pytest.mark.docker
+def test_docker_backend_runs_a_user_model_from_its_built_image(tmp_path):
+    docker = pytest.importorskip("docker")
+    import uuid  # noqa: PLC0415
+
+    from management.build_image import build  # noqa: PLC0415
+
+    client = docker.from_env()
+    model_dir, expected = art.model_dir(tmp_path)
+    # CI builds schooner/replica from this checkout first (bin/test); another runtime image may be named.
+    base = os.environ.get("SCHOONER_TEST_REPLICA_IMAGE", "schooner/replica:latest")
+    tag = build(str(model_dir), "doubler", "1", base=base)
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    scope = {"label": ["schooner.managed=true", f"schooner.namespace={namespace}"]}
+    try:
+        with Stack(backend="docker", state_dir=tmp_path / "state", heartbeat_interval_s=0.25,
+                   env={"SCHOONER_DOCKER_NAMESPACE": namespace}) as stack:
+            admin = AdminClient(stack.management_url, token=stack.admin_token)
+            admin.post("add_app", {"name": "dbl", "input_type": "floats", "latency_slo_micros": 20_000_000})
+            admin.post("add_model", {"model_name": "dbl", "model_version": "1", "input_type": "floats",
+                                     "image": tag, "launcher": "model-dir", "model_data_path": "image:/model"})
+            admin.post("add_model_links", {"app_name": "dbl", "model_names": ["dbl"]})
+            admin.post("set_num_replicas", {"model_name": "dbl", "num_replicas": 1, "wait_s": 120},
+                       timeout_s=240)
+            assert np.allclose(predict_all(stack, "dbl", art.ROWS), expected)
+            [container] = client.containers.list(filters=scope)
+            config = container.attrs
+            assert config["Config"]["User"] == "65534:65534" and config["Config"]["Image"] == tag
+            assert all(not m["RW"] for m in config["Mounts"]), config["Mounts"]
+            with pytest.raises(AdminError, match="not allowed"):
+                admin.post("add_model", {"model_name": "evil", "model_version": "1", "input_type": "floats",
+                                         "image": "alpine:latest", "launcher": "noop"})
+                admin.post("set_num_replicas", {"model_name": "evil", "num_replicas": 1, "wait_s": 60},
+                           timeout_s=120)
+            admin.close()
+    finally:
+        for leftover in client.containers.list(all=True, filters=scope):
+            leftover.remove(force=True)
+        client.images.remove(tag, force=True)

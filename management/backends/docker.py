@@ -4,6 +4,14 @@ One container per replica, on the host network (so the replica reaches the
 frontend on 127.0.0.1), labelled so that :meth:`DockerBackend.list` finds every
 container this backend started even after a restart of the management service.
 Calls block; the replica manager runs them in threads.
+
+Hardening: containers run as a non-root user (``SCHOONER_DOCKER_USER``, default
+``65534:65534``, nobody) with ``HOME=/tmp``, no new privileges and every
+capability dropped; the model roots (``SCHOONER_MODEL_ROOTS`` the manager passes)
+are mounted read-only at the same paths and nothing else of the host is; and
+only Schooner's images run (``schooner/...``, which includes the images
+``schooner build-image`` makes) unless the operator allows others by prefix in
+``SCHOONER_DOCKER_ALLOWED_IMAGES`` (comma-separated).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import docker
 import docker.errors
 import docker.types
 
-from schooner import defaults
+from schooner import defaults, model_roots
 from management.backends.base import LaunchSpec, RunningReplica, replica_args
 from management.errors import BackendError
 
@@ -40,6 +48,8 @@ DEFAULT_IMAGES: dict[str, str] = {
 }
 
 LABEL_PREFIX = "schooner."
+USER = "65534:65534"  # nobody:nogroup
+ALLOWED_IMAGE_PREFIXES = ("schooner/",)
 NAMESPACE = "default"
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]+")
 
@@ -139,13 +149,33 @@ class DockerBackend:
             kwargs["device_requests"] = [
                 docker.types.DeviceRequest(device_ids=[str(spec.gpu)], capabilities=[["gpu"]])
             ]
-        if spec.model_data_path:
-            kwargs["volumes"] = {spec.model_data_path: {"bind": spec.model_data_path, "mode": "ro"}}
+        self._harden(spec, image, kwargs)
         container = self._run(name, kwargs)
         log.info("started replica %s as container %s (%s) on cpus %s gpu %s",
                  spec.replica_id, name, container.short_id, kwargs["cpuset_cpus"], spec.gpu)
         return RunningReplica(replica_id=spec.replica_id, backend=self.name, handle=container.id,
                               cpus=list(spec.cpus), gpu=spec.gpu, alive=True)
+
+    def _harden(self, spec: LaunchSpec, image: str, kwargs: dict[str, Any]) -> None:
+        """Non-root user, no privileges, only the allowed images, the model roots read-only."""
+        allowed = ALLOWED_IMAGE_PREFIXES + tuple(
+            p.strip() for p in defaults.resolve(None, "docker_allowed_images", "").split(",") if p.strip())
+        if not image.startswith(allowed):
+            raise BackendError(f"replica {spec.replica_id}: image {image!r} is not allowed; Schooner runs its own "
+                               f"images ({', '.join(allowed)}); allow others with SCHOONER_DOCKER_ALLOWED_IMAGES")
+        kwargs["user"] = defaults.resolve(None, "docker_user", USER)
+        kwargs["security_opt"] = ["no-new-privileges"]
+        kwargs["cap_drop"] = ["ALL"]
+        kwargs["environment"] = {"HOME": "/tmp", **kwargs["environment"]}
+        roots = model_roots.parse(spec.env.get(model_roots.ENV, ""))
+        path = spec.model_data_path
+        if path and not path.startswith(model_roots.IMAGE_PREFIX):
+            try:
+                model_roots.inside(path, roots)
+            except model_roots.UnsafeModelPath as err:
+                raise BackendError(f"replica {spec.replica_id}: {err}") from err
+        if roots:
+            kwargs["volumes"] = {r: {"bind": r, "mode": "ro"} for r in roots}
 
     def stop(self, replica_id: str, timeout_s: float) -> None:
         """SIGTERM the container (the replica drains), SIGKILL after ``timeout_s``, then remove it.
