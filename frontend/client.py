@@ -24,14 +24,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import zmq
 import zmq.asyncio
 
 from schooner import defaults, protocol
-from schooner.errors import Overloaded, ProtocolError, QueryTimeout, SchoonerError, from_code
+from schooner.errors import BadInput, Overloaded, ProtocolError, QueryTimeout, SchoonerError, from_code
 from schooner.protocol import MsgType
 from schooner.transport import send_frames
 from schooner.types import InputType
@@ -85,6 +85,22 @@ def _item(value: Any, dtype: np.dtype | None) -> protocol.Item:
         else:
             raise TypeError(f"cannot send an input of type {type(value).__name__}")
     return arr
+
+
+_LIST_DTYPES = {"i": (np.dtype(np.int32), np.dtype(np.float32), np.dtype(np.float64)),
+                "f": (np.dtype(np.float32), np.dtype(np.float64))}
+
+
+def _list_candidates(values: Any) -> tuple[np.dtype, ...]:
+    """The dtypes a list (or a list of lists) of numbers may be meant as, the client's default first;
+    empty for arrays, strings and bytes, which go as they are."""
+    if isinstance(values, (np.ndarray, bytes, bytearray, memoryview, str)) or not isinstance(values, (list, tuple)):
+        return ()
+    try:
+        kind = np.asarray(values).dtype.kind
+    except ValueError:
+        return ()
+    return _LIST_DTYPES.get("i" if kind in "iub" else kind, ())
 
 
 def _encode_one(value: Any, dtype: np.dtype | None) -> tuple[dict, list]:
@@ -173,6 +189,8 @@ class Client:
         self.timeout_s = float(timeout_s)
         self.spin_ns = spin_us * 1000  # poll without blocking this long before sleeping on a reply
         self._dtype = _dtype(input_type)
+        # What each app took lists of integers / of floats as (learnt, see _learn).
+        self._app_dtypes: dict[tuple[str, str], np.dtype] = {}
         self._own_ctx = ctx is None
         self._ctx = zmq.Context() if ctx is None else ctx
         self._links = FrontendLinks(self._ctx, self.addresses)
@@ -247,28 +265,73 @@ class Client:
             log.debug("dropping a late reply to query %s", msg[0].get("id"))
 
     def predict(self, app: str, input: Any, dtype: DTypeLike = None) -> Prediction:
-        """Query ``app`` with one input; the output or a named error."""
-        meta, frames = _encode_one(input, _pick(dtype, self._dtype))
+        """Query ``app`` with one input; the output or a named error.
+
+        A list (not an array) goes as the app's input type: without ``dtype`` the
+        client tries int32/float32/float64 in turn on the app's first list and
+        remembers the one it took.
+        """
+        return self._learn(app, input, dtype, lambda dt: self._one(app, input, dt))[0]
+
+    def _one(self, app: str, input: Any, dt: np.dtype | None) -> list[Prediction]:
+        meta, frames = _encode_one(input, dt)
         started = time.monotonic()
         hdr, payload, latency = self._wait(self._send(app, meta, frames), started)
-        return _predictions(hdr, payload, latency, 1)[0]
+        return _predictions(hdr, payload, latency, 1)
 
     def predict_batch(self, app: str, inputs: Sequence[Any] | np.ndarray,
                       dtype: DTypeLike = None) -> list[Prediction]:
-        """Query ``app`` with several inputs in one message; outputs in input order."""
-        meta, frames = _encode_many(inputs, _pick(dtype, self._dtype))
-        started = time.monotonic()
-        hdr, payload, latency = self._wait(self._send(app, meta, frames), started)
-        return _predictions(hdr, payload, latency, len(inputs))
+        """Query ``app`` with several inputs in one message; outputs in input order (lists as in predict)."""
+        def batch(dt: np.dtype | None) -> list[Prediction]:
+            meta, frames = _encode_many(inputs, dt)
+            started = time.monotonic()
+            hdr, payload, latency = self._wait(self._send(app, meta, frames), started)
+            return _predictions(hdr, payload, latency, len(inputs))
+
+        probe = inputs[0] if not isinstance(inputs, np.ndarray) and len(inputs) else inputs
+        return self._learn(app, probe, dtype, batch)
+
+    def _learn(self, app: str, probe: Any, dtype: DTypeLike, send: Callable[[np.dtype | None], Any]) -> Any:
+        """``send(dtype)`` with the dtype the caller, the client or the app (learnt) gives a list input."""
+        chosen = _pick(dtype, self._dtype)
+        candidates = _list_candidates(probe) if chosen is None else ()
+        if not candidates:
+            return send(chosen)
+        key = (app, candidates[0].kind)
+        known = self._app_dtypes.get(key)
+        if known is not None:
+            return send(known)
+        first: BadInput | None = None
+        for candidate in candidates:
+            try:
+                out = send(candidate)
+            except BadInput as err:
+                first = first or err
+                continue  # the app may take another type: try the next
+            self._app_dtypes[key] = candidate
+            return out
+        assert first is not None
+        raise first  # no type fits: the error of the client's own default says why
+
+    def _list_dtype(self, app: str, inputs: Sequence[Any], dtype: DTypeLike) -> np.dtype | None:
+        chosen = _pick(dtype, self._dtype)
+        candidates = _list_candidates(inputs[0]) if chosen is None and len(inputs) else ()
+        return self._app_dtypes.get((app, candidates[0].kind)) if candidates else chosen
 
     def predict_many(self, app: str, inputs: Sequence[Any], concurrency: int = 64,
                      dtype: DTypeLike = None) -> list[Prediction | SchoonerError]:
         """One query per input, ``concurrency`` in flight; a Prediction or the error, in input order."""
         _check_args(self.timeout_s, concurrency)
-        dt = _pick(dtype, self._dtype)
         results: list[Prediction | SchoonerError | None] = [None] * len(inputs)
-        inflight: dict[int, tuple[int, float]] = {}  # query id -> (input index, sent at)
         next_index = 0
+        if len(inputs) and self._list_dtype(app, inputs, dtype) is None and _list_candidates(inputs[0]):
+            try:  # the app's first list: learn its type on one query before pipelining the rest
+                results[0] = self.predict(app, inputs[0])
+            except SchoonerError as err:
+                results[0] = err
+            next_index = 1
+        dt = self._list_dtype(app, inputs, dtype)
+        inflight: dict[int, tuple[int, float]] = {}  # query id -> (input index, sent at)
         while next_index < len(inputs) or inflight:
             while next_index < len(inputs) and len(inflight) < concurrency:
                 meta, frames = _encode_one(inputs[next_index], dt)
@@ -337,6 +400,8 @@ class AsyncClient:
         self.address = ",".join(self.addresses)
         self.timeout_s = float(timeout_s)
         self._dtype = _dtype(input_type)
+        # What each app took lists of integers / of floats as (learnt, see _learn).
+        self._app_dtypes: dict[tuple[str, str], np.dtype] = {}
         self._own_ctx = ctx is None
         if ctx is None:
             self._ctx: zmq.asyncio.Context = zmq.asyncio.Context()
