@@ -7,7 +7,9 @@ replica) runs pinned to ``--deploy-cpu`` and ``wrk`` (closed loop) to
 - W1: ``noop``, ``{"input": [32 doubles]}``, batch size 1;
 - W2: ``elastic-net``, ``{"input": [4096 floats]}``, batches of up to 32, 5 ms wait.
 
-Also the tree's PSS (``schooner up`` and every descendant) with each replica.
+Also the tree's PSS (``schooner up`` and every descendant) with each replica,
+and the CPU µs per query of each of its processes (robust to a shared machine:
+time stolen by other work does not count).
 ``--rounds N`` repeats every point N times (alternating) and reports medians.
 With ``--baseline REF`` the same runs against REF, checked out in a temporary
 ``git worktree`` and driven through its CLI, in the same run: both deployments
@@ -133,19 +135,31 @@ class Deployment:
     def scale_down(self, name: str) -> None:
         self.admin("/admin/set_num_replicas", {"model_name": name, "model_version": "1", "num_replicas": 0})
 
-    def pss_mib(self) -> dict:
-        """PSS of ``schooner up`` and every descendant, by process, and the sum."""
+    def processes(self) -> list[psutil.Process]:
         assert self.proc is not None
         root = psutil.Process(self.proc.pid)
-        procs = [root, *root.children(recursive=True)]
+        return [p for p in [root, *root.children(recursive=True)] if p.name() != "taskset"]
+
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds (user + system) used so far by each role of the tree."""
+        out: dict[str, float] = {}
+        for p in self.processes():
+            try:
+                t = p.cpu_times()
+                role = _role(p.cmdline())
+            except psutil.Error:
+                continue
+            out[role] = out.get(role, 0.0) + t.user + t.system
+        return out
+
+    def pss_mib(self) -> dict:
+        """PSS of ``schooner up`` and every descendant, by process, and the sum."""
         rows: dict[str, float] = {}
-        for p in procs:
+        for p in self.processes():
             try:
                 cmd = p.cmdline()
                 pss = p.memory_full_info().pss / 2**20
             except psutil.Error:
-                continue
-            if p.name() == "taskset":
                 continue
             name = _role(cmd)
             rows[name] = round(rows.get(name, 0.0) + pss, 1)
@@ -180,8 +194,12 @@ def wrk(url: str, body_path: Path, cpu: int, connections: int, duration_s: float
 
 def _median_run(runs: list[dict]) -> dict:
     """Median of each figure over the rounds (each figure on its own), with every round's q/s."""
-    out = {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
+    out: dict[str, Any] = {key: float(np.median([r[key] for r in runs])) for key in runs[0]
+                           if key != "cpu_us_per_query"}
     out["qps_rounds"] = [r["qps"] for r in runs]
+    roles = runs[0]["cpu_us_per_query"]
+    out["cpu_us_per_query"] = {role: float(np.median([r["cpu_us_per_query"].get(role, 0.0) for r in runs]))
+                               for role in roles}
     return out
 
 
@@ -244,7 +262,14 @@ def main() -> None:
                     for d in deps:  # alternate: machine noise lands on both trees
                         url = f"{d.addresses['frontend_http']}/{app}/predict"
                         wrk(url, body, args.wrk_cpu, c, args.warmup_s)
-                        runs[d.label].append(wrk(url, body, args.wrk_cpu, c, args.duration_s))
+                        cpu0 = d.cpu_s()
+                        run = wrk(url, body, args.wrk_cpu, c, args.duration_s)
+                        cpu1 = d.cpu_s()
+                        n = max(1, run["requests"])
+                        run["cpu_us_per_query"] = {role: round((cpu1[role] - cpu0.get(role, 0.0)) / n * 1e6, 1)
+                                                   for role in cpu1}
+                        run["cpu_us_per_query"]["total"] = round(sum(run["cpu_us_per_query"].values()), 1)
+                        runs[d.label].append(run)
                 for d in deps:
                     results[d.label][f"{wname}_c{c}"] = _median_run(runs[d.label])
             for d in deps:
