@@ -22,6 +22,7 @@ from typing import Any
 
 from schooner import defaults
 from schooner import metric_names as names
+from frontend.cache import PredictionCache
 from frontend.queries import Entry
 from schooner.types import BatchSize, ModelSpec
 
@@ -382,6 +383,10 @@ class ModelQueue:
         self.curve = LatencyCurve()
         self.arrivals = ArrivalMeter()
         self.in_flight: dict[int, Any] = {}  # batch_id -> Batch, kept by the Dispatcher
+        self.cache = PredictionCache(spec.cache_size_bytes) if spec.cache_enabled else None
+        self.cache_hit_ratio = metrics.ratio_counter(prefix + names.MODEL_CACHE_HIT_RATIO)
+        self.cache_lookups = metrics.counter(prefix + names.MODEL_CACHE_LOOKUPS)
+        self.cache_bytes = metrics.gauge(prefix + names.MODEL_CACHE_BYTES)
         self._retuned_at = -math.inf
 
     def live_replicas(self) -> int:
@@ -425,9 +430,18 @@ class ModelQueue:
     def queued(self) -> int:
         """Entries waiting (answered ones at the head are dropped first)."""
         entries = self.entries
-        while entries and entries[0].query.done:
-            entries.popleft()
+        while entries and entries[0].query.done and not self.awaited(entries[0]):
+            self.forget(entries.popleft())
         return len(entries)
+
+    def awaited(self, entry: Entry) -> bool:
+        """Whether identical queries wait for this entry's output (it is sent even if its own query is done)."""
+        return entry.cache_key is not None and self.cache is not None and self.cache.has_waiters(entry.cache_key)
+
+    def forget(self, entry: Entry) -> None:
+        """An entry leaves the queue unsent: identical inputs no longer wait for it."""
+        if entry.cache_key is not None and self.cache is not None:
+            self.cache.waiters(entry.cache_key)
 
     @property
     def input_shape(self) -> list[int] | None:
@@ -439,6 +453,12 @@ class ModelQueue:
         self.spec = spec
         self.controller.reconfigure(spec.batch_size, spec.max_batch_size)
         self.target_gauge.set(self.controller.target)
+        if not spec.cache_enabled:
+            self.cache = None
+        elif self.cache is None:
+            self.cache = PredictionCache(spec.cache_size_bytes)
+        else:
+            self.cache.resize(spec.cache_size_bytes)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -451,8 +471,8 @@ class ModelQueue:
         # Answered (mostly expired) queries sit at the head, deadlines being FIFO per app;
         # dropping them from there keeps a rejection O(1) under sustained overload.
         entries = self.entries
-        while entries and entries[0].query.done:
-            entries.popleft()
+        while entries and entries[0].query.done and not self.awaited(entries[0]):
+            self.forget(entries.popleft())
         return len(entries) + n <= limit
 
     def take(self, n: int, cutoff: float = 0.0, need_s: float = 0.0,
@@ -469,7 +489,8 @@ class ModelQueue:
         while entries and len(out) < n:
             entry = entries.popleft()
             query = entry.query
-            if query.done:
+            if query.done and not self.awaited(entry):
+                self.forget(entry)
                 continue
             if late is not None and query.deadline < cutoff and query.deadline - query.arrival >= need_s:
                 late.append(entry)

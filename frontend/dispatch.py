@@ -27,6 +27,7 @@ from typing import Any, Callable
 from schooner import defaults, metric_names, protocol
 from frontend.admission import predict_finish
 from frontend.batching import FireReason, ModelQueue, fire_reason, should_wait
+from frontend.cache import PredictionCache, cache_key
 from frontend.config import FrontendConfig
 from schooner.errors import NoModel, Overloaded, ProtocolError, ReplicaLost, SchoonerError
 from schooner.protocol import short
@@ -104,6 +105,7 @@ class Dispatcher:
             removed = NoModel(f"model {key[0]}:{key[1]} was removed")
             for entry in mq.take(len(mq)):
                 entry.query.fail(removed)
+                self._release(mq, entry, err=removed)
             self.metrics.remove_prefix(metric_names.model_prefix(*key))
         for name in [n for n in self.routes if n not in state.apps]:
             self.metrics.remove_prefix(metric_names.app_prefix(name))
@@ -153,6 +155,10 @@ class Dispatcher:
             mq.shed_at_arrival.inc(n)
             raise Overloaded(f"queue of model {mq.spec.name}:{mq.spec.version} is full "
                              f"({mq.spec.max_queue_size} queries)", self.config.retry_after_s)
+        cache = mq.cache
+        if cache is not None:
+            self._submit_cached(route, mq, cache, query, metas, frames, now)
+            return
         if mq.can_shed() and self._shed(route, mq, query, n, now):
             return
         append = mq.entries.append
@@ -161,6 +167,52 @@ class Dispatcher:
         route.app.deadlines.add(query, self.loop)
         mq.note_busy(now)
         self._dirty.add(mq)
+
+    def _submit_cached(self, route: Route, mq: ModelQueue, cache: PredictionCache, query: Query,
+                       metas: list, frames: list, now: float) -> None:
+        """Submit through the prediction cache: hits answered now, identical inputs share one model call."""
+        n = len(metas)
+        keys = [cache_key(metas[i], frames[i]) for i in range(n)]
+        hits = {i: hit for i, hit in enumerate(cache.get(k) for k in keys) if hit is not None}
+        joins = [i for i in range(n) if i not in hits and cache.pending(keys[i])]
+        misses = [i for i in range(n) if i not in hits and i not in joins]
+        mq.cache_hit_ratio.inc(len(hits) + len(joins), n)
+        mq.cache_lookups.inc(n)
+        if misses and mq.can_shed() and self._shed(route, mq, query, len(misses), now):
+            return
+        append = mq.entries.append
+        for i in misses:
+            entry = Entry(query, i, metas[i], frames[i], now)
+            entry.cache_key = keys[i]
+            cache.start(keys[i])
+            append(entry)
+        for i in joins:
+            cache.join(keys[i], query, i)
+        if misses or joins:
+            route.app.deadlines.add(query, self.loop)
+        for i, (meta, data) in hits.items():
+            query.set_output(i, meta, data)
+        if misses:
+            mq.note_busy(now)
+            self._dirty.add(mq)
+
+    @staticmethod
+    def _release(mq: ModelQueue, entry: Entry, meta: Any = None, frame: Any = None,
+                 err: SchoonerError | None = None, default: str = "") -> None:
+        """Answer the queries waiting for ``entry``'s model call: its output (now cached), error or default."""
+        cache = mq.cache
+        if entry.cache_key is None or cache is None:
+            return
+        if err is None and not default:
+            frame = cache.put(entry.cache_key, meta, frame)
+            mq.cache_bytes.set(cache.bytes)
+        for query, index in cache.waiters(entry.cache_key):
+            if err is not None:
+                query.fail(err)
+            elif default:
+                query.default_item(index, default)
+            else:
+                query.set_output(index, meta, frame)
 
     def _shed(self, route: Route, mq: ModelQueue, query: Query, n: int, now: float) -> bool:
         """Answer ``query`` at once if it would finish after its deadline; whether it was."""
@@ -275,8 +327,9 @@ class Dispatcher:
         need_us = round(need * 1e6)
         for entry in late:
             left_us = round((entry.query.deadline - now) * 1e6)
-            entry.query.default_item(entry.index, f"would miss the latency objective: {left_us} µs left, "
-                                                  f"the model needs ~{need_us} µs")
+            why = f"would miss the latency objective: {left_us} µs left, the model needs ~{need_us} µs"
+            entry.query.default_item(entry.index, why)
+            Dispatcher._release(mq, entry, default=why)
 
     def _wait_over(self, mq: ModelQueue) -> None:
         mq.wait_handle = None
@@ -353,6 +406,8 @@ class Dispatcher:
         for entry, meta, out in zip(entries, metas, outputs):
             if not entry.query.set_output(entry.index, meta, out):
                 late += 1
+            if entry.cache_key is not None:
+                self._release(mq, entry, meta, out)
         if late:
             mq.late_outputs.inc(late)
         latency_s = now - batch.sent_at
@@ -370,6 +425,7 @@ class Dispatcher:
         batch.queue.in_flight.pop(batch.batch_id, None)
         for entry in batch.entries:
             entry.query.fail(err)
+            self._release(batch.queue, entry, err=err)
         batch.queue.latency.insert((now - batch.sent_at) * 1e6)
         batch.queue.note_busy(now)
 
@@ -379,19 +435,23 @@ class Dispatcher:
             return
         batch.queue.in_flight.pop(batch.batch_id, None)
         keep = []
+        mq = batch.queue
         for entry in batch.entries:
-            if entry.query.done:
+            if entry.query.done and not mq.awaited(entry):
+                mq.forget(entry)
                 continue
             entry.retries += 1
             if entry.retries > self.config.max_batch_retries:
-                entry.query.fail(ReplicaLost(f"{why}; gave up after {entry.retries} tries"))
+                lost = ReplicaLost(f"{why}; gave up after {entry.retries} tries")
+                entry.query.fail(lost)
+                self._release(mq, entry, err=lost)
             else:
                 keep.append(entry)
-        mq = batch.queue
         if mq.removed:
             err = NoModel(f"model {mq.spec.name}:{mq.spec.version} was removed")
             for entry in keep:
                 entry.query.fail(err)
+                self._release(mq, entry, err=err)
         elif keep:
             log.info("%s: requeued %d queries of batch %d", why, len(keep), batch.batch_id)
             mq.requeue(keep)

@@ -46,6 +46,13 @@ _MODEL = {
     names.MODEL_BATCH_TIMEOUTS: ("model_batch_timeouts", "Batches held by a replica past the batch timeout."),
     names.MODEL_DROPPED_AT_DISPATCH: ("model_dropped_at_dispatch",
                                       "Queries defaulted before dispatch because they could not finish in time."),
+    names.MODEL_SHED_AT_ARRIVAL: ("model_shed_at_arrival",
+                                  "Queries answered at arrival because they could not finish in time."),
+    names.MODEL_BATCH_SIZE_TARGET: ("model_batch_size_target", "The batch cap the frontend chose, per model version."),
+    names.MODEL_CACHE_HIT_RATIO: ("model_cache_hits", "Inputs answered by the prediction cache without a "
+                                  "replica call (hit ratio: divide by model_cache_lookups)."),
+    names.MODEL_CACHE_LOOKUPS: ("model_cache_lookups", "Inputs looked up in the prediction cache."),
+    names.MODEL_CACHE_BYTES: ("model_cache_bytes", "Bytes held by the prediction cache."),
 }
 _INTERNAL = {
     names.AGGREGATE_NUM_PREDICTIONS.partition(":")[2]: ("predictions",

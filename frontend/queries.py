@@ -150,7 +150,7 @@ class Query:
 class Entry:
     """One item of a query waiting in (or dispatched from) a model queue."""
 
-    __slots__ = ("query", "index", "meta", "frame", "enqueued", "retries")
+    __slots__ = ("query", "index", "meta", "frame", "enqueued", "retries", "cache_key")
 
     def __init__(self, query: Query, index: int, meta: Any, frame: Any, enqueued: float) -> None:
         self.query = query
@@ -159,3 +159,4 @@ class Entry:
         self.frame = frame
         self.enqueued = enqueued
         self.retries = 0
+        self.cache_key: tuple | None = None  # set when identical inputs wait for this entry's output

@@ -41,6 +41,7 @@ SLO_MARGIN_FRACTION = 0.10  # the controller plans for this much less than the o
 CAPACITY_HEADROOM_FRACTION = 0.20  # a batch cap counts as keeping up when its capacity is this much over the load
 RETUNE_INTERVAL_S = 0.02  # the batch cap is re-chosen at most this often
 ADMISSION_GUARD_MICROS = 1000  # admission wants a query done this long before its deadline
+CACHE_SIZE_BYTES = 64 * 1024 * 1024  # prediction cache bound per model version (when enabled)
 ON_OVERLOAD = "reject"  # what an app answers a query that cannot make its deadline: reject (429) | default
 
 # Retries and backoff, everywhere they happen.

@@ -29,6 +29,9 @@ MODEL_BATCH_TIMEOUTS = "batch_timeouts"  # counter, batches held past the batch 
 MODEL_DROPPED_AT_DISPATCH = "dropped_at_dispatch"  # counter, defaulted before dispatch (would be late)
 MODEL_SHED_AT_ARRIVAL = "shed_at_arrival"  # counter, answered at arrival (would finish after its deadline)
 MODEL_BATCH_SIZE_TARGET = "batch_size_target"  # gauge, the batch cap the controller chose
+MODEL_CACHE_HIT_RATIO = "cache_hit_ratio"  # ratio counter, inputs answered by the prediction cache / looked up
+MODEL_CACHE_LOOKUPS = "cache_lookups"  # counter, inputs looked up in the prediction cache
+MODEL_CACHE_BYTES = "cache_bytes"  # gauge, bytes the prediction cache holds
 
 
 def app_prefix(app: str) -> str:

@@ -167,6 +167,9 @@ class ModelSpec:
     batch_wait_timeout_micros: int = defaults.BATCH_WAIT_TIMEOUT_MICROS
     input_shape: list[int] | None = None
     max_queue_size: int = defaults.MAX_QUEUE_SIZE
+    # Prediction cache (per version): identical inputs answered from an LRU of this many bytes.
+    cache_enabled: bool = False
+    cache_size_bytes: int = defaults.CACHE_SIZE_BYTES
     # Launch settings, used by the manager, ignored by the frontend.
     launcher: str = ""  # zoo model the replicas run (containers.models name); "" = same as name
     model_opts: dict = field(default_factory=dict)  # options for the zoo model (e.g. sleep's a_ms, b_ms)
@@ -187,6 +190,11 @@ class ModelSpec:
             raise ValueError("batch_wait_timeout_micros must be >= 0")
         if self.max_queue_size < 1:
             raise ValueError("max_queue_size must be a positive integer")
+        if not isinstance(self.cache_enabled, bool):
+            raise ValueError(f"cache_enabled must be true or false, got {self.cache_enabled!r}")
+        if isinstance(self.cache_size_bytes, bool) or not isinstance(self.cache_size_bytes, int) \
+                or self.cache_size_bytes < 0:
+            raise ValueError(f"cache_size_bytes must be an integer >= 0, got {self.cache_size_bytes!r}")
 
     @property
     def key(self) -> tuple[str, str]:

@@ -304,6 +304,25 @@ def test_set_model_batching_updates_the_model_and_validates(api: ApiServer, stor
     assert store.get_model("m", "1").batch_size == -1
 
 
+def test_prediction_cache_is_set_per_model_version(api: ApiServer, store: Store) -> None:
+    _add_model(api, "m", 1)
+    _add_model(api, "m", 2, cache_enabled=True, cache_size_bytes=4096)
+    assert store.get_model("m", "1").cache_enabled is False
+    assert (store.get_model("m", "2").cache_enabled, store.get_model("m", "2").cache_size_bytes) == (True, 4096)
+    info = _ok(api.post("/admin/set_model_cache", {"model_name": "m", "model_version": 1, "enabled": True,
+                                                   "size_bytes": 1 << 20}))
+    assert (info["cache_enabled"], info["cache_size_bytes"]) == (True, 1 << 20)
+    info = _ok(api.post("/admin/set_model_cache", {"model_name": "m", "model_version": 2, "enabled": False}))
+    assert (info["cache_enabled"], info["cache_size_bytes"]) == (False, 4096)
+    for body, status in (({"model_name": "m", "enabled": "yes"}, 400),
+                         ({"model_name": "m", "enabled": True, "size_bytes": -1}, 400),
+                         ({"model_name": "m"}, 400),
+                         ({"model_name": "ghost", "enabled": True}, 404)):
+        assert api.post("/admin/set_model_cache", body).status_code == status, body
+    assert api.post("/admin/add_model", {"model_name": "n", "model_version": 1, "input_type": "floats",
+                                         "cache_enabled": 1}).status_code == 400
+
+
 def test_replica_endpoints_answer_503_without_a_manager(api: ApiServer) -> None:
     _add_model(api)
     for path, body in (("/admin/set_num_replicas", {"model_name": "m", "num_replicas": 1}),

@@ -67,6 +67,8 @@ async def add_model(request: web.Request) -> web.Response:
                 "batch_wait_timeout_micros": body.integer("batch_wait_timeout_micros",
                                                           defaults.BATCH_WAIT_TIMEOUT_MICROS, minimum=0),
                 "max_queue_size": body.integer("max_queue_size", defaults.MAX_QUEUE_SIZE, minimum=1),
+                "cache_enabled": body.boolean("cache_enabled", False),
+                "cache_size_bytes": body.integer("cache_size_bytes", defaults.CACHE_SIZE_BYTES, minimum=0),
                 "input_shape": body.integers("input_shape", None, minimum=1),
                 "cpus_per_replica": body.integer("cpus_per_replica", 1, minimum=1),
                 "gpus": body.integers("gpus", [], minimum=0)}

@@ -71,6 +71,18 @@ async def set_model_batching(request: web.Request) -> web.Response:
     return web.json_response(model_info(model, await call(store.get_current_version, name)))
 
 
+@write
+async def set_model_cache(request: web.Request) -> web.Response:
+    """Turn a model version's prediction cache on or off, and set its bound in bytes."""
+    body = await read_body(request)
+    store = store_of(request)
+    name = body.string("model_name", allow_empty=False)
+    version = await _version_or_current(store, name, body.version("model_version", None))
+    model = await call(store.update_model_cache, name, version, body.boolean("enabled"),
+                       body.integer("size_bytes", None, minimum=0))
+    return web.json_response(model_info(model, await call(store.get_current_version, name)))
+
+
 async def get_replica_logs(request: web.Request) -> web.Response:
     """The last ``tail`` lines a replica wrote."""
     body = await read_body(request)
@@ -101,5 +113,5 @@ async def metrics(request: web.Request) -> web.Response:
 
 def register(app: web.Application) -> None:
     app.router.add_get("/admin/metrics", metrics)
-    for handler in (set_num_replicas, get_model_replicas, set_model_batching, get_replica_logs):
+    for handler in (set_num_replicas, get_model_replicas, set_model_batching, set_model_cache, get_replica_logs):
         app.router.add_post(f"/admin/{handler.__name__}", handler)

@@ -99,6 +99,10 @@ class Store:
         """Change a model version's batching; NotFound if absent, BadRequest if invalid."""
         return self.registry.update_model_batching(name, version, batch_size, max_batch_size, batch_wait_timeout_micros)
 
+    def update_model_cache(self, name: str, version: str, enabled: bool, size_bytes: int | None = None) -> ModelSpec:
+        """Turn a model version's prediction cache on or off (and set its bound); NotFound if absent."""
+        return self.registry.update_model_cache(name, version, enabled, size_bytes)
+
     def add_links(self, app: str, model_names: Iterable[str]) -> None:
         """Link ``app`` to a model (Clipper allows exactly one)."""
         return self.registry.add_links(app, model_names)

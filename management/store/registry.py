@@ -187,6 +187,23 @@ class Registry:
                               max_batch_size: int | None = None,
                               batch_wait_timeout_micros: int | None = None) -> ModelSpec:
         """Change a model version's batching; NotFound if absent, BadRequest if invalid."""
+        changes: dict[str, Any] = {"batch_size": batch_size}
+        if max_batch_size is not None:
+            changes["max_batch_size"] = max_batch_size
+        if batch_wait_timeout_micros is not None:
+            changes["batch_wait_timeout_micros"] = batch_wait_timeout_micros
+        return self._update_model(name, version, changes)
+
+    @translated
+    def update_model_cache(self, name: str, version: str, enabled: bool,
+                           size_bytes: int | None = None) -> ModelSpec:
+        """Turn a model version's prediction cache on or off (and set its bound); NotFound if absent."""
+        changes: dict[str, Any] = {"cache_enabled": enabled}
+        if size_bytes is not None:
+            changes["cache_size_bytes"] = size_bytes
+        return self._update_model(name, version, changes)
+
+    def _update_model(self, name: str, version: str, changes: dict[str, Any]) -> ModelSpec:
         version = str(version)
         key = self._k.model(name, version)
 
@@ -195,11 +212,6 @@ class Registry:
             if not raw:
                 raise NotFound(f"model {name!r} version {version!r} does not exist")
             spec = decode_spec(ModelSpec, raw, MODEL_KINDS)
-            changes: dict[str, Any] = {"batch_size": batch_size}
-            if max_batch_size is not None:
-                changes["max_batch_size"] = max_batch_size
-            if batch_wait_timeout_micros is not None:
-                changes["batch_wait_timeout_micros"] = batch_wait_timeout_micros
             try:
                 spec = dataclasses.replace(spec, **changes)
             except (TypeError, ValueError) as err:
