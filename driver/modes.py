@@ -94,22 +94,32 @@ async def mode_load(spec: SweepSpec, admin: Admin, client: Any) -> dict:
     deps = [Deployment(admin, spec, name=f"driver-{spec.model}-{i}") for i in range(spec.count)]
     item = make_inputs(spec.model_input.width, 1, spec.seed)[0]
     t0 = time.monotonic()
-
-    async def one(dep: Deployment) -> dict:
-        await asyncio.to_thread(dep.apply, configs[0])
-        deployed = time.monotonic() - t0
-        serving = await wait_serving(client, dep.app, item, t0, SERVE_POLL_TIMEOUT_S)
-        log.info("%s: deploy call done after %.2fs, serving after %.2fs", dep.model_name, deployed, serving)
-        return {"model_name": dep.model_name, "deploy_s": deployed, "serving_s": serving}
-
-    per_model = await asyncio.gather(*(one(d) for d in deps))
+    try:
+        per_model = await asyncio.gather(*(_load_one(dep, configs[0], client, item, t0) for dep in deps))
+    finally:  # also when one failed: a deployment of our own must not stay behind on a shared service
+        if spec.frontend:
+            for d in deps:
+                await asyncio.to_thread(_remove_quietly, d)
     total = time.monotonic() - t0
     log.info("all %d models serving after %.2fs", spec.count, total)
-    if spec.frontend:
-        for d in deps:
-            await asyncio.to_thread(d.remove)
     return {"mode": "load", "count": spec.count, "node_config": configs[0].to_dict(),
             "models": per_model, "all_serving_s": total, "ok": True}
+
+
+def _remove_quietly(dep: Deployment) -> None:
+    """Remove ``dep``'s app and model, logging (not raising) a failure: cleanup must not hide the error."""
+    try:
+        dep.remove()
+    except Exception as err:  # noqa: BLE001 - whatever failed, the original error matters more
+        log.warning("could not remove %s: %s", dep.model_name, err)
+
+
+async def _load_one(dep: Deployment, config: Any, client: Any, item: Any, t0: float) -> dict:
+    await asyncio.to_thread(dep.apply, config)
+    deployed = time.monotonic() - t0
+    serving = await wait_serving(client, dep.app, item, t0, SERVE_POLL_TIMEOUT_S)
+    log.info("%s: deploy call done after %.2fs, serving after %.2fs", dep.model_name, deployed, serving)
+    return {"model_name": dep.model_name, "deploy_s": deployed, "serving_s": serving}
 
 
 async def mode_repeated_scale_calls(spec: SweepSpec, admin: Admin, client: Any) -> dict:
@@ -119,28 +129,30 @@ async def mode_repeated_scale_calls(spec: SweepSpec, admin: Admin, client: Any) 
     nc = plan(spec, levels=[LoadLevel.closed(SCALE_CLIENT_CONCURRENCY)])[0]
     nc.num_replicas = 1
     dep = Deployment(admin, spec)
-    await asyncio.to_thread(dep.apply, nc)
-    inputs = make_inputs(spec.model_input.width, 4, spec.seed)
-    await wait_serving(client, dep.app, inputs[0], time.monotonic(), SERVE_POLL_TIMEOUT_S)
-    gen = LoadGenerator(client, dep.app, inputs, nc.load, seed=spec.seed)
-    calls = []
-    await gen.start()
+    calls: list[dict] = []
     try:
-        for rnd in range(spec.repeat):
-            for target in (top, 1):
-                seconds = await asyncio.to_thread(dep.scale, target, p)
-                calls.append({"round": rnd, "num_replicas": target, "seconds": seconds})
-                log.info("round %d: set_num_replicas %d took %.2fs", rnd + 1, target, seconds)
-                await asyncio.sleep(spec.window_s)  # serve a while at this size
-    finally:
-        await gen.stop(timeout_s=QUERY_TIMEOUT_S)
+        await asyncio.to_thread(dep.apply, nc)
+        inputs = make_inputs(spec.model_input.width, 4, spec.seed)
+        await wait_serving(client, dep.app, inputs[0], time.monotonic(), SERVE_POLL_TIMEOUT_S)
+        gen = LoadGenerator(client, dep.app, inputs, nc.load, seed=spec.seed)
+        await gen.start()
+        try:
+            for rnd in range(spec.repeat):
+                for target in (top, 1):
+                    seconds = await asyncio.to_thread(dep.scale, target, p)
+                    calls.append({"round": rnd, "num_replicas": target, "seconds": seconds})
+                    log.info("round %d: set_num_replicas %d took %.2fs", rnd + 1, target, seconds)
+                    await asyncio.sleep(spec.window_s)  # serve a while at this size
+        finally:
+            await gen.stop(timeout_s=QUERY_TIMEOUT_S)
+    finally:  # a failed round must not leave its deployment behind on a shared service
+        if spec.frontend:
+            await asyncio.to_thread(_remove_quietly, dep)
     stats, _ = gen.take_window("scale")
     failed = gen.total_errors
     secs = [c["seconds"] for c in calls]
     log.info("%d scale calls (mean %.2fs, max %.2fs); %d queries answered, %d failed, %d defaults",
              len(calls), sum(secs) / len(secs), max(secs), gen.total_answered, failed, gen.total_defaults)
-    if spec.frontend:
-        await asyncio.to_thread(dep.remove)
     return {"mode": "repeated_scale_calls", "max_replicas": top, "calls": calls,
             "mean_call_s": sum(secs) / len(secs), "max_call_s": max(secs),
             "queries_answered": gen.total_answered, "failed_queries": failed,

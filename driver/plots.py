@@ -43,9 +43,29 @@ def _series(doc: dict, x_key: str, group: Callable[[dict], str]) -> dict[str, li
     return out
 
 
+def _shape(nc: dict) -> str:
+    """``2 replicas × 1 core`` (the words a reader needs, not ``r=2 p=1``)."""
+    r, p = nc["num_replicas"], nc["cpus_per_replica"]
+    return f"{r} replica{'s' if r != 1 else ''} × {p} core{'s' if p != 1 else ''}"
+
+
+def _load_text(label: str) -> str:
+    """A load label (``c=16``, ``120qps``...) as words for an annotation."""
+    if label.startswith("c="):
+        return f"{label[2:]} clients"
+    return label
+
+
+def _varies(doc: dict, key: str) -> bool:
+    """Whether the runs took more than one value of ``key`` (a plot against it needs two points)."""
+    return len({run["node_config"][key] for run in doc.get("runs", [])}) > 1
+
+
 def _two_panel(doc: dict, x_key: str, xlabel: str, group: Callable[[dict], str], title: str,
-               path: Path, categorical: bool) -> Path:
+               path: Path, categorical: bool, annotate_load: bool = False) -> Path:
     series = _series(doc, x_key, group)
+    loads = {(run["node_config"][x_key], group(run["node_config"])): _load_label(run["node_config"])
+             for run in doc["runs"]}
     xs = sorted({x for pts in series.values() for x, _ in pts}, key=lambda b: (b == BatchSize.ADAPTIVE, b))
     pos = {x: i for i, x in enumerate(xs)} if categorical else {x: x for x in xs}
     fig, (ax_t, ax_p) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -53,6 +73,13 @@ def _two_panel(doc: dict, x_key: str, xlabel: str, group: Callable[[dict], str],
         pts = sorted(pts, key=lambda p: pos[p[0]])
         x = [pos[p[0]] for p in pts]
         line, = ax_t.plot(x, [p[1]["thruput_qps"] for p in pts], marker="o", label=label)
+        if annotate_load:
+            # Each point ran at its own load (the driver picks one per configuration): say which.
+            for (xv, summary), xp in zip(pts, x):
+                text = _load_text(loads.get((xv, label), ""))
+                if text:
+                    ax_t.annotate(text, (xp, summary["thruput_qps"]), textcoords="offset points",
+                                  xytext=(4, 4), fontsize="x-small", color=line.get_color())
         # Goodput (real outputs only) next to throughput: defaults make throughput flattering.
         ax_t.plot(x, [p[1].get("goodput_qps", np.nan) for p in pts], marker="x", linestyle="--",
                   color=line.get_color(), label=f"{label} goodput")
@@ -121,19 +148,25 @@ def draw_all(doc: dict, out_dir: str | Path, name_stamp: str) -> list[Path]:
     def load(nc: dict) -> str:
         return _load_label(nc) if swept else ""
 
-    paths = [
-        _two_panel(doc, "batch_size", "batch size",
-                   lambda nc: f"r={nc['num_replicas']} p={nc['cpus_per_replica']} {load(nc)}".strip(),
-                   "throughput and p99 vs batch size", out / f"batch-{name_stamp}.png", categorical=True),
-        _two_panel(doc, "num_replicas", "replicas",
-                   lambda nc: f"b={_batch_label(nc['batch_size'])} p={nc['cpus_per_replica']} "
-                              f"{load(nc)}".strip(),
-                   "throughput and p99 vs replicas", out / f"replicas-{name_stamp}.png", categorical=False),
-    ]
+    paths = []
+    # A plot against something that did not vary is one x value and a legend entry per other run:
+    # drawn only when its x took two values or more.
+    if _varies(doc, "batch_size"):
+        paths.append(_two_panel(
+            doc, "batch_size", "batch size", lambda nc: f"{_shape(nc)} {load(nc)}".strip(),
+            "throughput and p99 vs batch size" + ("" if swept else " (each point at its own load, marked)"),
+            out / f"batch-{name_stamp}.png", categorical=True, annotate_load=not swept))
+    if _varies(doc, "num_replicas"):
+        paths.append(_two_panel(
+            doc, "num_replicas", "replicas",
+            lambda nc: f"batch {_batch_label(nc['batch_size'])}, {nc['cpus_per_replica']} core(s) per replica "
+                       f"{load(nc)}".strip(),
+            "throughput and p99 vs replicas", out / f"replicas-{name_stamp}.png", categorical=False,
+            annotate_load=not swept))
     if swept:
         paths.append(_two_panel(
             doc, "load_value", "load (concurrency or qps)",
-            lambda nc: f"r={nc['num_replicas']} p={nc['cpus_per_replica']} b={_batch_label(nc['batch_size'])}",
+            lambda nc: f"{_shape(nc)}, batch {_batch_label(nc['batch_size'])}",
             "throughput and p99 vs load", out / f"load-{name_stamp}.png", categorical=True))
     best = best_run_index(doc)
     if best is not None:

@@ -156,12 +156,22 @@ def table(doc: dict) -> str:
     cols = [("run", "run"), ("num_replicas", "repl"), ("cpus_per_replica", "cpu/r"), ("batch_size", "batch"),
             ("load", "load"), ("thruput_qps", "thruput"), ("goodput_qps", "goodput"), ("p50_ms", "p50 ms"),
             ("p99_ms", "p99 ms"), ("mean_batch_size", "mean batch"), ("errors", "errors"),
-            ("defaults", "defaults"), ("thruput_per_core", "qps/core")]
-    body = [[_fmt(r.get(k)) for k, _ in cols] for r in rows(doc)]
+            ("defaults", "defaults"), ("thruput_per_core", "qps/core"), ("steady", "steady")]
+    table_rows = rows(doc)
+    body = [[_steady(r) if k == "steady" else _fmt(r.get(k)) for k, _ in cols] for r in table_rows]
     widths = [max([len(h)] + [len(b[i]) for b in body]) for i, (_, h) in enumerate(cols)]
     lines = ["  ".join(h.rjust(w) for (_, h), w in zip(cols, widths))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(b, widths)) for b in body]
+    unsteady = [str(r["run"]) for r in table_rows if r.get("steady") is False]
+    if unsteady:
+        lines.append(f"steady = whether throughput settled before measuring; run(s) {', '.join(unsteady)} "
+                     "did not within the duration (measured anyway: read them with care)")
     return "\n".join(lines)
+
+
+def _steady(row: dict) -> str:
+    value = row.get("steady")
+    return "-" if value is None else "yes" if value else "NO"
 
 
 def write(doc: dict, out_dir: str | os.PathLike, name_stamp: str) -> tuple[Path, Path]:

@@ -166,7 +166,7 @@ def test_results_files_table_and_csv_hold_every_run(tmp_path):
     assert loaded["recommendation"]["slo"]["run_index"] == 1
     assert len(csv_path.read_text().strip().splitlines()) == 1 + len(doc["runs"])
     text = results.table(doc)
-    assert len(text.splitlines()) == 1 + len(doc["runs"]) and "qps/core" in text
+    assert len(text.splitlines()) == 1 + len(doc["runs"]) and "qps/core" in text  # every run steady
     assert rows(doc)[3]["p99_ms"] == 120.0
 
 
@@ -193,6 +193,29 @@ def test_plots_are_valid_pngs(tmp_path):
     assert names == ["batch-s.png", "cdf-s.png", "replicas-s.png"]
     for p in paths:
         assert_png(p)
+
+
+def test_a_plot_against_something_that_did_not_vary_is_not_drawn(tmp_path):
+    doc = synthetic_doc()
+    doc["runs"] = [r for r in doc["runs"] if r["node_config"]["num_replicas"] == 1]  # one replica count
+    names = sorted(p.name for p in draw_all(doc, tmp_path, "s"))
+    assert names == ["batch-s.png", "cdf-s.png"]
+
+
+def test_plot_legends_say_replicas_and_cores_in_words():
+    from driver.plots import _shape
+
+    assert _shape({"num_replicas": 2, "cpus_per_replica": 1}) == "2 replicas × 1 core"
+    assert _shape({"num_replicas": 1, "cpus_per_replica": 4}) == "1 replica × 4 cores"
+
+
+def test_table_says_which_runs_reached_a_steady_state():
+    doc = synthetic_doc()
+    doc["runs"][3]["summary"]["steady"] = False
+    text = results.table(doc)
+    assert "steady" in text.splitlines()[0]
+    assert text.splitlines()[4].rstrip().endswith("NO") and text.splitlines()[1].rstrip().endswith("yes")
+    assert "run(s) 3 did not" in text
 
 
 def test_a_swept_load_gets_its_own_plot(tmp_path):
