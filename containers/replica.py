@@ -23,7 +23,7 @@ from containers.models import load_model
 from containers.runtime import Replica, ReplicaConfig
 from schooner import __version__
 from schooner.cli import setup_logging
-from schooner import defaults, model_roots
+from schooner import curve, defaults, model_roots
 
 __all__ = ["Replica", "ReplicaConfig", "main"]
 
@@ -111,6 +111,9 @@ def _parse_args(argv: list[str] | None) -> ReplicaConfig:
                                      defaults.REPLICA_SPIN_US, int),
             spin_mode=opt("spin_mode") or "placement",
             owns_cores=_yes_no(opt("owns_cores"), "owns_cores"),
+            # Keys from the environment only: a secret on the command line would show in ps.
+            curve_pair=curve.pair_from_env(),
+            curve_server_key=os.environ.get(curve.ENV_SERVER_KEY, ""),
         )
     except (ValueError, json.JSONDecodeError) as err:
         p.error(str(err))

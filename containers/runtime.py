@@ -51,7 +51,8 @@ import zmq
 from containers import pinning
 from containers.spin import CONTENDED_YIELD_NS, SpinMode, SpinPolicy
 from containers.models.base import Model
-from schooner import defaults, protocol
+from schooner import curve, defaults, protocol
+from schooner.curve import KeyPair
 from schooner.errors import ProtocolError
 from schooner.protocol import ErrorCode
 from schooner.transport import recv_frames, send_frames
@@ -83,6 +84,10 @@ class ReplicaConfig:
     spin_us: int = defaults.REPLICA_SPIN_US  # after a batch, poll without blocking up to this long (0 = off)
     spin_mode: SpinMode | str = SpinMode.PLACEMENT  # see containers/spin.py
     owns_cores: bool | None = None  # the manager's word: no other process is placed on these cores
+    # CURVE: this replica's key pair (from the manager, via a 0600 file or env, never argv) and the
+    # frontend's public key; both set, every link is authenticated and encrypted.
+    curve_pair: KeyPair | None = None
+    curve_server_key: str = ""
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -109,6 +114,11 @@ class ReplicaConfig:
                              f"got {self.spin_mode!r}") from None
         if self.owns_cores is not None and not isinstance(self.owns_cores, bool):
             raise ValueError(f"owns_cores must be true, false or unset, got {self.owns_cores!r}")
+        if bool(self.curve_pair) != bool(self.curve_server_key):
+            raise ValueError("CURVE needs both this replica's key pair and the frontend's public key "
+                             f"({curve.ENV_SECRET_FILE} or {curve.ENV_SECRET_KEY}, and {curve.ENV_SERVER_KEY})")
+        if self.curve_server_key:
+            curve.check_public_key(self.curve_server_key, "the frontend's public key")
 
 
     @property
@@ -156,6 +166,7 @@ class Replica:
         self.batches_done = 0
         self.spin = SpinPolicy(config.spin_us, config.spin_mode, config.owns_cores)
         self._links: dict[str, _Link] = {}  # owned by the serving thread
+        self._generation = 0  # bumped when a link is connected afresh; the sideband thread follows
         # Addresses the sideband thread keeps a socket to; replaced (never mutated) by the serving thread.
         self._addresses: tuple[str, ...] = tuple(config.frontends)
         self._listed: set[str] = set()  # the frontends the latest WELCOME/heartbeat named
@@ -198,8 +209,15 @@ class Replica:
         log.info("replica %s stopped after %d batches", self.config.replica_id, self.batches_done)
         return 0
 
-    def _open_link(self, poller: zmq.Poller, address: str, seed: bool, now: float) -> None:
+    def _socket(self) -> zmq.Socket:
+        """A DEALER for one frontend, a CURVE client when keys were given."""
         sock = self._ctx.socket(zmq.DEALER)
+        if self.config.curve_pair is not None:
+            curve.client_socket(sock, self.config.curve_pair, self.config.curve_server_key)
+        return sock
+
+    def _open_link(self, poller: zmq.Poller, address: str, seed: bool, now: float) -> None:
+        sock = self._socket()
         sock.setsockopt(zmq.LINGER, LINGER_MS)
         sock.setsockopt(zmq.RECONNECT_IVL, defaults.REPLICA_RECONNECT_INTERVAL_MS)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, defaults.REPLICA_RECONNECT_INTERVAL_MAX_MS)
@@ -212,6 +230,15 @@ class Replica:
         self._addresses = tuple(self._links)
         if not seed:
             log.info("connecting to frontend %s", address)
+
+    def _reopen_link(self, poller: zmq.Poller, link: _Link, now: float) -> _Link:
+        log.info("no answer from frontend %s; connecting again", link.address)
+        poller.unregister(link.sock)
+        link.sock.close(linger=0)
+        del self._links[link.address]
+        self._open_link(poller, link.address, link.seed, now)
+        self._generation += 1  # the sideband thread reconnects too
+        return self._links[link.address]
 
     def _close_link(self, poller: zmq.Poller, link: _Link) -> None:
         log.info("frontend %s left the deployment; closing its link", link.address)
@@ -256,14 +283,19 @@ class Replica:
         socks: dict[str, zmq.Socket] = {}
         rid = self.config.replica_id
         bye_sent = False
+        generation = self._generation
         try:
             while True:
                 wanted = self._addresses
+                if generation != self._generation:
+                    generation = self._generation
+                    for address in list(socks):
+                        socks.pop(address).close(linger=0)
                 for address in [a for a in socks if a not in wanted]:
                     socks.pop(address).close(linger=0)
                 for address in wanted:
                     if address not in socks:
-                        sock = socks[address] = self._ctx.socket(zmq.DEALER)
+                        sock = socks[address] = self._socket()
                         sock.setsockopt(zmq.LINGER, LINGER_MS)
                         sock.setsockopt(zmq.SNDHWM, 16)
                         sock.connect(address)
@@ -305,7 +337,12 @@ class Replica:
                 return
             self._sync_links(poller, now)
             wait_s = float("inf")
-            for link in self._links.values():
+            for link in list(self._links.values()):
+                if (self.config.curve_pair is not None and not link.registered
+                        and now - link.last_heard > self._timeout_s):
+                    # A CURVE handshake the frontend refused (our key not registered yet) is not
+                    # retried by libzmq: connect afresh.
+                    link = self._reopen_link(poller, link, now)
                 if link.registered and now - link.last_heard > self._timeout_s:
                     log.warning("frontend %s silent for %.1f s; registering again", link.address,
                                 now - link.last_heard)

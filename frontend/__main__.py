@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-timeout-s", type=float,
                    help=f"replica silence before it is dead (default {defaults.HEARTBEAT_TIMEOUT_S})")
     p.add_argument("--batch-timeout-s", type=float, help="a batch in flight longer marks its replica dead")
+    p.add_argument("--curve-secret-file", help="the frontend's CURVE key pair file: replicas must hold a key the "
+                                                "manager registered (SCHOONER_FRONTEND_CURVE_SECRET_FILE)")
+    p.add_argument("--client-curve", action="store_true", default=None,
+                   help="CURVE on the client port too (clients need the frontend's public key)")
+    p.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--spin-us", type=int, help="busy-poll window after a burst, µs (0 = off)")
     p.add_argument("--advertise-host", help="host others reach this frontend by, announced in Redis "
                                             "(default: --host, or this machine's address for 0.0.0.0)")
@@ -65,6 +71,11 @@ def build_config(args: argparse.Namespace) -> FrontendConfig:
                                              defaults.HEARTBEAT_TIMEOUT_S, float),
         batch_timeout_s=defaults.resolve(args.batch_timeout_s, "batch_timeout_s", defaults.BATCH_TIMEOUT_S, float),
         spin_us=defaults.resolve(args.spin_us, "spin_us", defaults.FRONTEND_SPIN_US, int),
+        curve_secret_file=defaults.resolve(args.curve_secret_file, "frontend_curve_secret_file", ""),
+        client_curve=defaults.resolve(args.client_curve, "client_curve", False,
+                                      lambda v: v.lower() in ("1", "yes", "true", "on")),
+        tls_cert_file=defaults.resolve(args.tls_cert, "tls_cert", ""),
+        tls_key_file=defaults.resolve(args.tls_key, "tls_key", ""),
         advertise_host=defaults.resolve(args.advertise_host, "advertise_host", ""),
         frontend_id=defaults.resolve(args.frontend_id, "frontend_id", ""),
     )

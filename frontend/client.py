@@ -30,7 +30,8 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from schooner import defaults, protocol
+from schooner import curve, defaults, protocol
+from schooner.urls import redact
 from schooner.errors import BadInput, Overloaded, ProtocolError, QueryTimeout, SchoonerError, from_code
 from schooner.protocol import MsgType
 from schooner.transport import send_frames
@@ -165,7 +166,7 @@ def _announced(redis_url: str, prefix: str) -> list[str]:
     finally:
         conn.close()
     if not addresses:
-        raise ValueError(f"no frontend is announced in the Redis at {redis_url}")
+        raise ValueError(f"no frontend is announced in the Redis at {redact(redis_url)}")
     return addresses
 
 
@@ -180,7 +181,7 @@ class Client:
 
     def __init__(self, address: str | Sequence[str] = DEFAULT_ADDRESS, timeout_s: float = 30.0,
                  ctx: zmq.Context | None = None, input_type: DTypeLike = None,
-                 spin_us: int = defaults.CLIENT_SPIN_US) -> None:
+                 spin_us: int = defaults.CLIENT_SPIN_US, server_key: str = "") -> None:
         _check_args(timeout_s)
         if not isinstance(spin_us, int) or spin_us < 0:
             raise ValueError(f"spin_us must be an integer >= 0, got {spin_us!r}")
@@ -193,7 +194,8 @@ class Client:
         self._app_dtypes: dict[tuple[str, str], np.dtype] = {}
         self._own_ctx = ctx is None
         self._ctx = zmq.Context() if ctx is None else ctx
-        self._links = FrontendLinks(self._ctx, self.addresses)
+        # server_key: the frontend's public CURVE key, for a frontend whose client port requires CURVE.
+        self._links = FrontendLinks(self._ctx, self.addresses, server_key)
         self._sent: dict[int, tuple[int, list]] = {}  # several frontends: query id -> (link, frames)
         self.resent = 0  # queries sent again because their frontend disconnected
         self._ids = itertools.count(1)
@@ -394,7 +396,7 @@ class AsyncClient:
         return cls(_announced(redis_url, prefix), **kwargs)
 
     def __init__(self, address: str | Sequence[str] = DEFAULT_ADDRESS, timeout_s: float = 30.0,
-                 ctx: zmq.Context | None = None, input_type: DTypeLike = None) -> None:
+                 ctx: zmq.Context | None = None, input_type: DTypeLike = None, server_key: str = "") -> None:
         _check_args(timeout_s)
         self.addresses = split_addresses(address)
         self.address = ",".join(self.addresses)
@@ -411,6 +413,8 @@ class AsyncClient:
             self._ctx = zmq.asyncio.Context.shadow(ctx)
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if server_key:  # a CURVE client port: see Client
+            curve.client_socket(self._sock, curve.KeyPair.generate(), server_key)
         if len(self.addresses) > 1:
             # DEALER sends round-robin over connected peers only (IMMEDIATE); heartbeats notice a
             # frontend whose host vanished.

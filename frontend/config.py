@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from schooner import defaults
@@ -28,6 +28,14 @@ class FrontendConfig:
     max_message_bytes: int = defaults.MAX_MESSAGE_BYTES
     max_input_bytes: int = defaults.MAX_INPUT_BYTES
     max_items_per_query: int = defaults.MAX_ITEMS_PER_QUERY  # inputs in one query (ZMQ items, input_batch)
+    # CURVE: the frontend's key pair file (schooner.curve format). Set, the replica port admits only
+    # replicas whose keys the manager registered; client_curve also encrypts the client port.
+    curve_secret_file: str = ""
+    client_curve: bool = False
+    client_curve_keys: list[str] = field(default_factory=list)  # empty: any client key (encryption only)
+    # TLS for the HTTP endpoint (both or neither).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     retry_after_s: int = defaults.RETRY_AFTER_S
     max_batch_retries: int = defaults.MAX_BATCH_RETRIES
     spin_us: int = defaults.FRONTEND_SPIN_US  # busy-poll window after a burst (0 = block at once)
@@ -59,6 +67,10 @@ class FrontendConfig:
             raise ValueError(f"spin_us must be an integer >= 0, got {self.spin_us!r}")
         if not self.forget_gone_replicas_after_s >= 0:
             raise ValueError("forget_gone_replicas_after_s must be >= 0")
+        if self.client_curve and not self.curve_secret_file:
+            raise ValueError("client_curve needs curve_secret_file (the frontend's key pair)")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together")
         if self.max_batch_retries < 0:
             raise ValueError("max_batch_retries must be >= 0")
 

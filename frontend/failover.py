@@ -16,6 +16,8 @@ import logging
 from typing import Any, Sequence
 
 import zmq
+
+from schooner import curve
 from zmq.utils.monitor import recv_monitor_message
 
 from schooner.transport import recv_frames
@@ -39,7 +41,7 @@ def split_addresses(address: str | Sequence[str]) -> list[str]:
 class FrontendLinks:
     """DEALER sockets to the frontends at ``addresses``, with their connection state."""
 
-    def __init__(self, ctx: zmq.Context, addresses: list[str]) -> None:
+    def __init__(self, ctx: zmq.Context, addresses: list[str], server_key: str = "") -> None:
         self.addresses = list(addresses)
         self.many = len(addresses) > 1
         self.socks: list[zmq.Socket] = []
@@ -50,6 +52,8 @@ class FrontendLinks:
         for i, address in enumerate(addresses):
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            if server_key:  # a CURVE client port: an ephemeral key pair of our own, the frontend's key checked
+                curve.client_socket(sock, curve.KeyPair.generate(), server_key)
             if self.many:
                 sock.setsockopt(zmq.RECONNECT_IVL, 100)
                 sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)

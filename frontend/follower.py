@@ -23,14 +23,16 @@ from redis.retry import Retry
 
 from schooner import defaults
 from schooner.types import DeploymentState
+from schooner.urls import redact
 from management.errors import StoreUnavailable
-from management.store import Store, changes_state
+from management.store import EventKind, Store, changes_state
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.25  # how often the event wait wakes to notice ``stop``
 _COALESCE_S = 0.05  # events arriving this close together are applied once
 _SOCKET_TIMEOUT_S = 5.0
+_REPLICA_KINDS = frozenset({EventKind.REPLICA_PUT.value, EventKind.REPLICA_DELETED.value})
 
 
 class StateSink(Protocol):
@@ -75,7 +77,7 @@ async def follow(frontend: StateSink, redis_url: str, stop: asyncio.Event,
     def synced() -> None:
         nonlocal down
         if down:
-            log.info("Redis at %s is back; deployment resynced", redis_url)
+            log.info("Redis at %s is back; deployment resynced", redact(redis_url))
             down = False
 
     while not stop.is_set():
@@ -84,7 +86,7 @@ async def follow(frontend: StateSink, redis_url: str, stop: asyncio.Event,
         except (redis.RedisError, OSError, StoreUnavailable) as err:
             if not down:
                 log.warning("Redis at %s unavailable (%s); serving the last known deployment, retrying "
-                            "every %ss", redis_url, err, retry_s)
+                            "every %ss", redact(redis_url), err, retry_s)
                 down = True
             await _wait(stop, retry_s)
 
@@ -102,18 +104,52 @@ async def _follow_once(frontend: StateSink, redis_url: str, stop: asyncio.Event,
     try:
         # Subscribe before loading, so a change made between the two is not missed.
         await pubsub.subscribe(store.events_channel)
+        keys = _KeySync(frontend, store)
         await _reload(frontend, store, "initial sync")
+        await keys.reload()
         synced()
         while not stop.is_set():
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_S)
-            if message is None or not _is_state_event(message):
+            if message is None:
+                continue
+            if _is_replica_event(message):
+                await keys.reload()  # at once: the replica it names is about to connect
+                continue
+            if not _is_state_event(message):
                 continue
             await asyncio.sleep(_COALESCE_S)
-            while await pubsub.get_message(ignore_subscribe_messages=True, timeout=0) is not None:
-                pass  # the reload below covers every event drained here
+            replica_events = False
+            while (more := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)) is not None:
+                replica_events = replica_events or _is_replica_event(more)  # the reload covers the rest
             await _reload(frontend, store, "change event")
+            if replica_events:
+                await keys.reload()
     finally:
+        if getattr(frontend, "key_lookup", None) is not None:
+            frontend.key_lookup = None  # its Redis client closes below
         await _close(pubsub, client, sync_client)
+
+
+class _KeySync:
+    """Keeps a CURVE frontend's registered replica keys in step with the manager's records."""
+
+    def __init__(self, frontend: Any, store: Store) -> None:
+        self.frontend = frontend if getattr(frontend, "auth", None) is not None else None
+        self.store = store
+        if self.frontend is not None:
+            frontend.key_lookup = store.replicas.replica_for_key
+
+    async def reload(self) -> None:
+        if self.frontend is not None:
+            self.frontend.set_replica_keys(await asyncio.to_thread(self.store.replicas.curve_keys))
+
+
+def _is_replica_event(message: dict) -> bool:
+    try:
+        event = json.loads(message["data"])
+    except (TypeError, ValueError):
+        return False
+    return isinstance(event, dict) and event.get("kind") in _REPLICA_KINDS
 
 
 def _is_state_event(message: dict) -> bool:

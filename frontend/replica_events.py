@@ -41,6 +41,8 @@ class ReplicaEvents:
         self.peers: list[str] = []
         self.own = ""
         self.bad = BadMessages("replica", dispatcher.metrics, log)
+        # CURVE on: every connection is a replica the ZAP handler named; messages must agree with it.
+        self.authenticated = False
 
     def set_peers(self, addresses: list[str], own: str = "") -> None:
         """Tell replicas (now, and in every WELCOME and heartbeat) which frontends to serve."""
@@ -68,6 +70,8 @@ class ReplicaEvents:
             hdr: dict = {}
             try:
                 hdr, payload = protocol.unpack(frames[1:])
+                if self.authenticated:
+                    self._check_sender(frames[0], hdr)
                 self._on_message(identity, hdr, payload, now)
             except ProtocolError as err:
                 self.bad.note(logging.WARNING, "replica %r: %s", identity, err)
@@ -77,6 +81,17 @@ class ReplicaEvents:
             except Exception as err:  # a bug met by one message must not cost the rest of the burst
                 self.bad.note(logging.ERROR, "replica %r: message handling failed: %r", identity, err)
         self.dispatcher.pump_dirty()
+
+    @staticmethod
+    def _check_sender(frame: Any, hdr: dict) -> None:
+        # CURVE: the ZAP handler named the connection's replica (User-Id); a message naming
+        # another replica is a spoof (a BYE or HELLO for a replica this key was not issued to).
+        named = hdr.get("replica_id")
+        if named is None:
+            return
+        user = frame.get("User-Id")
+        if named != user:
+            raise ProtocolError(f"this connection is replica {short(user)}; it may not speak for {short(named)}")
 
     def _on_message(self, identity: bytes, hdr: dict, payload: list, now: float) -> None:
         kind = hdr["type"]

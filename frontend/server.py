@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 import zmq.asyncio
 
+from frontend.auth import ZapHandler
 from frontend.config import FrontendConfig
+from schooner import curve
 from frontend.dispatch import Dispatcher
 from schooner.errors import ShuttingDown
 from frontend.ingress import ClientIngress
@@ -52,6 +54,9 @@ class Frontend:
         self._http_runner: Any = None
         self._liveness: asyncio.Task | None = None
         self._started = False
+        self.auth: ZapHandler | None = None  # set when CURVE is on
+        self.curve_public_key = ""
+        self.key_lookup: Callable[[str], str | None] | None = None  # set by the follower: Redis lookup
 
     # ---- addresses --------------------------------------------------------------------------
 
@@ -68,7 +73,8 @@ class Frontend:
     @property
     def http_url(self) -> str | None:
         """Base URL of the HTTP endpoint, None when it is off."""
-        return None if self.http_port is None else f"http://{self.config.host}:{self.http_port}"
+        scheme = "https" if self.config.tls_cert_file else "http"
+        return None if self.http_port is None else f"{scheme}://{self.config.host}:{self.http_port}"
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -88,6 +94,8 @@ class Frontend:
                                                spin_us=cfg.spin_us, max_message_bytes=cfg.max_message_bytes)
         client.flush_with = [replica]
         replica.flush_with = [client]
+        if cfg.curve_secret_file:
+            self._secure(sync_ctx)
         try:
             self.replica_port = self._replica.bind(cfg.host, cfg.replica_port)
             self.client_port = self._client.bind(cfg.host, cfg.client_port)
@@ -105,6 +113,35 @@ class Frontend:
         log.info("frontend serving: clients %s, replicas %s, http %s", self.client_address,
                  self.replica_address, self.http_url)
 
+    def _secure(self, sync_ctx: zmq.Context) -> None:
+        """CURVE on the replica port (and the client port when asked), with a ZAP handler deciding who."""
+        cfg = self.config
+        try:
+            pair = curve.load_or_create(cfg.curve_secret_file)  # made (0600) on a deployment's first start
+        except curve.CurveError as err:
+            self._replica.close()
+            self._client.close()
+            raise OSError(str(err)) from err
+        self.curve_public_key = pair.public
+        self.auth = ZapHandler(sync_ctx, lookup=self.replica_key_lookup).start()
+        self.auth.client_keys = frozenset(cfg.client_curve_keys)
+        curve.server_socket(self._replica.sock, pair, curve.REPLICA_DOMAIN)
+        self.replica_events.authenticated = True
+        if cfg.client_curve:
+            curve.server_socket(self._client.sock, pair, curve.CLIENT_DOMAIN)
+        log.info("CURVE on: replica port%s (server key %s)", " and client port" if cfg.client_curve else "",
+                 pair.public)
+
+    def set_replica_keys(self, keys: dict[str, str]) -> None:
+        """The CURVE public keys replicas may connect with: z85 key -> replica id (the manager's records)."""
+        if self.auth is not None:
+            self.auth.set_replica_keys(keys)
+
+    def replica_key_lookup(self, public_key: str) -> str | None:
+        """A key not known yet (a replica started a moment ago): ask ``key_lookup`` (the follower's Redis)."""
+        lookup = self.key_lookup
+        return lookup(public_key) if lookup is not None else None
+
     async def _start_http(self) -> None:
         from aiohttp import web
 
@@ -112,7 +149,19 @@ class Frontend:
 
         runner = web.AppRunner(HttpApi(self).app(), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.http_port)
+        ssl_context = None
+        if self.config.tls_cert_file:
+            import ssl  # noqa: PLC0415 - only an HTTPS endpoint needs it
+
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                ssl_context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
+            except (OSError, ssl.SSLError) as err:
+                await runner.cleanup()
+                self._replica.close()
+                self._client.close()
+                raise OSError(f"cannot load the TLS certificate/key: {err}") from err
+        site = web.TCPSite(runner, self.config.host, self.config.http_port, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError:
@@ -131,6 +180,8 @@ class Frontend:
                 self.ctx.term()
             return
         self._started = False
+        if self.auth is not None:
+            self.auth.stop()
         if self._liveness is not None:
             self._liveness.cancel()
             try:

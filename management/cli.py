@@ -12,6 +12,7 @@ import threading
 from typing import Sequence
 
 from schooner import defaults
+from schooner.urls import redact
 from schooner.topology import parse_cpu_list
 from schooner.types import BACKENDS
 from management import build_image, cli_deploy, instance
@@ -153,8 +154,10 @@ def up(args: argparse.Namespace) -> int:
         log.error("schooner up failed: %s", err)
         return 1
     try:
-        instance.write_instance(stack.state_dir, stack.addresses())
-        print(json.dumps(stack.addresses(), indent=2), flush=True)
+        # The Redis password stays out of the file and the output (it is in <state-dir>/redis/redis.password).
+        shown = {k: redact(v) for k, v in stack.addresses().items()}
+        instance.write_instance(stack.state_dir, shown)
+        print(json.dumps(shown, indent=2), flush=True)
         log.info("schooner is up; Ctrl-C (or `schooner down`) stops it")
         while not stop.wait(1.0):
             for name, proc in (("frontend", stack.frontend), ("management", stack.management)):

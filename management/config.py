@@ -49,6 +49,10 @@ class ServiceConfig:
     docker_namespace: str = ""  # empty: default_docker_namespace(redis_url, state_dir)
     model_roots: list[str] = field(default_factory=list)  # empty: [<state_dir>/models]
     ray_address: str = ""  # --backend ray: the cluster to join ("" = RAY_ADDRESS, or a local one)
+    # CURVE replica links: each replica gets its own key pair (management/keys.py); the frontend's
+    # public key is given, or read from <state_dir>/keys/frontend.key_secret (made if missing).
+    curve: bool = False
+    frontend_curve_key: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port < 65536:
@@ -62,7 +66,7 @@ class ServiceConfig:
         if self.reconcile_interval_s <= 0:
             raise ValueError("reconcile_interval_s must be > 0")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"redis_url must be a redis:// URL, got {self.redis_url!r}")
+            raise ValueError(f"redis_url must be a redis:// URL, got {self.redis_url.split('@')[-1]!r}")
         if not self.docker_namespace:
             self.docker_namespace = default_docker_namespace(self.redis_url, self.state_dir)
         if not _NAMESPACE_RE.match(self.docker_namespace):
@@ -142,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{os.pathsep!r}-separated; default <state-dir>/models, created mode 0700)")
     parser.add_argument("--ray-address", help="--backend ray: the Ray cluster (host:port of its head; default "
                                               "RAY_ADDRESS, else a local Ray started for this service)")
+    parser.add_argument("--curve", action="store_true", default=None,
+                        help="CURVE replica links: issue each replica its own key (SCHOONER_CURVE=1)")
+    parser.add_argument("--frontend-curve-key",
+                        help="the frontend's public CURVE key (default: <state-dir>/keys/frontend.key_secret)")
     parser.add_argument("--log-level", default=os.environ.get("SCHOONER_LOG_LEVEL", "INFO"),
                         help="DEBUG, INFO, WARNING... (default INFO)")
     return parser
@@ -167,6 +175,8 @@ def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Servic
             docker_namespace=defaults.resolve(args.docker_namespace, "docker_namespace", ""),
             model_roots=args.model_root or model_roots.from_env() or [],
             ray_address=defaults.resolve(args.ray_address, "ray_address", ""),
+            curve=defaults.resolve(args.curve, "curve", False, lambda v: v.lower() in ("1", "yes", "true", "on")),
+            frontend_curve_key=defaults.resolve(args.frontend_curve_key, "frontend_curve_key", ""),
         )
     except ValueError as err:
         parser.error(str(err))

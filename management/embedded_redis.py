@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import secrets
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from management.errors import StoreUnavailable
+from schooner.urls import redact
 
 if TYPE_CHECKING:
     import redis
@@ -90,12 +92,40 @@ def connect(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
                                       decode_responses=True)
         client.ping()
     except (redis.RedisError, OSError) as err:
-        raise StoreUnavailable(f"cannot reach Redis at {url}: {err}") from err
+        raise StoreUnavailable(f"cannot reach Redis at {redact(url)}: {err}") from err
     return client
 
 
+# Commands an attacker who reaches the port (or a bug) could use to run code or escape Redis
+# (CONFIG SET dir/dbfilename, MODULE LOAD, DEBUG, replication to a host of theirs, ...). Disabled
+# on the embedded server; Schooner uses none of them.
+DISABLED_COMMANDS = ("CONFIG", "DEBUG", "MODULE", "SAVE", "BGSAVE", "BGREWRITEAOF", "SHUTDOWN", "SLAVEOF",
+                     "REPLICAOF", "MIGRATE", "ACL", "FAILOVER", "SYNC", "PSYNC")
+PASSWORD_FILE = "redis.password"
+_CONF_FILE = "redis.conf"
+
+
+def load_or_create_password(path: Path) -> str:
+    """The password in ``path`` (mode 0600), made at random on first use."""
+    try:
+        return path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        pass
+    password = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(password + "\n")
+    return password
+
+
 class EmbeddedRedis:
-    """Start and stop a redis-server bound to loopback, persisting into ``state_dir``."""
+    """Start and stop a redis-server bound to loopback, persisting into ``state_dir``.
+
+    The server requires a password (random, kept in ``<state_dir>/redis.password``,
+    0600) and has :data:`DISABLED_COMMANDS` renamed away; both are in a config file
+    (0600), so neither appears on the server's command line. :attr:`url` carries
+    the password.
+    """
 
     def __init__(self, state_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int | None = None,
                  binary: str | None = None) -> None:
@@ -108,13 +138,14 @@ class EmbeddedRedis:
         self.port = port  # kept across stop/start so a restart answers at the same URL
         self._binary = binary
         self._proc: subprocess.Popen | None = None
+        self.password = ""
 
     @property
     def url(self) -> str:
-        """redis:// URL of the running server (DB 0)."""
+        """redis:// URL of the running server (DB 0), with its password."""
         if self.port is None:
             raise RuntimeError("EmbeddedRedis has not been started")
-        return f"redis://{self.host}:{self.port}/0"
+        return f"redis://:{self.password}@{self.host}:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -129,7 +160,9 @@ class EmbeddedRedis:
         """Start the server and wait until it answers PING."""
         if self.running():
             return self
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.state_dir, 0o700)  # the data, the password and the config file are ours alone
+        self.password = load_or_create_password(self.state_dir / PASSWORD_FILE)
         binary = self._binary or find_redis_server()
         fixed_port = self.port is not None
         last_error = ""
@@ -139,23 +172,30 @@ class EmbeddedRedis:
             ok, last_error = self._wait_ready(port)
             if ok:
                 self.port = port
-                log.info("embedded redis pid %s on %s (data in %s)", self._proc.pid, self.url, self.state_dir)
+                log.info("embedded redis pid %s on %s (data and password in %s)", self._proc.pid,
+                         redact(self.url), self.state_dir)
                 return self
             self._kill()
         raise StoreUnavailable(f"embedded redis-server did not start: {last_error}")
 
     def _spawn(self, binary: str, port: int) -> subprocess.Popen:
-        args = [binary, "--port", str(port), "--bind", self.host, "--dir", str(self.state_dir),
-                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-                "--daemonize", "no", "--logfile", "redis.log", "--protected-mode", "yes"]
-        return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        lines = [f"port {port}", f"bind {self.host}", f'dir "{self.state_dir}"', "appendonly yes",
+                 "appendfsync everysec", 'save ""', "daemonize no", "logfile redis.log", "protected-mode yes",
+                 f"requirepass {self.password}"]
+        lines += [f'rename-command {name} ""' for name in DISABLED_COMMANDS]
+        conf = self.state_dir / _CONF_FILE
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(lines) + "\n")
+        return subprocess.Popen([binary, str(conf)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
 
     def _wait_ready(self, port: int) -> tuple[bool, str]:
         import redis
 
         deadline = time.monotonic() + _START_TIMEOUT_S
-        client = redis.Redis(host=self.host, port=port, socket_connect_timeout=1.0, socket_timeout=1.0)
+        client = redis.Redis(host=self.host, port=port, password=self.password, socket_connect_timeout=1.0,
+                             socket_timeout=1.0)
         try:
             while time.monotonic() < deadline:
                 if self._proc is None or self._proc.poll() is not None:

@@ -21,6 +21,8 @@ from management import replica_launch as launch
 from management.replica_launch import Health
 from management.allocator import CpuAllocator, Placement
 from management.backends.base import ReplicaBackend
+from management.keys import KeyIssuer
+from schooner import curve
 from management.backends.local import terminate_stray
 from management.errors import (AllocationError, BackendError, BadRequest, ManagementError, ModelFailed,
                                NotFound, ReplicasNotReady, StoreUnavailable)
@@ -41,7 +43,7 @@ class ReplicaManager:
                                                             defaults.REPLICA_RESTART_BACKOFF_MAX_S), frontend_cpus: list[int] | None = None,
                  stop_timeout_s: float = 30.0, replica_env: dict[str, str] | None = None,
                  http_timeout_s: float = 5.0,
-                 failed_after_starts: int = defaults.MODEL_FAILED_AFTER_STARTS) -> None:
+                 failed_after_starts: int = defaults.MODEL_FAILED_AFTER_STARTS, keys: KeyIssuer | None = None) -> None:
         if not frontend_rpc:
             raise ValueError("frontend_rpc must be the frontend's replica address, e.g. tcp://127.0.0.1:7000")
         if reconcile_interval_s <= 0:
@@ -64,6 +66,7 @@ class ReplicaManager:
             raise ValueError("failed_after_starts must be a positive integer")
         self.failed_after_starts = failed_after_starts
         self.pending_s = defaults.PENDING_SCALE_S
+        self.keys = keys  # set: every replica gets its own CURVE key pair (management/keys.py)
         self.host = socket.gethostname()
         self._lock = asyncio.Lock()
         self._health: dict[str, Health] = {}
@@ -377,6 +380,13 @@ class ReplicaManager:
         spec = launch.launch_spec(model, rid, Placement(list(record.cpus), record.gpu),
                                   await asyncio.to_thread(self._frontend_addresses), self.replica_env,
                                   self.owns_cores(record.cpus, launch.owner(model.name, model.version)))
+        if self.keys is not None:
+            # A fresh key each start; the record (put next) registers it with the frontends
+            # before the process exists, and replaces the previous start's key.
+            pair, key_file = await asyncio.to_thread(self.keys.issue, rid)
+            record.curve_public_key = pair.public
+            spec.curve_key_file = str(key_file)
+            spec.env[curve.ENV_SERVER_KEY] = self.keys.server_key
         record.state = ReplicaState.STARTING.value
         await self._call(self.store.replicas.put, record)  # first, so a crash here leaves a trace
         try:
@@ -447,6 +457,8 @@ class ReplicaManager:
         await self._call(self.store.replicas.put, record)
         await self._stop_one(rid)
         await self._call(self.store.replicas.delete, record.model_name, record.model_version, rid)
+        if self.keys is not None:
+            self.keys.revoke(rid)
 
     async def _stop_one(self, replica_id: str, keep_record: bool = False) -> None:
         try:

@@ -14,6 +14,7 @@ from management.config import ServiceConfig
 from management.embedded_redis import EmbeddedRedis, connect
 from management.store import Store
 from schooner import model_roots
+from schooner.urls import redact
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,13 @@ def build_manager(config: ServiceConfig, store: Store) -> Any:
         allocator = CpuAllocator()
     # Replicas check model paths against the same roots (they refuse to load from elsewhere).
     replica_env = {model_roots.ENV: os.pathsep.join(config.model_roots)}
-    return ReplicaManager(store, backend, allocator, frontend_rpc=config.frontend_rpc,
+    keys = None
+    if config.curve:
+        from management.keys import KeyIssuer, frontend_pair  # noqa: PLC0415
+
+        server_key = config.frontend_curve_key or frontend_pair(config.state_dir).public
+        keys = KeyIssuer(config.state_dir, server_key)
+    return ReplicaManager(store, backend, allocator, frontend_rpc=config.frontend_rpc, keys=keys,
                           frontend_http_url=config.frontend_http,
                           reconcile_interval_s=config.reconcile_interval_s,
                           frontend_cpus=frontend_cpus, replica_env=replica_env)
@@ -76,7 +83,7 @@ async def serve(config: ServiceConfig, stop: asyncio.Event, *, manager: Any = "b
         await runner.setup()
         await web.TCPSite(runner, config.host, config.port).start()
         log.info("management service on http://%s:%s (redis %s, backend %s%s)", config.host, config.port,
-                 redis_url, config.backend if manager is not None else "none",
+                 redact(redis_url), config.backend if manager is not None else "none",
                  f", docker namespace {config.docker_namespace}" if config.backend == "docker" else "")
         if manager is not None:
             reconcile = asyncio.create_task(manager.run(stop), name="reconcile")

@@ -28,6 +28,7 @@ import psutil
 
 from schooner import defaults
 from schooner.cli import PID_HEADER
+from schooner.urls import redact
 from schooner.types import BACKENDS
 from management import admin_token as admin_token_mod
 from management.embedded_redis import EmbeddedRedis, free_port
@@ -57,7 +58,7 @@ class Stack:
                  heartbeat_timeout_s: float | None = None, env: dict[str, str] | None = None,
                  log_dir: str | os.PathLike | None = None, python: str = sys.executable,
                  reconcile_interval_s: float | None = None,
-                 model_roots: list[str | os.PathLike] | None = None) -> None:
+                 model_roots: list[str | os.PathLike] | None = None, curve: bool = True) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         for name, port in (("client_port", client_port), ("replica_port", replica_port),
@@ -87,6 +88,7 @@ class Stack:
         self.model_roots = [str(r) for r in model_roots] if model_roots else []
         self.env = dict(env or {})
         self.python = python
+        self.curve = curve  # CURVE replica links: the frontend key pair lives in <state_dir>/keys
         self._redis_url = redis_url
         self._redis: EmbeddedRedis | None = None
         self.frontend: subprocess.Popen | None = None
@@ -165,7 +167,7 @@ class Stack:
         except BaseException:
             self.stop()
             raise
-        log.info("stack up: %s", self.addresses())
+        log.info("stack up: %s", {k: redact(v) for k, v in self.addresses().items()})
         return self
 
     def stop(self) -> None:
@@ -206,6 +208,11 @@ class Stack:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
+    def _secrets_env(self) -> dict[str, str]:
+        # A Redis URL may carry a password: it goes to the children by environment, never on a
+        # command line, which every local user can read in ps.
+        return {"SCHOONER_REDIS_URL": self._redis_url}
+
     def _spawn(self, name: str, args: list[str], cpus: list[int] | None = None,
                env: dict[str, str] | None = None) -> subprocess.Popen:
         cmd = [self.python, "-m", name, *args]
@@ -221,13 +228,16 @@ class Stack:
             # Own session: a Ctrl-C meant for `schooner up` must not hit the children
             # before the stack stops them in order.
             return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env={**self._child_env(), **(env or {})}, cwd=_PROJECT_ROOT,
+                                    env={**self._child_env(), **self._secrets_env(), **(env or {})},
+                                    cwd=_PROJECT_ROOT,
                                     start_new_session=True)
 
     def _start_frontend(self, deadline: float) -> None:
         args = ["--host", self.host, "--client-port", str(self._ports["client"]),
-                "--replica-port", str(self._ports["replica"]), "--http-port", str(self._ports["http"]),
-                "--redis-url", self._redis_url]
+                "--replica-port", str(self._ports["replica"]), "--http-port", str(self._ports["http"])]
+        if self.curve:
+            # The frontend makes the key pair file on first start; management reads its public half.
+            args += ["--curve-secret-file", str(self.state_dir / "keys" / "frontend.key_secret")]
         if self.heartbeat_interval_s is not None:
             args += ["--heartbeat-interval-s", str(self.heartbeat_interval_s)]
         if self.heartbeat_timeout_s is not None:
@@ -236,12 +246,14 @@ class Stack:
         self._wait_http(self.frontend, "frontend", f"{self.frontend_http_url}/health", deadline)
 
     def _start_management(self, deadline: float) -> None:
-        args = ["--host", self.host, "--port", str(self._ports["management"]), "--redis-url", self._redis_url,
+        args = ["--host", self.host, "--port", str(self._ports["management"]),
                 "--frontend-http", self.frontend_http_url, "--frontend-rpc", self.replica_address,
                 "--backend", self.backend, "--state-dir", str(self.state_dir),
                 "--log-dir", str(self.log_dir / "replicas")]
         if self.frontend_cpus:
             args += ["--frontend-cpus", ",".join(str(c) for c in self.frontend_cpus)]
+        if self.curve:
+            args += ["--curve"]
         if self.reconcile_interval_s is not None:
             args += ["--reconcile-interval-s", str(self.reconcile_interval_s)]
         for root in self.model_roots:

@@ -36,6 +36,11 @@ class Keys:
     def replica(self, model: str, version: str, replica_id: str) -> str:
         return f"{self.p}:replica:{model}:{version}:{replica_id}"
 
+    @property
+    def replica_keys(self) -> str:
+        """Hash: CURVE public key -> the replica record key it was issued for."""
+        return f"{self.p}:replica_keys"
+
     def replicas(self, model: str, version: str) -> str:
         return f"{self.p}:replicas:{model}:{version}"
 

@@ -13,7 +13,7 @@ import zmq.asyncio
 from frontend.config import FrontendConfig
 from frontend.server import Frontend
 from schooner.types import AppSpec, DeploymentState, ModelSpec
-from management.embedded_redis import EmbeddedRedis, connect, free_port
+from management.embedded_redis import PASSWORD_FILE, EmbeddedRedis, connect, free_port, load_or_create_password
 from frontend.follower import follow
 from management.store import Store
 
@@ -185,6 +185,8 @@ def test_frontend_serves_its_last_state_while_redis_is_down_and_resyncs_after_re
 
 def test_follower_started_before_redis_syncs_once_redis_appears(tmp_path) -> None:
     port = free_port()
+    (tmp_path / "redis").mkdir()
+    password = load_or_create_password(tmp_path / "redis" / PASSWORD_FILE)  # the one it will start with
     server = EmbeddedRedis(tmp_path / "redis", port=port)
     sink = Recorder()
 
@@ -196,7 +198,7 @@ def test_follower_started_before_redis_syncs_once_redis_appears(tmp_path) -> Non
         await _eventually(lambda: "late" in sink.apps)
 
     try:
-        _run(_following(sink, f"redis://127.0.0.1:{port}/0", body))
+        _run(_following(sink, f"redis://:{password}@127.0.0.1:{port}/0", body))
     finally:
         server.stop()
 

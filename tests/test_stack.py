@@ -62,7 +62,7 @@ def test_stack_serves_queries_and_stop_leaves_no_process_behind(tmp_path):
     with Stack(state_dir=tmp_path / "state", heartbeat_interval_s=0.25, frontend_cpus=frontend_cpus) as stack:
         assert requests.get(f"{stack.frontend_http_url}/health", timeout=5).status_code == 200
         assert requests.get(f"{stack.management_url}/admin/ping", timeout=5).status_code == 200
-        assert stack.redis_url.startswith("redis://127.0.0.1:")
+        assert stack.redis_url.startswith("redis://:") and "@127.0.0.1:" in stack.redis_url  # a password
         assert stack.client_address.startswith("tcp://127.0.0.1:")
         [replica] = deploy_noop(stack.management_url, stack.admin_token)
         assert replica["state"] in ("ready", "busy")

@@ -23,6 +23,7 @@ class LaunchSpec:
     env: dict[str, str] = field(default_factory=dict)
     model_opts: dict = field(default_factory=dict)  # options for the zoo model (--model-opts JSON)
     input_type: str = ""  # the model version's input type (--input-type); "" = the zoo model's own
+    curve_key_file: str = ""  # the replica's CURVE key pair (0600); backends pass it by env, never argv
 
 
 def replica_args(spec: LaunchSpec, gpu: int | None) -> list[str]:

@@ -25,7 +25,7 @@ import docker
 import docker.errors
 import docker.types
 
-from schooner import defaults, model_roots
+from schooner import curve, defaults, model_roots
 from management.backends.base import LaunchSpec, RunningReplica, replica_args
 from management.errors import BackendError
 
@@ -139,7 +139,7 @@ class DockerBackend:
             network_mode=self._network_mode,
             cpuset_cpus=",".join(str(c) for c in spec.cpus),
             labels=self._labels(spec),
-            environment={"PYTHONUNBUFFERED": "1", **spec.env},
+            environment={"PYTHONUNBUFFERED": "1", **spec.env, **self._secrets(spec)},
         )
         if self._nano_cpus is not None:
             kwargs["nano_cpus"] = self._nano_cpus
@@ -176,6 +176,18 @@ class DockerBackend:
                 raise BackendError(f"replica {spec.replica_id}: {err}") from err
         if roots:
             kwargs["volumes"] = {r: {"bind": r, "mode": "ro"} for r in roots}
+
+    @staticmethod
+    def _secrets(spec: LaunchSpec) -> dict[str, str]:
+        # The container cannot see the host's key file: the secret goes in its environment,
+        # through the Docker API (never a command line).
+        if not spec.curve_key_file:
+            return {}
+        try:
+            pair = curve.read_key_file(spec.curve_key_file)
+        except curve.CurveError as err:
+            raise BackendError(f"replica {spec.replica_id}: {err}") from err
+        return {curve.ENV_SECRET_KEY: pair.secret}
 
     def stop(self, replica_id: str, timeout_s: float) -> None:
         """SIGTERM the container (the replica drains), SIGKILL after ``timeout_s``, then remove it.

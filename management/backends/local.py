@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from schooner import curve
 from management.backends.base import LaunchSpec, RunningReplica, replica_args
 from management.errors import BackendError
 
@@ -148,6 +149,8 @@ class LocalProcessBackend:
         path = env.get("PYTHONPATH", "")
         env["PYTHONPATH"] = _PROJECT_ROOT + (os.pathsep + path if path else "")
         env["PYTHONUNBUFFERED"] = "1"
+        if spec.curve_key_file:
+            env[curve.ENV_SECRET_FILE] = spec.curve_key_file
         if spec.gpu is None:
             env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU replica must not grab a GPU by accident
         return env

@@ -53,6 +53,7 @@ from typing import Any
 import ray
 import ray.exceptions
 
+from schooner import curve
 from management.backends.base import LaunchSpec, RunningReplica, replica_args
 from management.errors import BackendError
 
@@ -216,7 +217,13 @@ class RayBackend:
         with self._lock:
             if spec.replica_id in self._actors:
                 raise BackendError(f"replica {spec.replica_id} is already running")
-        spec = replace(spec, env={**self.env, **spec.env})
+        secrets = {}
+        if spec.curve_key_file:  # the actor may run on another host: the secret travels in its spec (env)
+            try:
+                secrets[curve.ENV_SECRET_KEY] = curve.read_key_file(spec.curve_key_file).secret
+            except curve.CurveError as err:
+                raise BackendError(f"replica {spec.replica_id}: {err}") from err
+        spec = replace(spec, env={**self.env, **spec.env, **secrets}, curve_key_file="")
         try:
             actor = self._actor_class.options(
                 name=spec.replica_id, namespace=self.namespace, num_cpus=len(spec.cpus),

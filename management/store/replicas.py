@@ -40,6 +40,7 @@ class ReplicaRecord:
     node: str = ""  # the node it runs on, for a backend that places replicas on many hosts (Ray: its address)
     pid: int | None = None
     container_id: str | None = None
+    curve_public_key: str = ""  # the CURVE key the manager issued it; the frontend admits only that key
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -100,10 +101,15 @@ class ReplicaTable:
             raise TypeError("record must be a ReplicaRecord")
         model, version, rid = record.model_name, record.model_version, record.replica_id
         key = self._k.replica(model, version, rid)
+        old_key = self._public_key(key)
         pipe = self._r.pipeline(transaction=True)
         pipe.delete(key)
         pipe.hset(key, mapping={str(k): json.dumps(v) for k, v in record.to_dict().items()})
         pipe.sadd(self._k.replicas(model, version), rid)
+        if old_key and old_key != record.curve_public_key:
+            pipe.hdel(self._k.replica_keys, old_key)
+        if record.curve_public_key:
+            pipe.hset(self._k.replica_keys, record.curve_public_key, key)
         self._conn.event(pipe, EventKind.REPLICA_PUT, model_name=model, model_version=version, replica_id=rid)
         pipe.execute()
 
@@ -134,12 +140,44 @@ class ReplicaTable:
     def delete(self, model: str, version: str, replica_id: str) -> bool:
         """Remove a replica record; whether there was one."""
         version = str(version)
+        key = self._k.replica(model, version, replica_id)
+        old_key = self._public_key(key)
         pipe = self._r.pipeline(transaction=True)
-        pipe.delete(self._k.replica(model, version, replica_id))
+        pipe.delete(key)
         pipe.srem(self._k.replicas(model, version), replica_id)
+        if old_key:
+            pipe.hdel(self._k.replica_keys, old_key)
         self._conn.event(pipe, EventKind.REPLICA_DELETED, model_name=model, model_version=version,
                          replica_id=replica_id)
         return bool(pipe.execute()[0])
+
+    def _public_key(self, record_key: str) -> str:
+        raw = self._r.hget(record_key, "curve_public_key")
+        return json.loads(text(raw)) if raw else ""
+
+    @translated
+    def replica_for_key(self, public_key: str) -> str | None:
+        """The id of the replica whose record holds CURVE key ``public_key``, or None."""
+        record_key = self._r.hget(self._k.replica_keys, public_key)
+        if not record_key:
+            return None
+        raw = self._r.hmget(text(record_key), ["curve_public_key", "replica_id"])
+        if not raw[0] or json.loads(text(raw[0])) != public_key:
+            return None
+        return json.loads(text(raw[1]))
+
+    @translated
+    def curve_keys(self) -> dict[str, str]:
+        """Every registered CURVE public key -> the id of the replica it was issued to."""
+        index = {text(k): text(v) for k, v in self._r.hgetall(self._k.replica_keys).items()}
+        pipe = self._r.pipeline(transaction=False)
+        for record_key in index.values():
+            pipe.hmget(record_key, ["curve_public_key", "replica_id"])
+        out = {}
+        for public_key, (have, rid) in zip(index, pipe.execute()):
+            if have and rid and json.loads(text(have)) == public_key:
+                out[public_key] = json.loads(text(rid))
+        return out
 
     @translated
     def set_desired(self, model: str, version: str, desired: dict) -> None:
