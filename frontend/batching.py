@@ -237,8 +237,8 @@ class BatchSizeController:
     ``λ`` and the number of replicas ``R``. A query's latency is its wait for
     the batch ahead plus its own batch, so:
 
-    - a cap whose capacity ``R·n/L(n)`` has headroom over ``λ`` settles at the
-      batch ``k`` that arrives during one batch (``k = λ/R · L(k)``); everything
+    - a cap that keeps up settles at the batch ``k`` that arrives during one
+      batch (``k = λ/R · L(k)``, with 20 % headroom below the cap); everything
       is answered if ``2·L(k) ≤ S``, else only what arrives in the last
       ``S − L(k)`` of a batch;
     - a saturated cap runs full batches: ``R·n/L(n)`` answers per second when
@@ -248,9 +248,9 @@ class BatchSizeController:
     Among caps within 2 % of the best, the largest whose batch fits in half the
     objective wins (a burst then costs nobody their deadline), else the
     smallest. Caps beyond twice the largest batch seen are not considered: the
-    curve is a guess there. A new cap that differs by two and by 5 % is taken at
-    once; a smaller change only when proposed three times running, so noise in
-    the curve does not make the cap jitter.
+    curve is a guess there. A new cap that differs by 5 % (and by two above 20)
+    is taken at once; a smaller change only when proposed three times running,
+    so noise in the curve does not make the cap jitter.
     """
 
     def __init__(self, batch_size: int, max_batch_size: int,
@@ -293,14 +293,14 @@ class BatchSizeController:
             return 0.0
         per_replica = rate / replicas
         capacity = n / lat
-        if per_replica * (1.0 + self.headroom) <= capacity:
-            lk = curve.upper(min(settled, n))
+        if settled * (1.0 + self.headroom) <= n:  # keeps up, with room for bursts
+            lk = curve.upper(settled)
             if 2.0 * lk <= slo:
                 return rate
             return rate * max(0.0, slo - lk) / lk
         if 2.0 * lat <= slo:
-            return replicas * capacity / (1.0 + self.headroom)
-        return replicas * min(n, per_replica * (slo - lat)) / lat / (1.0 + self.headroom)
+            return min(rate, replicas * capacity / (1.0 + self.headroom))
+        return min(rate, replicas * min(n, per_replica * (slo - lat)) / lat / (1.0 + self.headroom))
 
     def update(self, curve: LatencyCurve, rate: float, replicas: int) -> int:
         """Re-choose the cap from the curve, the arrival rate (items/s) and live replicas; returns it."""
@@ -312,7 +312,7 @@ class BatchSizeController:
             return self.target
         # A big change is taken at once; a small one only when proposed three times running,
         # so a curve that wobbles by one does not make the cap jitter.
-        if abs(best_n - self.target) >= max(2, 0.05 * self.target):
+        if abs(best_n - self.target) >= max(1, 0.05 * self.target) and (self.target < 20 or abs(best_n - self.target) >= 2):
             self.target, self._streak = best_n, 0
         elif best_n == self._proposed:
             self._streak += 1

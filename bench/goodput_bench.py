@@ -1,0 +1,378 @@
+"""Goodput under open-loop load, adaptive batching beside the best fixed batch size; prints one JSON object.
+
+For each model (``sleep`` a + b·n ms, and ``elastic-net``) one frontend serves
+one app per batching policy (adaptive, and each fixed size of the sweep), each
+model version with its own replica. Open-loop Poisson load at multiples of the
+model's capacity goes to one app at a time, over ZMQ and over HTTP, for a few
+seconds per point. Per point: goodput (real answers within the objective per
+second), p50/p99 of real answers, the share shed (429 overloaded, or a default
+output at arrival), how long a shed query took to be answered, and the share of
+every other non-real answer answered within 2 ms.
+
+Capacity is the throughput of the batch size whose processing fits half the
+objective (``sleep``: from a and b; ``elastic-net``: measured first with a
+closed loop). ``--baseline REF`` runs the adaptive policy of REF's tree (a
+``git worktree``, driven through its CLIs) in the same run, so before and after
+share the machine's noise. Also: concurrency 1 with a 5 ms batch wait (the wait
+rule) against the model's own latency.
+
+    python bench/goodput_bench.py [--seconds 3] [--baseline ce29f36] [--models sleep elastic-net]
+
+Keep points short on a shared machine (the default is 3 s each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import aiohttp
+import msgpack
+import numpy as np
+import requests
+import zmq
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from management.embedded_redis import free_port  # noqa: E402
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    return round(float(np.percentile(xs, q)) * 1e3, 2) if xs else None
+
+
+class Deployment:
+    """A frontend and one replica per policy, from one tree (``root``), on free loopback ports."""
+
+    def __init__(self, root: str, model: dict, policies: list[dict], slo_us: int, tmp: str) -> None:
+        self.root = root
+        self.ports = {"client": free_port(), "replica": free_port(), "http": free_port()}
+        apps, models, links = [], [], {}
+        for p in policies:
+            name = p["name"]
+            apps.append({"name": name, "input_type": "floats", "latency_slo_micros": slo_us,
+                         "default_output": "default"})
+            models.append({"name": name, "version": "1", "input_type": "floats", "batch_size": p["batch_size"],
+                           "max_batch_size": p.get("max_batch_size", 64),
+                           "batch_wait_timeout_micros": p.get("wait_us", 0), "max_queue_size": 100_000})
+            links[name] = [name]
+        path = os.path.join(tmp, f"deploy-{os.path.basename(root)}-{model['name']}.json")
+        with open(path, "w") as fh:
+            json.dump({"apps": apps, "models": models, "links": links}, fh)
+        env = dict(os.environ, PYTHONPATH=root)
+        env.pop("SCHOONER_OWNS_CORES", None)
+        self.procs = [subprocess.Popen(
+            ["taskset", "-c", "0", sys.executable, "-m", "frontend", "--config", path,
+             "--client-port", str(self.ports["client"]), "--replica-port", str(self.ports["replica"]),
+             "--http-port", str(self.ports["http"]), "--log-level", "ERROR"], cwd=root, env=env)]
+        for i, p in enumerate(policies):
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "containers.replica", "--model", model["zoo"], "--frontend",
+                 f"tcp://127.0.0.1:{self.ports['replica']}", "--cpus", "1", "--name", p["name"], "--version", "1",
+                 "--replica-id", f"r{i}", "--input-type", "floats", "--model-opts", json.dumps(model["opts"]),
+                 "--log-level", "ERROR"], cwd=root, env=env))
+        self.base = f"http://127.0.0.1:{self.ports['http']}"
+        self.zmq = f"tcp://127.0.0.1:{self.ports['client']}"
+        self._wait(len(policies))
+
+    def _wait(self, n: int, timeout_s: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.base + "/health", timeout=1).json()["live_replicas"] >= n:
+                    return
+            except (requests.RequestException, ValueError, KeyError):
+                pass
+            time.sleep(0.2)
+        self.close()
+        raise RuntimeError(f"{self.root}: frontend or replicas did not come up")
+
+    def model_latency_p50_ms(self, app: str) -> float | None:
+        dump = requests.get(self.base + "/metrics", timeout=5).json()
+        for entry in dump.get("histograms", []):
+            if f"model:{app}:1:prediction_latency" in entry:
+                return round(float(entry[f"model:{app}:1:prediction_latency"]["p50"]) / 1e3, 3)
+        return None
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _classify(outcomes: list[tuple], seconds: float, slo_s: float, offered: float) -> dict:
+    """Figures of one point from (kind, latency_s) outcomes: kind real/shed/default/error/lost."""
+    real = [lat for kind, lat in outcomes if kind == "real"]
+    within = [lat for lat in real if lat <= slo_s]
+    shed = [lat for kind, lat in outcomes if kind == "shed"]
+    other = [lat for kind, lat in outcomes if kind not in ("real",)]
+    n = max(1, len(outcomes))
+    return {"offered_qps": round(offered, 1), "sent": len(outcomes),
+            "goodput_qps": round(len(within) / seconds, 1),
+            "throughput_with_defaults_qps": round(sum(1 for k, _ in outcomes if k in ("real", "default")) / seconds, 1),
+            "real_p50_ms": _pct(real, 50), "real_p99_ms": _pct(real, 99),
+            "shed_share": round(len(shed) / n, 4), "shed_answer_p50_ms": _pct(shed, 50),
+            "shed_answer_p99_ms": _pct(shed, 99),
+            "late_default_share": round(sum(1 for k, _ in outcomes if k == "default") / n, 4),
+            "other_within_2ms_share": round(sum(1 for lat in other if lat <= 0.002) / len(other), 4) if other else None,
+            "lost": sum(1 for k, _ in outcomes if k == "lost")}
+
+
+def zmq_open_loop(address: str, app: str, rate: float, seconds: float, x: np.ndarray, seed: int) -> list[tuple]:
+    """Poisson arrivals at ``rate`` for ``seconds`` over one DEALER; waits up to 5 s for the last answers."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    sock.setsockopt(zmq.RCVHWM, 0)
+    sock.connect(address)
+    meta = {"list": [["a", x.dtype.str, list(x.shape)]]}
+    payload = x.tobytes()
+    rng = random.Random(seed)
+    sent: dict[int, float] = {}
+    out: list[tuple] = []
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    start = time.monotonic()
+    next_at, rid = start, 0
+    end = start + seconds
+
+    def drain(timeout_ms: float) -> None:
+        while poller.poll(timeout_ms):
+            frames = sock.recv_multipart()
+            now = time.monotonic()
+            hdr = msgpack.unpackb(frames[0], raw=False)
+            t0 = sent.pop(hdr.get("id"), None)
+            if t0 is None:
+                continue
+            if hdr.get("type") == "error":
+                out.append(("shed" if hdr.get("code") == "overloaded" else "error", now - t0))
+            elif hdr.get("default"):
+                why = hdr.get("default_explanation") or ""
+                out.append(("shed" if why.startswith("overloaded") else "default", now - t0))
+            else:
+                out.append(("real", now - t0))
+            timeout_ms = 0
+
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        if now >= next_at:
+            rid += 1
+            sock.send_multipart([_pack({"v": 1, "type": "query", "id": rid, "app": app, "items": meta}), payload],
+                                copy=False)
+            sent[rid] = now
+            next_at += rng.expovariate(rate)
+            continue
+        drain(max(0.0, (next_at - now) * 1e3))
+    deadline = time.monotonic() + 5
+    while sent and time.monotonic() < deadline:
+        drain(50)
+    out.extend(("lost", 0.0) for _ in sent)
+    sock.close()
+    return out
+
+
+async def _http_open_loop(url: str, app: str, rate: float, seconds: float, x: np.ndarray, seed: int) -> list[tuple]:
+    body = json.dumps({"input": x.tolist()}).encode()
+    rng = random.Random(seed)
+    out: list[tuple] = []
+    conn = aiohttp.TCPConnector(limit=2000)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async def one() -> None:
+            t0 = time.monotonic()
+            try:
+                async with session.post(f"{url}/{app}/predict", data=body,
+                                        headers={"Content-Type": "application/json"}) as resp:
+                    data = await resp.json(content_type=None)
+                    lat = time.monotonic() - t0
+                    if resp.status == 429:
+                        out.append(("shed", lat))
+                    elif resp.status != 200:
+                        out.append(("error", lat))
+                    elif data.get("default"):
+                        why = data.get("default_explanation") or ""
+                        out.append(("shed" if why.startswith("overloaded") else "default", lat))
+                    else:
+                        out.append(("real", lat))
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                out.append(("lost", 0.0))
+
+        tasks = []
+        start = time.monotonic()
+        next_at = start
+        while next_at < start + seconds:
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one()))
+            next_at += rng.expovariate(rate)
+        await asyncio.gather(*tasks)
+    return out
+
+
+def http_open_loop(url: str, app: str, rate: float, seconds: float, x: np.ndarray, seed: int) -> list[tuple]:
+    """Poisson arrivals at ``rate`` over HTTP (aiohttp), every request its own task."""
+    return asyncio.run(_http_open_loop(url, app, rate, seconds, x, seed))
+
+
+def closed_loop_c1(dep: Deployment, app: str, x: np.ndarray, n: int) -> list[float]:
+    """Latencies (s) of ``n`` one-at-a-time HTTP queries."""
+    body = {"input": x.tolist()}
+    lat = []
+    with requests.Session() as s:
+        for _ in range(n):
+            t0 = time.monotonic()
+            s.post(f"{dep.base}/{app}/predict", json=body, timeout=10).raise_for_status()
+            lat.append(time.monotonic() - t0)
+    return lat
+
+
+def measured_capacity(dep: Deployment, app: str, x: np.ndarray, seconds: float) -> float:
+    """Real answers per second of a closed loop of 64 over ZMQ (the model's capacity at that batch)."""
+    out = zmq_open_loop(dep.zmq, app, 20_000, seconds, x, 1)  # far over capacity: a full queue throughout
+    return sum(1 for k, _ in out if k == "real") / seconds
+
+
+MODELS = {
+    # sleep: a + b·n ms per batch of n. With the objective of 100 ms, a batch of n fits half of it up to
+    # n = (50 - a) / b = 15, whose capacity is 15 / 50 ms = 300 q/s.
+    "sleep": {"name": "sleep", "zoo": "sleep", "opts": {"a_ms": 20, "b_ms": 2}, "slo_us": 100_000, "dim": 4,
+              "fixed": [4, 8, 15, 24, 32]},
+    "elastic-net": {"name": "elastic-net", "zoo": "elastic-net", "opts": {}, "slo_us": 20_000, "dim": 4096,
+                    "fixed": [1, 4, 16, 32]},
+}
+
+
+def run_model(args: argparse.Namespace, model: dict, tmp: str, result: dict) -> None:
+    slo_s = model["slo_us"] * 1e-6
+    x = np.random.default_rng(0).standard_normal(model["dim"]).astype(np.float32)
+    policies = [{"name": "adaptive", "batch_size": -1}] + [{"name": f"fixed{n}", "batch_size": n}
+                                                          for n in model["fixed"]]
+    policies.append({"name": "wait5ms", "batch_size": -1, "max_batch_size": 32, "wait_us": 5000})
+    trees = [("after", ROOT)] + ([("before", args.baseline_root)] if args.baseline_root else [])
+    deps = {}
+    try:
+        for label, root in trees:
+            pol = policies if label == "after" else [p for p in policies if p["name"] in ("adaptive", "wait5ms")]
+            deps[label] = Deployment(root, model, pol, model["slo_us"], tmp)
+        after = deps["after"]
+        if model["name"] == "sleep":
+            a, b = model["opts"]["a_ms"] * 1e-3, model["opts"]["b_ms"] * 1e-3
+            n_half = int((slo_s / 2 - a) / b)
+            capacity = n_half / (a + b * n_half)
+        else:  # measured: the best fixed size's saturated throughput, over ZMQ
+            capacity = max(measured_capacity(after, f"fixed{n}", x, args.seconds) for n in model["fixed"])
+        result["capacity_qps"][model["name"]] = round(capacity, 1)
+        rows = result["points"]
+        seed = 0
+        for transport in args.transports:
+            for load in args.loads:
+                rate = min(load * capacity, args.http_max_qps if transport == "http" else args.zmq_max_qps)
+                for label, dep in deps.items():
+                    names = ["adaptive"] + ([f"fixed{n}" for n in model["fixed"]] if label == "after" else [])
+                    for app in names:
+                        seed += 1
+                        run = zmq_open_loop if transport == "zmq" else http_open_loop
+                        url = dep.zmq if transport == "zmq" else dep.base
+                        out = run(url, app, rate, args.seconds, x, seed)
+                        row = {"tree": label, "model": model["name"], "transport": transport, "load_x": load,
+                               "policy": app, **_classify(out, args.seconds, slo_s, rate)}
+                        rows.append(row)
+                        print(json.dumps(row), file=sys.stderr, flush=True)
+                        time.sleep(0.5)  # let the queue drain between points
+        for label, dep in deps.items():
+            lat = closed_loop_c1(dep, "wait5ms", x, args.c1_queries)
+            result["c1_wait5ms"].append({"tree": label, "model": model["name"], "transport": "http",
+                                         "p50_ms": _pct(lat, 50), "model_latency_p50_ms":
+                                         dep.model_latency_p50_ms("wait5ms")})
+    finally:
+        for dep in deps.values():
+            dep.close()
+
+
+def summarise(result: dict, targets_slo: dict) -> list[dict]:
+    """Per (model, transport, load): adaptive before/after beside the best fixed size, and the targets."""
+    out = []
+    keys = sorted({(r["model"], r["transport"], r["load_x"]) for r in result["points"]})
+    for model, transport, load in keys:
+        rows = [r for r in result["points"] if (r["model"], r["transport"], r["load_x"]) == (model, transport, load)]
+        fixed = [r for r in rows if r["tree"] == "after" and r["policy"].startswith("fixed")]
+        best = max(fixed, key=lambda r: r["goodput_qps"]) if fixed else None
+        ad = next((r for r in rows if r["tree"] == "after" and r["policy"] == "adaptive"), None)
+        before = next((r for r in rows if r["tree"] == "before" and r["policy"] == "adaptive"), None)
+        slo_ms = targets_slo[model] / 1e3
+        line = {"model": model, "transport": transport, "load_x": load, "offered_qps": ad["offered_qps"],
+                "goodput_after_qps": ad["goodput_qps"], "goodput_before_qps": before["goodput_qps"] if before else None,
+                "best_fixed": best["policy"] if best else None, "goodput_best_fixed_qps": best["goodput_qps"] if best else None,
+                "after_over_best_fixed": round(ad["goodput_qps"] / best["goodput_qps"], 3) if best and best["goodput_qps"] else None,
+                "after_over_before": round(ad["goodput_qps"] / before["goodput_qps"], 3) if before and before["goodput_qps"] else None,
+                "p99_real_after_ms": ad["real_p99_ms"], "p99_real_before_ms": before["real_p99_ms"] if before else None,
+                "shed_share_after": ad["shed_share"], "shed_answer_p99_after_ms": ad["shed_answer_p99_ms"],
+                "other_within_2ms_after": ad["other_within_2ms_share"],
+                "late_default_share_after": ad["late_default_share"],
+                "late_default_share_before": before["late_default_share"] if before else None}
+        checks = {"p99_within_slo": ad["real_p99_ms"] is not None and ad["real_p99_ms"] <= slo_ms}
+        if load >= 1:
+            checks["goodput_ge_90pct_best_fixed"] = bool(line["after_over_best_fixed"] and line["after_over_best_fixed"] >= 0.9)
+            checks["others_within_2ms"] = ad["other_within_2ms_share"] in (None, 1.0)
+        else:
+            checks["nothing_shed"] = ad["shed_share"] == 0
+        line["targets_met"] = checks
+        out.append(line)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=3.0, help="seconds of load per point")
+    ap.add_argument("--loads", type=float, nargs="+", default=[0.5, 1, 2, 10], help="multiples of capacity")
+    ap.add_argument("--transports", nargs="+", default=["zmq", "http"], choices=["zmq", "http"])
+    ap.add_argument("--models", nargs="+", default=["sleep", "elastic-net"], choices=sorted(MODELS))
+    ap.add_argument("--http-max-qps", type=float, default=1500.0,
+                    help="cap on the HTTP offered rate (one Python client process)")
+    ap.add_argument("--zmq-max-qps", type=float, default=5000.0,
+                    help="cap on the ZMQ offered rate (one Python client process)")
+    ap.add_argument("--c1-queries", type=int, default=300)
+    ap.add_argument("--baseline", default=None, help="git ref to run beside (in a temporary git worktree)")
+    ap.add_argument("--baseline-root", default=None, help="an existing checkout of the baseline instead")
+    args = ap.parse_args()
+    result: dict[str, Any] = {"seconds_per_point": args.seconds, "capacity_qps": {}, "points": [],
+                              "c1_wait5ms": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        worktree = None
+        if args.baseline and not args.baseline_root:
+            worktree = os.path.join(tmp, "baseline")
+            subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", worktree, args.baseline],
+                           check=True, capture_output=True)
+            args.baseline_root = worktree
+        try:
+            for name in args.models:
+                run_model(args, MODELS[name], tmp, result)
+        finally:
+            if worktree:
+                subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", worktree], capture_output=True)
+    result["baseline"] = args.baseline or args.baseline_root
+    result["summary"] = summarise(result, {m: MODELS[m]["slo_us"] for m in args.models})
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
