@@ -126,7 +126,7 @@ async def _follow_once(frontend: StateSink, redis_url: str, stop: asyncio.Event,
                 await keys.reload()
     finally:
         if getattr(frontend, "key_lookup", None) is not None:
-            frontend.key_lookup = None  # its Redis client closes below
+            frontend.key_lookup = None  # type: ignore[attr-defined]  # its Redis client closes below
         await _close(pubsub, client, sync_client)
 
 

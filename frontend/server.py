@@ -95,40 +95,40 @@ class Frontend:
         client.flush_with = [replica]
         replica.flush_with = [client]
         if cfg.curve_secret_file:
-            self._secure(sync_ctx)
+            self._secure(sync_ctx, replica, client)
         try:
-            self.replica_port = self._replica.bind(cfg.host, cfg.replica_port)
-            self.client_port = self._client.bind(cfg.host, cfg.client_port)
+            self.replica_port = replica.bind(cfg.host, cfg.replica_port)
+            self.client_port = client.bind(cfg.host, cfg.client_port)
         except zmq.ZMQError as err:
-            self._replica.close()
-            self._client.close()
+            replica.close()
+            client.close()
             raise OSError(f"cannot bind the frontend's ZMQ ports on {cfg.host}: {err}") from err
         if cfg.http_port is not None:
             await self._start_http()
-        self._replica.start()
-        self._client.start()
+        replica.start()
+        client.start()
         self._liveness = loop.create_task(self._watch_replicas())
         self._started = True
         self.dispatcher.pump_dirty()
         log.info("frontend serving: clients %s, replicas %s, http %s", self.client_address,
                  self.replica_address, self.http_url)
 
-    def _secure(self, sync_ctx: zmq.Context) -> None:
+    def _secure(self, sync_ctx: zmq.Context, replica: RouterEndpoint, client: RouterEndpoint) -> None:
         """CURVE on the replica port (and the client port when asked), with a ZAP handler deciding who."""
         cfg = self.config
         try:
             pair = curve.load_or_create(cfg.curve_secret_file)  # made (0600) on a deployment's first start
         except curve.CurveError as err:
-            self._replica.close()
-            self._client.close()
+            replica.close()
+            client.close()
             raise OSError(str(err)) from err
         self.curve_public_key = pair.public
         self.auth = ZapHandler(sync_ctx, lookup=self.replica_key_lookup).start()
         self.auth.client_keys = frozenset(cfg.client_curve_keys)
-        curve.server_socket(self._replica.sock, pair, curve.REPLICA_DOMAIN)
+        curve.server_socket(replica.sock, pair, curve.REPLICA_DOMAIN)
         self.replica_events.authenticated = True
         if cfg.client_curve:
-            curve.server_socket(self._client.sock, pair, curve.CLIENT_DOMAIN)
+            curve.server_socket(client.sock, pair, curve.CLIENT_DOMAIN)
         log.info("CURVE on: replica port%s (server key %s)", " and client port" if cfg.client_curve else "",
                  pair.public)
 
@@ -158,6 +158,7 @@ class Frontend:
                 ssl_context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
             except (OSError, ssl.SSLError) as err:
                 await runner.cleanup()
+                assert self._replica is not None and self._client is not None  # bound in start()
                 self._replica.close()
                 self._client.close()
                 raise OSError(f"cannot load the TLS certificate/key: {err}") from err
