@@ -150,12 +150,14 @@ def load_sklearn(model_path: str = "", num_threads: int = 1, gpu: int | None = N
     fn = getattr(est, method, None)
     if not callable(fn):
         raise ValueError(f"sklearn: {type(est).__name__} from {path!r} has no method {method!r}")
-    controller = ThreadpoolController()  # found once: looking it up per batch costs milliseconds
+    # Once, for the process (predict runs on this thread): entering a limit per batch costs milliseconds.
+    limiter = ThreadpoolController().limit(limits=num_threads)
     width = getattr(est, "n_features_in_", None)
 
     def run(batch: np.ndarray) -> Any:
-        with controller.limit(limits=num_threads):
-            return np.asarray(fn(batch))
+        return np.asarray(fn(batch))
+
+    run.limiter = limiter  # type: ignore[attr-defined] - kept alive with the model
 
     log.info("sklearn: %s.%s from %s, %d thread(s)", type(est).__name__, method, path, num_threads)
     return FormatModel("sklearn", run, [int(width)] if width is not None else None)
