@@ -140,3 +140,41 @@ def test_manager_view_reads_another_frontend_when_its_own_is_down(two_frontends,
         finally:
             await view.close()
     assert "seen" in asyncio.run(read())
+
+
+def test_async_client_with_a_dead_address_is_served_by_the_live_one(two_frontends, procs):
+    import asyncio
+
+    from frontend.client import AsyncClient
+    from management.embedded_redis import free_port
+
+    first, _ = two_frontends
+    procs.append(start_replica(first.replica_address, "noop", replica_id="async"))
+    first.wait_ready(1)
+
+    async def run() -> list:
+        async with AsyncClient([f"tcp://127.0.0.1:{free_port()}", first.client_address], timeout_s=30) as client:
+            return await client.predict_many("a1", [np.ones(4, dtype=np.float32)] * 20, concurrency=4)
+    results = asyncio.run(run())
+    assert all(not isinstance(r, Exception) and not r.default for r in results), results
+
+
+def test_frontend_that_joins_later_is_picked_up_by_a_running_replica(procs):
+    fronts = [FrontendThread().start(), FrontendThread().start()]
+    try:
+        first, second = fronts
+        for f in fronts:
+            f.deploy(APPS, MODELS, LINKS)
+        first.call(first.fe.set_peers, [first.replica_address], first.replica_address)
+        procs.append(start_replica(first.replica_address, "noop", replica_id="late"))
+        first.wait_ready(1)
+        assert second.replica_states() == {}
+        peers = [f.replica_address for f in fronts]  # the second frontend announces itself
+        for f in fronts:
+            f.call(f.fe.set_peers, peers, f.replica_address)
+        second.wait_ready(1)  # told by the first frontend's next heartbeat
+        with Client(second.client_address, timeout_s=30) as client:
+            assert not client.predict("a2", np.ones(4, dtype=np.float32)).default
+    finally:
+        for f in fronts:
+            f.stop()
