@@ -21,7 +21,7 @@ START_S = 60.0  # interpreter start + imports on a loaded 2-core machine
 class FrontendProc:
     """A ``python -m frontend --redis-url`` process on free loopback ports."""
 
-    def __init__(self, redis_url: str, log_path: Path, name: str) -> None:
+    def __init__(self, redis_url: str, log_path: Path, name: str, extra: tuple[str, ...] = ()) -> None:
         self.ports = {k: free_port() for k in ("client", "replica", "http")}
         self.name = name
         self.log_path = log_path
@@ -30,7 +30,7 @@ class FrontendProc:
                 [sys.executable, "-m", "frontend", "--host", "127.0.0.1", "--client-port", str(self.ports["client"]),
                  "--replica-port", str(self.ports["replica"]), "--http-port", str(self.ports["http"]),
                  "--redis-url", redis_url, "--frontend-id", name, "--heartbeat-interval-s", "0.25",
-                 "--heartbeat-timeout-s", "3"],
+                 "--heartbeat-timeout-s", "3", *extra],
                 cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
 
     @property
