@@ -82,6 +82,8 @@ def render(frontends: list[dict], config: BalancerConfig) -> str:
         url = row.get("http") or ""
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname or not parts.port:
+            log.warning("frontend %s announces HTTP at %r: not an http://host:port URL, left out",
+                        row.get("frontend_id"), url)
             continue
         name = _SAFE.sub("_", row.get("frontend_id", "")) or f"f{len(servers)}"
         servers.append(f"    server {name} {parts.hostname}:{parts.port} check inter {config.check_interval_ms}ms "
