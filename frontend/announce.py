@@ -49,7 +49,8 @@ def directory_record(frontend: Any, frontend_id: str) -> dict:
     host = advertised_host(frontend.config.host, getattr(frontend.config, "advertise_host", ""))
     return {"frontend_id": frontend_id, "client": f"tcp://{host}:{frontend.client_port}",
             "replica": f"tcp://{host}:{frontend.replica_port}",
-            "http": "" if frontend.http_port is None else f"http://{host}:{frontend.http_port}",
+            "http": "" if frontend.http_port is None else
+            f"{'https' if getattr(frontend.config, 'tls_cert_file', '') else 'http'}://{host}:{frontend.http_port}",
             "host": socket.gethostname(), "pid": os.getpid(), "started_s": time.time()}
 
 

@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     haproxy.add_argument("--watch", action="store_true", help="rewrite the file as frontends join and leave")
     haproxy.add_argument("--pid-file", default="", help="pid file of HAProxy (-W -p FILE): reload it on change")
     haproxy.add_argument("--interval-s", type=float, default=1.0, help="how often --watch reads Redis")
+    haproxy.add_argument("--ca-file", default="", help="CA of frontends serving HTTPS (verified against it)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -101,7 +102,7 @@ def haproxy(args: argparse.Namespace) -> int:
         log.error("schooner haproxy needs --redis-url (or SCHOONER_REDIS_URL)")
         return 2
     try:
-        config = balancer.BalancerConfig(bind=args.bind)
+        config = balancer.BalancerConfig(bind=args.bind, ca_file=args.ca_file)
         directory = FrontendDirectory(connect(redis_url))
         balancer.sync(directory, args.out, config, args.pid_file)
     except ValueError as err:

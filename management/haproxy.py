@@ -39,6 +39,9 @@ class BalancerConfig:
     timeout_server_ms: int = 60_000  # longer than any app's SLO
     retries: int = 2
     stats_bind: str = ""  # e.g. 127.0.0.1:8404 for HAProxy's stats page; "" = none
+    # Frontends serving HTTPS (--tls-cert): the CA that signed their certificates; "" = not verified
+    # (logged), for self-signed certificates on a private network.
+    ca_file: str = ""
 
     def __post_init__(self) -> None:
         host, sep, port = self.bind.rpartition(":")
@@ -81,13 +84,21 @@ def render(frontends: list[dict], config: BalancerConfig) -> str:
     for row in sorted(frontends, key=lambda r: r.get("frontend_id", "")):
         url = row.get("http") or ""
         parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname or not parts.port:
-            log.warning("frontend %s announces HTTP at %r: not an http://host:port URL, left out",
+        if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port:
+            log.warning("frontend %s announces HTTP at %r: not an http(s)://host:port URL, left out",
                         row.get("frontend_id"), url)
             continue
         name = _SAFE.sub("_", row.get("frontend_id", "")) or f"f{len(servers)}"
+        tls = ""
+        if parts.scheme == "https":
+            if config.ca_file:
+                tls = f" ssl verify required ca-file {config.ca_file}"
+            else:
+                log.warning("frontend %s serves HTTPS; HAProxy will not verify its certificate (no ca_file)",
+                            row.get("frontend_id"))
+                tls = " ssl verify none"
         servers.append(f"    server {name} {parts.hostname}:{parts.port} check inter {config.check_interval_ms}ms "
-                       f"fall {config.fall} rise {config.rise}")
+                       f"fall {config.fall} rise {config.rise}{tls}")
     if not servers:
         lines.append("    # no frontend is announced in Redis yet: every request gets 503")
     lines += servers

@@ -97,6 +97,10 @@ def test_haproxy_configuration_follows_the_frontend_directory(redis_url, tmp_pat
         assert not haproxy.sync(directory, out, config)  # unchanged: not rewritten, HAProxy not reloaded
         text = open(out).read()
         assert "server f_1 10.0.0.1:1337 check" in text and "bind 127.0.0.1:9" in text
+        directory.announce({"frontend_id": "f2", "http": "https://10.0.0.2:1337"}, ttl_s=30)
+        haproxy.sync(directory, out, haproxy.BalancerConfig(bind="127.0.0.1:9", ca_file="/etc/ca.pem"))
+        assert "server f2 10.0.0.2:1337 check" in open(out).read()
+        assert "ssl verify required ca-file /etc/ca.pem" in open(out).read()
         with pytest.raises(ValueError):
             haproxy.BalancerConfig(bind="nowhere")
     finally:
