@@ -21,11 +21,12 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from driver.errors import DriverBacklog
-from schooner.errors import SchoonerError
+from schooner.errors import Overloaded, SchoonerError
 
 log = logging.getLogger(__name__)
 
 MAX_OUTSTANDING_OPEN_LOOP = 10_000  # open-loop queries in flight beyond this are counted as driver_backlog
+MAX_RETRY_AFTER_S = 1.0  # a closed-loop worker waits at most this long after an overloaded answer
 
 
 class Arrival(str, enum.Enum):
@@ -120,6 +121,8 @@ class WindowStats:
     defaults: int
     error_codes: dict[str, int] = field(default_factory=dict)
     mean_batch_size: float | None = None
+    good: int = 0  # real answers (not default outputs) within the latency objective
+    goodput_qps: float = 0.0  # good per second: what the driver ranks by
 
     def to_dict(self) -> dict:
         """JSON form."""
@@ -132,6 +135,7 @@ class _Window:
     latencies_ms: list[float] = field(default_factory=list)
     errors: int = 0
     defaults: int = 0
+    good: int = 0
     error_codes: dict[str, int] = field(default_factory=dict)
 
 
@@ -139,7 +143,7 @@ class LoadGenerator:
     """Sends queries for ``app`` at a :class:`LoadLevel` until stopped, recording per window."""
 
     def __init__(self, client: PredictClient, app: str, inputs: Sequence[Any], level: LoadLevel,
-                 seed: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
+                 seed: int = 0, clock: Callable[[], float] = time.monotonic, slo_ms: float | None = None) -> None:
         if not inputs:
             raise ValueError("inputs must not be empty")
         self._client = client
@@ -148,6 +152,7 @@ class LoadGenerator:
         self.level = level
         self._rng = random.Random(seed)
         self._clock = clock
+        self._slo_ms = slo_ms  # a real answer counts as good within it (None: every real answer)
         self._running = False
         self._tasks: list[asyncio.Task] = []
         self._outstanding: set[asyncio.Task] = set()
@@ -193,7 +198,8 @@ class LoadGenerator:
         stats = WindowStats(
             index=self._index, phase=phase, start_s=win.start_s - self._t0, duration_s=duration,
             count=count, thruput_qps=count / duration, errors=win.errors, defaults=win.defaults,
-            error_codes=dict(win.error_codes), **latency_summary(win.latencies_ms))
+            error_codes=dict(win.error_codes), good=win.good, goodput_qps=win.good / duration,
+            **latency_summary(win.latencies_ms))
         self._index += 1
         return stats, win.latencies_ms
 
@@ -205,13 +211,16 @@ class LoadGenerator:
             win.error_codes[code] = win.error_codes.get(code, 0) + 1
             self.total_errors += 1
             return
-        win.latencies_ms.append((self._clock() - sent_at) * 1000.0)
+        latency_ms = (self._clock() - sent_at) * 1000.0
+        win.latencies_ms.append(latency_ms)
         self.total_answered += 1
         if getattr(outcome, "default", False):
             win.defaults += 1
             self.total_defaults += 1
+        elif self._slo_ms is None or latency_ms <= self._slo_ms:
+            win.good += 1
 
-    async def _one(self, sent_at: float) -> None:
+    async def _one(self, sent_at: float) -> Any:
         item = self._inputs[self.total_sent % len(self._inputs)]
         self.total_sent += 1
         try:
@@ -221,10 +230,15 @@ class LoadGenerator:
                 log.debug("query failed outside the protocol: %r", err)
             outcome = err
         self._record(sent_at, outcome)
+        return outcome
 
     async def _worker(self, _: int) -> None:
         while self._running:
-            await self._one(self._clock())
+            outcome = await self._one(self._clock())
+            if isinstance(outcome, Overloaded):
+                # A shed query says when the queue ahead will have drained; a closed-loop client that
+                # resent at once would only measure how fast the frontend can say no.
+                await asyncio.sleep(min(max(outcome.retry_after_s, 0.001), MAX_RETRY_AFTER_S))
 
     async def _scheduler(self) -> None:
         rate = self.level.rate_qps

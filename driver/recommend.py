@@ -1,9 +1,10 @@
 """Pick the configuration to deploy from measured runs.
 
 - For a latency objective (SLO): among runs whose p99 meets it, the one with the
-  most throughput per core (ties: more throughput, then lower p99).
-- For a target throughput: among runs that reach it *and* meet the SLO, the
-  cheapest (fewest cores; ties: lower p99, then more throughput).
+  most goodput per core (ties: more goodput, then lower p99). Goodput is real
+  answers within the objective per second; default outputs never count.
+- For a target throughput: among runs whose goodput reaches it *and* that meet
+  the SLO, the cheapest (fewest cores; ties: lower p99, then more goodput).
 
 A run is eligible only if almost every query got a real answer: errors plus
 default outputs at most ``MAX_BAD_FRACTION`` of the queries it sent.
@@ -31,6 +32,8 @@ class Recommendation:
     cores: int | None
     thruput_per_core: float | None
     reason: str
+    goodput_qps: float | None = None
+    goodput_per_core: float | None = None
 
     def to_dict(self) -> dict:
         """JSON form."""
@@ -44,8 +47,19 @@ class Recommendation:
         load = (nc.get("load") or {}).get("label", "")
         return (f"[{self.objective}] run {self.run_index}: {nc.get('num_replicas')} replica(s) x "
                 f"{nc.get('cpus_per_replica')} cpu(s), batch_size {nc.get('batch_size')}"
-                f"{' at ' + load if load else ''} -> {self.thruput_qps:.1f} qps, p99 {self.p99_ms:.1f} ms, "
-                f"{self.cores} core(s), {self.thruput_per_core:.1f} qps/core ({self.reason})")
+                f"{' at ' + load if load else ''} -> goodput {_num(self.goodput_qps)} qps, p99 {self.p99_ms:.1f} ms, "
+                f"{self.cores} core(s), {_num(self.goodput_per_core)} goodput/core; throughput with defaults "
+                f"{self.thruput_qps:.1f} qps ({self.reason})")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def goodput(summary: dict) -> float:
+    """Real answers within the objective per second (older results without it: throughput)."""
+    value = summary.get("goodput_qps")
+    return summary["thruput_qps"] if value is None else value
 
 
 def cores_of(node_config: dict) -> int:
@@ -74,11 +88,11 @@ def _make(objective: str, slo_ms: float, target_qps: float | None, runs: Sequenc
     s = run["summary"]
     cores = cores_of(run["node_config"])
     return Recommendation(objective, slo_ms, target_qps, index, run["node_config"], s["thruput_qps"],
-                          s["p99_ms"], cores, s["thruput_qps"] / cores, reason)
+                          s["p99_ms"], cores, s["thruput_qps"] / cores, reason, goodput(s), goodput(s) / cores)
 
 
 def for_slo(runs: Sequence[dict], slo_ms: float) -> Recommendation:
-    """Most throughput per core among runs whose p99 meets ``slo_ms``."""
+    """Most goodput per core among runs whose p99 meets ``slo_ms``."""
     ok = [i for i, r in enumerate(runs) if _meets_slo(r["summary"], slo_ms)]
     if not ok:
         measured = [r["summary"]["p99_ms"] for r in runs if r["summary"].get("p99_ms") is not None]
@@ -87,26 +101,26 @@ def for_slo(runs: Sequence[dict], slo_ms: float) -> Recommendation:
 
     def key(i: int) -> tuple:
         s = runs[i]["summary"]
-        return (-s["thruput_qps"] / cores_of(runs[i]["node_config"]), -s["thruput_qps"], s["p99_ms"])
+        return (-goodput(s) / cores_of(runs[i]["node_config"]), -goodput(s), s["p99_ms"])
 
     best_i = min(ok, key=key)
     return _make("slo", slo_ms, None, runs, best_i,
-                 f"most throughput per core of {len(ok)} configuration(s) with p99 <= {slo_ms:g} ms")
+                 f"most goodput per core of {len(ok)} configuration(s) with p99 <= {slo_ms:g} ms")
 
 
 def for_target_qps(runs: Sequence[dict], target_qps: float, slo_ms: float) -> Recommendation:
-    """Fewest cores among runs reaching ``target_qps`` with p99 within ``slo_ms``."""
+    """Fewest cores among runs whose goodput reaches ``target_qps`` with p99 within ``slo_ms``."""
     ok = [i for i, r in enumerate(runs)
-          if r["summary"]["thruput_qps"] >= target_qps and _meets_slo(r["summary"], slo_ms)]
+          if goodput(r["summary"]) >= target_qps and _meets_slo(r["summary"], slo_ms)]
     if not ok:
-        top = max((r["summary"]["thruput_qps"] for r in runs if _meets_slo(r["summary"], slo_ms)), default=None)
-        best = f"; the most throughput within the SLO was {top:.1f} qps" if top is not None else ""
+        top = max((goodput(r["summary"]) for r in runs if _meets_slo(r["summary"], slo_ms)), default=None)
+        best = f"; the most goodput within the SLO was {top:.1f} qps" if top is not None else ""
         return _make("target_qps", slo_ms, target_qps, runs, None,
                      f"no configuration reached {target_qps:g} qps with p99 <= {slo_ms:g} ms{best}")
 
     def key(i: int) -> tuple:
         s = runs[i]["summary"]
-        return (cores_of(runs[i]["node_config"]), s["p99_ms"], -s["thruput_qps"])
+        return (cores_of(runs[i]["node_config"]), s["p99_ms"], -goodput(s))
 
     best_i = min(ok, key=key)
     return _make("target_qps", slo_ms, target_qps, runs, best_i,

@@ -254,3 +254,37 @@ def test_modes_choose_their_load_levels(mode, extra, expected):
 
     spec = build_spec(args("-m", "sleep", "-b", "1", "8", "-c", "1", "2", "--mode", mode, *extra), FOUR_CORES)
     assert [c.load.concurrency for c in sweep_configs(spec)] == expected
+
+
+# -- goodput ------------------------------------------------------------------------------------------
+
+def test_goodput_counts_real_answers_within_the_objective_only():
+    from types import SimpleNamespace
+
+    from driver.load import LoadGenerator, LoadLevel
+    from driver.results import summarize
+    from schooner.errors import Overloaded
+
+    now = [0.0]
+    gen = LoadGenerator(None, "app", [0], LoadLevel.closed(1), clock=lambda: now[0], slo_ms=100.0)
+    now[0] = 1.0
+    gen._record(0.95, SimpleNamespace(default=False))  # 50 ms: good
+    gen._record(0.85, SimpleNamespace(default=False))  # 150 ms: real but late
+    gen._record(0.99, SimpleNamespace(default=True))  # a default output is never good
+    gen._record(0.99, Overloaded("shed", 0.1))
+    stats, lat = gen.take_window("measure")
+    assert (stats.count, stats.good, stats.defaults, stats.errors) == (3, 1, 1, 1)
+    s = summarize({"num_replicas": 1, "cpus_per_replica": 2}, [stats], lat, None, True, 0.0)
+    assert s["goodput_qps"] == pytest.approx(1.0) and s["thruput_qps"] == pytest.approx(3.0)
+    assert list(s)[0] == "goodput_qps" and s["goodput_per_core"] == pytest.approx(0.5)
+
+
+def test_recommendation_ranks_by_goodput_not_throughput_with_defaults():
+    late = run_record(1, 1, 1, 200.0, 20.0)
+    late["summary"]["goodput_qps"] = 120.0  # many real answers came after the objective
+    good = run_record(1, 1, 1, 150.0, 20.0)
+    good["summary"]["goodput_qps"] = 150.0
+    rec = recommend.for_slo([late, good], 50.0)
+    assert rec.run_index == 1 and rec.goodput_qps == 150.0
+    assert "goodput 150.0 qps" in rec.describe()
+    assert recommend.for_target_qps([late, good], 140.0, 50.0).run_index == 1
