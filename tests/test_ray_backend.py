@@ -252,3 +252,21 @@ def test_driver_sweeps_a_ray_backed_deployment(deployment, tmp_path):
         assert set(s.get("error_codes") or {}) <= {"overloaded"} and s["errors"] <= 0.1 * s["count"], s
     print("ray sweep:", [(r["node_config"]["num_replicas"], r["node_config"]["batch_size"],
                           round(r["summary"]["thruput_qps"])) for r in doc["runs"]])
+
+
+def test_replicas_on_one_host_claim_different_cores(tmp_path):
+    import os as _os
+
+    from management.backends.ray import claim_cpus
+
+    first, fds1 = claim_cpus(1, str(tmp_path), candidates=[0, 1])
+    second, fds2 = claim_cpus(1, str(tmp_path), candidates=[0, 1])
+    assert first == [0] and second == [1]
+    third, fds3 = claim_cpus(1, str(tmp_path), candidates=[0, 1])  # none free: shares, with a warning
+    assert third == [0] and fds3 == []
+    for fd in fds1:  # the first replica exits: its core is free at once
+        _os.close(fd)
+    again, fds4 = claim_cpus(1, str(tmp_path), candidates=[0, 1])
+    assert again == [0]
+    for fd in fds2 + fds4:
+        _os.close(fd)

@@ -194,6 +194,9 @@ class RayBackend:
         self._actors: dict[str, Any] = {}
         self._specs: dict[str, LaunchSpec] = {}
         self._last: dict[str, dict] = {}
+        # The status call still unanswered per replica: an actor Ray cannot place yet answers none, and
+        # asking again every reconcile pass would pile calls up in its queue.
+        self._asked: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     # -- capacity ----------------------------------------------------------------------------
@@ -245,6 +248,7 @@ class RayBackend:
             actor = self._actors.pop(replica_id, None)
             self._specs.pop(replica_id, None)
             self._last.pop(replica_id, None)
+            self._asked.pop(replica_id, None)
         if actor is None:
             return
         try:
@@ -264,10 +268,13 @@ class RayBackend:
             actors = dict(self._actors)
         refs = {}
         for rid, actor in actors.items():
-            try:
-                refs[rid] = actor.status.remote()
-            except ray.exceptions.RayError:
-                refs[rid] = None
+            ref = self._asked.get(rid)  # an earlier pass's call, unanswered then (maybe answered now)
+            if ref is None:
+                try:
+                    ref = actor.status.remote()
+                except ray.exceptions.RayError:
+                    ref = None
+            refs[rid] = ref
         pending = [r for r in refs.values() if r is not None]
         if pending:
             ray.wait(pending, num_returns=len(pending), timeout=STATUS_TIMEOUT_S)
@@ -294,8 +301,10 @@ class RayBackend:
         if ref is None:
             return {"alive": False, "gone": True}
         ready, _ = ray.wait([ref], timeout=0)
-        if not ready:  # being placed or restarted: Ray owns it
+        if not ready:  # being placed or restarted: Ray owns it; ask again once this call is answered
+            self._asked[rid] = ref
             return dict(self._last.get(rid, {}), alive=True, answering=False)
+        self._asked.pop(rid, None)
         try:
             status = ray.get(ref)
         except ray.exceptions.ActorDiedError:
