@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import logging
 import signal
@@ -88,7 +89,8 @@ async def run(config: FrontendConfig, config_file: str | None, redis_url: str | 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     ctx = zmq.asyncio.Context()
-    fe = Frontend(config, ctx=ctx)
+    # Following Redis: not ready (queries get not_ready, never unknown_app) until the first sync.
+    fe = Frontend(dataclasses.replace(config, start_ready=not redis_url), ctx=ctx)
     if config_file:
         fe.apply_state(load_state_file(config_file))
     await fe.start()

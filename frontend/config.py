@@ -32,6 +32,7 @@ class FrontendConfig:
     # replicas whose keys the manager registered; client_curve also encrypts the client port.
     curve_secret_file: str = ""
     client_curve: bool = False
+    start_ready: bool = True  # False: NotReady for every query until Frontend.set_ready() (the follower)
     client_curve_keys: list[str] = field(default_factory=list)  # empty: any client key (encryption only)
     # TLS for the HTTP endpoint (both or neither).
     tls_cert_file: str = ""

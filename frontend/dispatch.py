@@ -67,6 +67,9 @@ class Dispatcher:
         self.queues: dict[tuple[str, str], ModelQueue] = {}
         self.routes: dict[str, Route] = {}
         self._dirty: set[ModelQueue] = set()
+        # False until the deployment is loaded (a frontend following Redis: its first sync); until
+        # then queries get NotReady, never UnknownApp.
+        self.ready = config.start_ready
         self._next_query_id = 0
         self.aggregate = metrics.meter(metric_names.AGGREGATE_THROUGHPUT)
         self.aggregate_count = metrics.counter(metric_names.AGGREGATE_NUM_PREDICTIONS)

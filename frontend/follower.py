@@ -107,6 +107,8 @@ async def _follow_once(frontend: StateSink, redis_url: str, stop: asyncio.Event,
         keys = _KeySync(frontend, store)
         await _reload(frontend, store, "initial sync")
         await keys.reload()
+        if hasattr(frontend, "set_ready"):
+            frontend.set_ready()
         synced()
         while not stop.is_set():
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_S)

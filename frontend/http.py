@@ -19,7 +19,7 @@ from frontend.admission import validate_items
 from schooner import defaults
 from schooner.cli import add_pid_header
 from schooner.protocol import ALLOWED_DTYPES, short
-from schooner.errors import BadInput, Overloaded, SchoonerError, UnknownApp, error_body
+from schooner.errors import BadInput, NotReady, Overloaded, SchoonerError, UnknownApp, error_body
 from frontend.dispatch import Route
 from frontend.metrics import clipper_strings
 from frontend.prometheus import Exposition, RegistryCollector
@@ -56,7 +56,7 @@ def error_response(err: SchoonerError) -> web.Response:
     """The JSON error response for ``err``, with Retry-After when overloaded."""
     headers = None
     body = error_body(err.code, str(err))
-    if isinstance(err, Overloaded):
+    if isinstance(err, (Overloaded, NotReady)):
         # The header takes whole seconds; the body says how long the queue ahead needs, to the ms.
         headers = {"Retry-After": str(max(1, math.ceil(err.retry_after_s)))}
         body["retry_after_s"] = round(err.retry_after_s, 3)
@@ -257,6 +257,8 @@ class HttpApi:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/metrics/prometheus", self.prometheus)
         app.router.add_get("/health", self.health)
+        app.router.add_get("/health/live", self.live)
+        app.router.add_get("/health/ready", self.ready)
         app.router.add_get("/replicas", self.replicas)
         app.on_response_prepare.append(add_pid_header)
         return app
@@ -314,6 +316,8 @@ class HttpApi:
         return query, batch
 
     def _route(self, name: str) -> Route:
+        if not self.fe.dispatcher.ready:
+            raise NotReady("the frontend has not loaded its apps and models yet", self.fe.config.retry_after_s)
         route = self.fe.dispatcher.routes.get(name)
         if route is None:
             raise UnknownApp(f"no app named {short(name)}")
@@ -348,11 +352,23 @@ class HttpApi:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def health(self, request: web.Request) -> web.Response:
-        """GET /health: up, with counts of apps, models and live replicas."""
+        """GET /health: up, with counts of apps, models and live replicas, and whether it is ready."""
         fe = self.fe
         live = [r for r in fe.replicas() if r.state.live]
-        return json_response({"status": "ok", "apps": len(fe.state.apps), "models": len(fe.state.models),
-                                  "live_replicas": len(live)})
+        return json_response({"status": "ok", "ready": fe.dispatcher.ready, "apps": len(fe.state.apps),
+                              "models": len(fe.state.models), "live_replicas": len(live)})
+
+    async def live(self, request: web.Request) -> web.Response:
+        """GET /health/live: 200 while the process serves HTTP (a liveness probe)."""
+        return json_response({"status": "live"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        """GET /health/ready: 200 once the apps and models are loaded (until then predict answers 503
+        ``not_ready``), else 503 with Retry-After (a readiness probe)."""
+        if self.fe.dispatcher.ready:
+            return json_response({"status": "ready", "apps": len(self.fe.state.apps)})
+        return json_response({"status": "not_ready"}, status=503,
+                             headers={"Retry-After": str(max(1, math.ceil(self.fe.config.retry_after_s)))})
 
     async def replicas(self, request: web.Request) -> web.Response:
         """GET /replicas: every replica's ReplicaInfo plus its model's queue depth."""

@@ -10,7 +10,7 @@ from schooner import protocol
 from frontend.admission import nbytes, split_items, validate_items
 from frontend.config import FrontendConfig
 from frontend.dispatch import Dispatcher
-from schooner.errors import BadInput, NoModel, Overloaded, ProtocolError, SchoonerError, UnknownApp
+from schooner.errors import BadInput, NoModel, NotReady, Overloaded, ProtocolError, SchoonerError, UnknownApp
 from schooner.protocol import ErrorCode, MsgType, short
 from frontend.badmsg import BadMessages
 from frontend.queries import Query
@@ -46,7 +46,7 @@ class ClientIngress:
         for frames in burst:
             try:
                 self._handle(frames, now)
-            except Overloaded as err:
+            except (Overloaded, NotReady) as err:
                 self.send(error_frames(err, self._id_of(frames), frames[0], err.retry_after_s))
             except (ProtocolError, BadInput) as err:
                 self.bad.note(logging.INFO, "client %r sent a bad message: %s", frames[0].bytes, err)
@@ -75,6 +75,8 @@ class ClientIngress:
             self._not_a_query(frames[0], hdr)
             return
         request_id = hdr.get("id")
+        if not self.dispatcher.ready:
+            raise NotReady("the frontend has not loaded its apps and models yet", self.config.retry_after_s)
         app = hdr.get("app")
         route = self.dispatcher.routes.get(app) if app.__class__ is str else None
         if route is None:

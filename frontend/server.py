@@ -132,6 +132,12 @@ class Frontend:
         log.info("CURVE on: replica port%s (server key %s)", " and client port" if cfg.client_curve else "",
                  pair.public)
 
+    def set_ready(self) -> None:
+        """The deployment is loaded: serve queries (and answer /health/ready 200)."""
+        if not self.dispatcher.ready:
+            log.info("frontend ready: %d apps, %d model versions", len(self.state.apps), len(self.state.models))
+        self.dispatcher.ready = True
+
     def set_replica_keys(self, keys: dict[str, str]) -> None:
         """The CURVE public keys replicas may connect with: z85 key -> replica id (the manager's records)."""
         if self.auth is not None:

@@ -161,10 +161,7 @@ def up(args: argparse.Namespace) -> int:
         print(json.dumps(shown, indent=2), flush=True)
         log.info("schooner is up; Ctrl-C (or `schooner down`) stops it")
         while not stop.wait(1.0):
-            for name, proc in (("frontend", stack.frontend), ("management", stack.management)):
-                if proc is not None and proc.poll() is not None:
-                    log.error("%s exited with %s (see %s); stopping", name, proc.returncode, stack.log_dir)
-                    return 1
+            stack.supervise()  # a dead frontend, management service or Redis is restarted (logged)
         return 0
     finally:
         stack.stop()

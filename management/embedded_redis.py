@@ -152,6 +152,11 @@ class EmbeddedRedis:
         """The server's process id while it runs."""
         return self._proc.pid if self._proc is not None else None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit status of a server that exited, None while it runs."""
+        return self._proc.poll() if self._proc is not None else None
+
     def running(self) -> bool:
         """Whether the server process is alive."""
         return self._proc is not None and self._proc.poll() is None

@@ -15,6 +15,8 @@ from schooner.types import SERVING_REPLICA_STATES, ReplicaState
 
 log = logging.getLogger(__name__)
 
+_GONE = frozenset({"dead", "stopped"})
+
 SERVING = frozenset(s.value for s in SERVING_REPLICA_STATES)
 
 
@@ -65,7 +67,15 @@ class FrontendView:
             log.debug("frontend GET %s/replicas failed: %s", url, err)
             return None
         rows = body.get("replicas", []) if isinstance(body, dict) else body
-        return {row["replica_id"]: row for row in rows if isinstance(row, dict) and "replica_id" in row}
+        out: dict[str, dict] = {}
+        for row in rows:
+            if not isinstance(row, dict) or "replica_id" not in row:
+                continue
+            old = out.get(row["replica_id"])
+            # A replica that registered again is listed twice: its live registration is the one that counts.
+            if old is None or old.get("state") in _GONE or row.get("state") not in _GONE:
+                out[row["replica_id"]] = row
+        return out
 
     async def close(self) -> None:
         """Close the HTTP session (a later :meth:`rows` opens a new one)."""

@@ -31,6 +31,8 @@ from management.frontend_client import SERVING, FrontendView, merge, public, wal
 
 log = logging.getLogger(__name__)
 
+_FIRST_HELLO_S = 15.0  # a start younger than this may not have registered yet (containers: no comparable pid)
+
 # Where a replica runs, as a backend on many hosts reports it (Ray): kept in the record beside ``node``.
 _PLACEMENT_KEYS = ("node_id", "node_ip", "node_cpus", "actor_pid")
 
@@ -67,6 +69,9 @@ class ReplicaManager:
         self.failed_after_starts = failed_after_starts
         self.pending_s = defaults.PENDING_SCALE_S
         self.keys = keys  # set: every replica gets its own CURVE key pair (management/keys.py)
+        # A replica the frontend shows dead this long while its process runs (SIGSTOP, wedged) is replaced.
+        self.dead_grace_s = 2 * reconcile_interval_s
+        self._dead_since: dict[str, float] = {}
         self.host = socket.gethostname()
         self._lock = asyncio.Lock()
         self._health: dict[str, Health] = {}
@@ -304,6 +309,13 @@ class ReplicaManager:
             rid = record.replica_id
             proc = running.get(rid)
             row = view.get(rid)
+            if proc is not None and proc.alive and self._hung(record, row, now):
+                # Its process runs but the frontend declared it dead (no heartbeat: stopped, wedged):
+                # kill it, so the restart below replaces it on the same cores.
+                log.warning("replica %s runs but the frontend has seen it dead for %.1f s; replacing it", rid,
+                            now - self._dead_since.pop(rid))
+                await asyncio.to_thread(self.backend.stop, rid, 1.0)
+                proc = None
             if proc is not None and proc.alive:
                 if row and row.get("state") in SERVING and rid in self._health:
                     self._health[rid].served = True
@@ -424,6 +436,20 @@ class ReplicaManager:
             except (StoreUnavailable, TypeError):
                 pass
         return ",".join(dict.fromkeys(addresses))
+
+    def _hung(self, record: ReplicaRecord, row: dict | None, now: float) -> bool:
+        """Whether the frontend has shown this start of the replica dead for longer than the grace period."""
+        rid = record.replica_id
+        health = self._health.get(rid)
+        # A dead row of an earlier start (another pid; or, where pids are not comparable, one seen
+        # before this start could have registered) is not about the process running now.
+        stale = (row is not None and record.pid and row.get("pid") and row.get("pid") != record.pid) or (
+            not record.pid and health is not None and now - health.started_at < _FIRST_HELLO_S)
+        if not row or row.get("state") != ReplicaState.DEAD.value or stale:
+            self._dead_since.pop(rid, None)
+            return False
+        since = self._dead_since.setdefault(rid, now)
+        return now - since >= self.dead_grace_s
 
     async def _refresh(self, record: ReplicaRecord, row: dict | None, proc: Any = None) -> None:
         """Copy the frontend's state and heartbeat, and where the backend says it runs, when they changed."""

@@ -32,6 +32,7 @@ from schooner.urls import redact
 from schooner.types import BACKENDS
 from management import admin_token as admin_token_mod
 from management.embedded_redis import EmbeddedRedis, free_port
+from management.supervisor import StateDirLock, Supervisor, ports_in_use
 from management.errors import ManagementError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
 _MANAGEMENT_STOP_S = 45.0  # the management service drains every replica before it exits
 _PROCESS_STOP_S = 15.0
+_RESTART_TIMEOUT_S = 60.0  # a restarted frontend or management service must answer within this
 _START_ATTEMPTS = 2  # free ports are picked before binding: retry once if one was taken meanwhile
 
 
@@ -93,6 +95,8 @@ class Stack:
         self._redis: EmbeddedRedis | None = None
         self.frontend: subprocess.Popen | None = None
         self.management: subprocess.Popen | None = None
+        self.supervisor: Supervisor | None = None
+        self._lock: StateDirLock | None = None
         self._started = False
 
     # -- addresses ---------------------------------------------------------------------------
@@ -145,6 +149,19 @@ class Stack:
         """Start Redis, the frontend and the management service; wait until each answers."""
         if self._started:
             return self
+        # Alone on the state dir and the ports, checked before anything starts: a second
+        # `schooner up` must not touch (nor, on its way out, stop) a running deployment.
+        lock = StateDirLock(self.state_dir)
+        try:
+            lock.acquire()
+        except RuntimeError as err:
+            raise StackError(str(err)) from None
+        busy = ports_in_use(self.host, self._requested)
+        if busy:
+            lock.release()
+            raise StackError(f"port{'s' if len(busy) > 1 else ''} {', '.join(busy)} on {self.host} already in use "
+                             "(another schooner up?); stop it or choose other ports")
+        self._lock = lock
         self._started = True
         atexit.register(self.stop)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -167,18 +184,41 @@ class Stack:
         except BaseException:
             self.stop()
             raise
+        self._watch()
         log.info("stack up: %s", {k: redact(v) for k, v in self.addresses().items()})
         return self
+
+    def _watch(self) -> None:
+        sup = self.supervisor = Supervisor()
+        if self._redis is not None:
+            redis_server = self._redis
+            sup.watch("redis", redis_server.running, redis_server.start,
+                      lambda: redis_server.returncode)
+        sup.watch("frontend", lambda: self.frontend is not None and self.frontend.poll() is None,
+                  lambda: self._start_frontend(time.monotonic() + _RESTART_TIMEOUT_S),
+                  lambda: self.frontend.returncode if self.frontend else None)
+        sup.watch("management", lambda: self.management is not None and self.management.poll() is None,
+                  lambda: self._start_management(time.monotonic() + _RESTART_TIMEOUT_S),
+                  lambda: self.management.returncode if self.management else None)
+
+    def supervise(self) -> None:
+        """Restart whichever of Redis, the frontend and the management service died (with backoff)."""
+        if self.supervisor is not None:
+            self.supervisor.check()
 
     def stop(self) -> None:
         """Stop management (and its replicas), frontend, Redis, in that order; idempotent."""
         atexit.unregister(self.stop)
+        self.supervisor = None
         self._stop_processes()
         if self._redis is not None:
             self._redis.stop()
             self._redis = None
         if self._own_state_dir and self.state_dir.exists() and os.environ.get("SCHOONER_KEEP_STATE") != "1":
             shutil.rmtree(self.state_dir, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
         self._started = False
 
     def __enter__(self) -> Stack:
@@ -243,7 +283,7 @@ class Stack:
         if self.heartbeat_timeout_s is not None:
             args += ["--heartbeat-timeout-s", str(self.heartbeat_timeout_s)]
         self.frontend = self._spawn("frontend", args, self.frontend_cpus)
-        self._wait_http(self.frontend, "frontend", f"{self.frontend_http_url}/health", deadline)
+        self._wait_http(self.frontend, "frontend", f"{self.frontend_http_url}/health/ready", deadline)
 
     def _start_management(self, deadline: float) -> None:
         args = ["--host", self.host, "--port", str(self._ports["management"]),

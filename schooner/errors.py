@@ -25,6 +25,7 @@ class ErrorCode(str, enum.Enum):
     REPLICA_LOST = "replica_lost"
     PROTOCOL_ERROR = "protocol_error"
     SHUTTING_DOWN = "shutting_down"
+    NOT_READY = "not_ready"  # the frontend has not loaded its apps and models yet (503 + Retry-After)
     INTERNAL = "internal"
     TIMEOUT = "timeout"  # raised by the client library, never sent
     # management REST API
@@ -81,6 +82,14 @@ class ReplicaLost(SchoonerError):
 
 class ShuttingDown(SchoonerError):
     """The frontend is stopping and did not run this query."""
+
+
+class NotReady(SchoonerError):
+    """The frontend has not loaded its apps and models yet; retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class QueryTimeout(SchoonerError, TimeoutError):
@@ -144,6 +153,7 @@ ERROR_TABLE: dict[ErrorCode, tuple[int, type[Exception]]] = {
     ErrorCode.REPLICA_LOST: (502, ReplicaLost),
     ErrorCode.PROTOCOL_ERROR: (400, ProtocolError),
     ErrorCode.SHUTTING_DOWN: (503, ShuttingDown),
+    ErrorCode.NOT_READY: (503, NotReady),  # with Retry-After
     ErrorCode.INTERNAL: (500, SchoonerError),
     ErrorCode.TIMEOUT: (504, QueryTimeout),
     ErrorCode.BAD_REQUEST: (400, BadRequest),
