@@ -76,14 +76,14 @@ def test_stack_serves_queries_and_stop_leaves_no_process_behind(tmp_path):
 
 
 def test_stack_start_failure_cleans_up_and_names_the_process(tmp_path):
-    # Hold the frontend's HTTP port: the frontend cannot bind it and exits.
+    # Hold the frontend's HTTP port: refused before anything starts, naming the port.
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
         stack = Stack(state_dir=tmp_path / "state", http_port=port, client_port=_free(),
                       replica_port=_free(), management_port=_free())
-        with pytest.raises(StackError, match="frontend"):
+        with pytest.raises(StackError, match=f"http {port} on 127.0.0.1 already in use"):
             stack.start(timeout_s=60)
     assert stack.frontend is None and stack.management is None and stack._redis is None
 
