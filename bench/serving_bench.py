@@ -6,7 +6,9 @@ concurrency 1 (p50/p99), throughput at saturation (pipelined ZMQ client,
 concurrent HTTP client), and the frontend's CPU seconds per query at saturation
 (psutil cpu_times delta of the frontend process / queries).
 
-    python bench/serving_bench.py [--queries 20000] [--concurrency 256]
+    python bench/serving_bench.py [--queries 20000] [--concurrency 256] [--curve]
+
+``--curve`` runs the replica link and the client port over CurveZMQ (what CURVE costs per query).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import requests
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from schooner import defaults  # noqa: E402
+from schooner import curve, defaults  # noqa: E402
 from frontend.client import Client  # noqa: E402
 from management.embedded_redis import free_port  # noqa: E402
 
@@ -70,14 +72,23 @@ def start(args: argparse.Namespace, tmp: str) -> tuple[subprocess.Popen, subproc
     with open(path, "w") as fh:
         json.dump(state, fh)
     env = dict(os.environ, PYTHONPATH=ROOT)
+    fe_args, rep_env, server_key = [], dict(env), ""
+    if args.curve:  # CURVE on the replica link and the client port (docs/LIMITS.md)
+        server = curve.load_or_create(os.path.join(tmp, "frontend.key_secret"))
+        replica = curve.KeyPair.generate()
+        key_file = curve.write_key_file(os.path.join(tmp, "bench.key_secret"), replica)
+        fe_args = ["--curve-secret-file", os.path.join(tmp, "frontend.key_secret"), "--client-curve",
+                   "--curve-replica-key", f"bench={replica.public}"]
+        rep_env.update({curve.ENV_SECRET_FILE: str(key_file), curve.ENV_SERVER_KEY: server.public})
+        server_key = server.public
     fe = subprocess.Popen([sys.executable, "-m", "frontend", "--config", path, "--client-port", str(ports["client"]),
                            "--replica-port", str(ports["replica"]), "--http-port", str(ports["http"]),
-                           "--spin-us", str(args.frontend_spin_us), "--log-level", "WARNING"],
+                           "--spin-us", str(args.frontend_spin_us), "--log-level", "WARNING", *fe_args],
                           cwd=ROOT, env=env, preexec_fn=_pin(args.frontend_cpu))
     rep = subprocess.Popen([sys.executable, "-m", "containers.replica", "--model", "noop", "--frontend",
                             f"tcp://127.0.0.1:{ports['replica']}", "--cpus", str(args.replica_cpu),
                             "--name", "noop", "--version", "1", "--replica-id", "bench", "--input-type", "floats",
-                            "--spin-us", str(args.replica_spin_us), "--log-level", "WARNING"], cwd=ROOT, env=env)
+                            "--spin-us", str(args.replica_spin_us), "--log-level", "WARNING"], cwd=ROOT, env=rep_env)
     base = f"http://127.0.0.1:{ports['http']}"
     try:
         wait_live(base)
@@ -86,12 +97,12 @@ def start(args: argparse.Namespace, tmp: str) -> tuple[subprocess.Popen, subproc
             proc.kill()
             proc.wait()
         raise
-    return fe, rep, {"client": f"tcp://127.0.0.1:{ports['client']}", "http": base}
+    return fe, rep, {"client": f"tcp://127.0.0.1:{ports['client']}", "http": base, "server_key": server_key}
 
 
-def zmq_sequential(address: str, n: int, spin_us: int, fe: psutil.Process) -> dict:
+def zmq_sequential(address: str, n: int, spin_us: int, fe: psutil.Process, server_key: str = "") -> dict:
     x = np.ones(8, np.float32)
-    with Client(address, timeout_s=30, spin_us=spin_us) as client:
+    with Client(address, timeout_s=30, spin_us=spin_us, server_key=server_key) as client:
         for _ in range(200):
             client.predict("bench", x)
         lat = []
@@ -119,9 +130,9 @@ def http_sequential(base: str, n: int) -> dict:
     return _percentiles(lat)
 
 
-def zmq_saturation(address: str, fe: psutil.Process, n: int, concurrency: int) -> dict:
+def zmq_saturation(address: str, fe: psutil.Process, n: int, concurrency: int, server_key: str = "") -> dict:
     inputs = [np.ones(8, np.float32)] * n
-    with Client(address, timeout_s=60) as client:
+    with Client(address, timeout_s=60, server_key=server_key) as client:
         client.predict_many("bench", inputs[:2000], concurrency=concurrency)
         cpu0 = fe.cpu_times()
         t0 = time.perf_counter()
@@ -177,6 +188,7 @@ def main() -> None:
     p.add_argument("--frontend-spin-us", type=int, default=defaults.FRONTEND_SPIN_US)
     p.add_argument("--replica-spin-us", type=int, default=defaults.REPLICA_SPIN_US)
     p.add_argument("--client-spin-us", type=int, default=defaults.CLIENT_SPIN_US)
+    p.add_argument("--curve", action="store_true", help="CURVE on the replica link and the client port")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         fe, rep, addr = start(args, tmp)
@@ -188,12 +200,15 @@ def main() -> None:
                 "setup": {"model": "noop", "replicas": 1, "frontend_cpu": args.frontend_cpu,
                           "replica_cpu": args.replica_cpu, "client_cpu": args.client_cpu,
                           "cpus": os.cpu_count(), "frontend_spin_us": args.frontend_spin_us,
-                          "replica_spin_us": args.replica_spin_us, "client_spin_us": args.client_spin_us},
+                          "replica_spin_us": args.replica_spin_us, "client_spin_us": args.client_spin_us,
+                          "curve": args.curve},
                 "latency_notes": ("c=1 breakdown: python bench/latency_breakdown.py; measured stages, the "
                                   "chosen spin defaults and why: docs/ARCHITECTURE.md, section Latency"),
-                "zmq_concurrency_1": zmq_sequential(addr["client"], args.sequential, args.client_spin_us, proc),
+                "zmq_concurrency_1": zmq_sequential(addr["client"], args.sequential, args.client_spin_us, proc,
+                                                    addr["server_key"]),
                 "http_concurrency_1": http_sequential(addr["http"], max(200, args.sequential // 4)),
-                "zmq_saturation": zmq_saturation(addr["client"], proc, args.queries, args.concurrency),
+                "zmq_saturation": zmq_saturation(addr["client"], proc, args.queries, args.concurrency,
+                                                 addr["server_key"]),
                 "http_saturation": http_saturation(addr["http"], proc, args.http_queries, args.http_concurrency),
             }
             out["batch_size"] = next(e["model:noop:1:batch_size"] for e in

@@ -10,7 +10,7 @@ import signal
 
 import zmq.asyncio
 
-from schooner import defaults
+from schooner import curve, defaults
 from schooner.cli import add_version, run_listening, setup_logging
 from frontend.config import FrontendConfig, load_state_file
 from frontend.server import Frontend
@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-timeout-s", type=float, help="a batch in flight longer marks its replica dead")
     p.add_argument("--curve-secret-file", help="the frontend's CURVE key pair file: replicas must hold a key the "
                                                 "manager registered (SCHOONER_FRONTEND_CURVE_SECRET_FILE)")
+    p.add_argument("--curve-replica-key", action="append", default=[], metavar="REPLICA_ID=PUBLIC_KEY",
+                   help="admit this replica key (repeatable; public keys; for a frontend without Redis)")
     p.add_argument("--client-curve", action="store_true", default=None,
                    help="CURVE on the client port too (clients need the frontend's public key)")
     p.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key)")
@@ -82,7 +84,8 @@ def build_config(args: argparse.Namespace) -> FrontendConfig:
     )
 
 
-async def run(config: FrontendConfig, config_file: str | None, redis_url: str | None) -> None:
+async def run(config: FrontendConfig, config_file: str | None, redis_url: str | None,
+              replica_keys: list[str] = ()) -> None:
     """Serve until SIGINT/SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -94,6 +97,10 @@ async def run(config: FrontendConfig, config_file: str | None, redis_url: str | 
     if config_file:
         fe.apply_state(load_state_file(config_file))
     await fe.start()
+    for item in replica_keys:
+        rid, _, key = item.partition("=")
+        if fe.auth is not None:
+            fe.auth.add_replica_key(curve.check_public_key(key.strip(), "--curve-replica-key"), rid.strip())
     follower = announcer = None
     if redis_url:
         from frontend import announce, follower as follower_mod  # only the Redis-backed deployment needs them
@@ -131,9 +138,9 @@ def main(argv: list[str] | None = None) -> None:
         except ImportError:
             pass
         else:
-            run_listening("schooner-frontend", uvloop.run, run(config, config_file, redis_url))
+            run_listening("schooner-frontend", uvloop.run, run(config, config_file, redis_url, args.curve_replica_key))
             return
-    run_listening("schooner-frontend", asyncio.run, run(config, config_file, redis_url))
+    run_listening("schooner-frontend", asyncio.run, run(config, config_file, redis_url, args.curve_replica_key))
 
 
 if __name__ == "__main__":

@@ -76,8 +76,10 @@ def split_items(meta: Any, frames: Sequence[Any], max_items: int) -> tuple[list,
 
 
 def _check_dtype(input_type: InputType, dtype: Any) -> bool:
-    # Allow-list lookup only: a dtype string from a peer is never parsed by numpy.
-    return ALLOWED_DTYPES.get(dtype) == input_type.dtype if dtype.__class__ is str else False
+    # Allow-list lookup only: a dtype string from a peer is never parsed by numpy. (Not `get() ==`:
+    # numpy reads `None == dtype` as dtype(None), float64, so an unknown dtype passed for doubles.)
+    dt = ALLOWED_DTYPES.get(dtype) if dtype.__class__ is str else None
+    return dt is not None and dt == input_type.dtype
 
 
 def _elements(shape: list[int]) -> int:

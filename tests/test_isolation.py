@@ -79,6 +79,8 @@ def _poison(i: int) -> list:
                         "items": {"list": [["a", "x" * 100_000, [4]]]}}), b"\0" * 16],  # long dtype
         [msgpack.packb({"v": 1, "type": "query", "id": -i, "app": "app", "items": ["nope"]})],
         [msgpack.packb({"v": 1, "type": "query", "id": -i, "app": ["not", "a", "name"], "items": {}})],
+        [msgpack.packb({"v": 1, "type": "query", "id": -i, "app": "dbl",  # an unknown dtype, for doubles
+                        "items": {"list": [["a", "<!8", [1]]]}}), b"\0" * 8],
         [msgpack.packb({"v": 1, "type": "query", "id": -i, "app": "app",
                         "items": {"list": [["a", "<f4", [2] * 40]]}}), b"\0" * 16],  # too many dims
         [msgpack.packb({"v": 1, "type": "query", "id": -i, "app": "app",
@@ -236,3 +238,21 @@ def test_bad_messages_are_counted(frontend, dealer):
     sock.send_multipart([b"\xc1"])
     sock.recv_multipart()
     wait_for(lambda: count() == before + 1, 10, "the bad message counted")
+
+
+def test_unknown_dtype_is_refused_and_costs_its_batch_neighbours_nothing(frontend, dealer):
+    # Found by bench/fuzz_bench.py: numpy reads `None == dtype('<f8')` as true, so an unknown
+    # dtype passed for a doubles app, reached the replica, and failed the whole batch.
+    sock = dealer()
+    n = 100
+    for i in range(1, n + 1):
+        meta, frames = protocol.encode_items([np.full(2, i, dtype=np.float64)])
+        sock.send_multipart(protocol.query(i, "dbl", meta, frames))
+        sock.send_multipart([msgpack.packb({"v": 1, "type": "query", "id": -i, "app": "dbl",
+                                            "items": {"list": [["a", "<!8", [1]]]}}), b"\0" * 8])
+    codes = {}
+    for _ in range(2 * n):
+        hdr, _ = protocol.unpack(sock.recv_multipart())
+        codes[hdr["id"]] = hdr.get("code", hdr["type"])
+    assert all(codes[i] == "reply" for i in range(1, n + 1)), codes
+    assert all(codes[-i] == "bad_input" for i in range(1, n + 1)), codes
