@@ -270,6 +270,11 @@ class Replica:
             if link is not None and len(self._links) > 1:
                 log.info("frontend %s is also linked as %s; closing this link", link.frontend, address)
                 self._close_link(poller, link)
+                for kept in self._links.values():
+                    if kept.frontend == link.frontend:
+                        # Register again on the link kept, so the frontend's entry for this replica is the
+                        # kept link's (the closed one may have registered last).
+                        kept.registered, kept.last_hello = False, -float("inf")
         self._duplicates.clear()
         for address in sorted(self._listed - set(self._links) - self._aliases):
             self._open_link(poller, address, seed=False, now=now)

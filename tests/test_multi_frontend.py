@@ -111,14 +111,13 @@ def test_two_names_for_one_frontend_make_one_link(two_frontends, procs):
     first, second = two_frontends
     port = first.replica_address.rsplit(":", 1)[1]
     procs.append(start_replica(f"{first.replica_address},tcp://localhost:{port}", "noop", replica_id="dup"))
-    first.wait_ready(1)
-    second.wait_ready(1)
 
     def live_entries() -> int:
         return sum(1 for r in first.call(first.fe.replicas)
                    if r.replica_id == "dup" and r.state.value in ("ready", "busy"))
     # Both names register at first; the replica then closes the second link to the same frontend.
-    wait_for(lambda: live_entries() == 1, 20, "one live entry for the replica")
+    wait_for(lambda: live_entries() == 1, 60, "one live entry for the replica")
+    second.wait_ready(1)
     time.sleep(1.5)
     assert live_entries() == 1
     with Client(first.client_address, timeout_s=30) as client:
