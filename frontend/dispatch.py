@@ -223,6 +223,11 @@ class Dispatcher:
         if not free:  # no live replica: nothing to predict from; it waits for one
             return False
         ahead = mq.queued()
+        if ahead == 0 and free[0] <= now:
+            # Nothing ahead and a replica idle: no queueing to shed for. Were the model alone too slow
+            # for the objective, shedding here would stop every batch and the curve could never learn
+            # that it has become fast again; the query is sent (and defaulted at dispatch if hopeless).
+            return False
         start, finish, pos = predict_finish(now, ahead, n, free, mq.controller.target, mq.curve.upper,
                                             mq.arrivals.rate(now))
         deadline = query.deadline

@@ -283,3 +283,37 @@ def test_shed_query_over_http_is_429_with_retry_after_from_the_queue():
     assert resp.headers["Retry-After"] == "1"  # whole seconds, never 0
     assert json.loads(resp.body)["retry_after_s"] == 0.25
     assert error_response(Overloaded("overloaded: ...", 2.2)).headers["Retry-After"] == "3"
+
+
+def test_an_idle_model_is_never_shed_for_so_its_curve_keeps_learning():
+    # The curve says a batch takes 1 s (the machine stalled), far over the 100 ms objective. With a
+    # replica idle and nothing queued the query is still sent: shedding it too would stop every
+    # batch, and the curve could never learn that the model is fast again. Behind it, queries shed.
+    import time
+
+    from frontend.config import FrontendConfig
+    from frontend.dispatch import Dispatcher
+    from frontend.metrics import MetricsRegistry
+    from schooner import protocol
+    from schooner.errors import Overloaded
+    from schooner.types import AppSpec, DeploymentState, ModelSpec
+    from test_batching_core import FakeLoop, _query
+
+    d = Dispatcher(FrontendConfig(client_port=0, replica_port=0, http_port=None), MetricsRegistry())
+    sent: list = []
+    d.attach(FakeLoop(), sent.append)
+    d.sync(DeploymentState(apps={"a": AppSpec("a", "floats", latency_slo_micros=100_000)},
+                           models={("m", "1"): ModelSpec("m", "1", "floats", batch_size=1)},
+                           links={"a": ["m"]}, current_versions={"m": "1"}))
+    hdr, _ = protocol.unpack(protocol.hello("r1", "m", "1", "floats", None, 0, "", "", [], None))
+    replica, _ = d.pool.register(b"r1", hdr, time.monotonic())
+    d.replica_free(replica)
+    route = d.routes["a"]
+    route.queue.curve.observe(1, 1.0)
+    item = (["a", "<f4", [4]], b"\0" * 16)
+    now = time.monotonic()
+    d.submit(route, _query(route.app, now), [item[0]], [item[1]], now)
+    d.pump_dirty()
+    assert len(sent) == 1 and len(route.queue.in_flight) == 1  # sent, not shed
+    with pytest.raises(Overloaded):
+        d.submit(route, _query(route.app, now), [item[0]], [item[1]], now)
