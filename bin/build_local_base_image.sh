@@ -4,12 +4,23 @@
 # Idempotent: does nothing when the image already exists (pass --force to rebuild).
 set -euo pipefail
 
+#
+# --minimal builds schooner/base-debian-min instead: python3, numpy, pyzmq and
+# msgpack only (no scikit-learn/scipy), the base of the numpy-only replica image
+# and of the control-plane image (bin/build_docker_images.sh --control).
 IMAGE="${SCHOONER_BASE_IMAGE:-schooner/base-debian}"
 SUITE="${SCHOONER_DEBIAN_SUITE:-bookworm}"
 MIRROR="${SCHOONER_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 PACKAGES="python3,python3-numpy,python3-zmq,python3-cffi-backend,python3-msgpack,python3-sklearn,python3-pip,ca-certificates"
 FORCE=0
-[[ "${1:-}" == "--force" ]] && FORCE=1
+for arg in "$@"; do
+    case "$arg" in
+        --force) FORCE=1 ;;
+        --minimal) IMAGE="${SCHOONER_MIN_BASE_IMAGE:-schooner/base-debian-min}"
+                   PACKAGES="python3,python3-numpy,python3-zmq,python3-cffi-backend,python3-msgpack,python3-pip,ca-certificates" ;;
+        *) echo "unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
 
 if [[ $FORCE -eq 0 ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
     echo "$IMAGE already exists; skipping (use --force to rebuild)"
