@@ -11,9 +11,10 @@
 #   --base IMAGE      base image (default $SCHOONER_BASE_IMAGE or python:3.11-slim); with no
 #                     registry, build schooner/base-debian first (bin/build_local_base_image.sh)
 #                     and pass --base schooner/base-debian
-#   --min-base IMAGE  base of the numpy-only replica image and of the control image (default
-#                     schooner/base-debian-min when it exists: bin/build_local_base_image.sh
-#                     --minimal; else --base)
+#   --min-base IMAGE  base of the control image (default schooner/base-debian-min when it
+#                     exists: bin/build_local_base_image.sh --minimal; else --base)
+#   --slim-replica    build the numpy-only replica image on the --min-base too (198 MB
+#                     instead of 709 MB on schooner/base-debian)
 # The build context is a staged copy of only what a replica needs (the shared core
 # package schooner/ and the containers package), so builds are small and the
 # engine's layer cache makes an unchanged rebuild take seconds. Builds use the host
@@ -23,6 +24,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BASE="${SCHOONER_BASE_IMAGE:-python:3.11-slim}"
 MIN_BASE=""
+SLIM=0
 TORCH=0
 CONTROL=0
 CLASSIC=1
@@ -36,6 +38,7 @@ while [[ $# -gt 0 ]]; do
         --min-base) MIN_BASE="$2"; shift 2 ;;
         --torch) TORCH=1; shift ;;
         --control) CONTROL=1; shift ;;
+        --slim-replica) SLIM=1; shift ;;
         --no-classic) CLASSIC=0; shift ;;
         --no-lightgbm) LIGHTGBM=0; shift ;;
         --no-cache) CACHE=(--no-cache); shift ;;
@@ -89,7 +92,7 @@ stage_wheels() {
     done
 }
 
-build schooner/replica Dockerfile.base "$MIN_BASE"
+if [[ $SLIM -eq 1 ]]; then build schooner/replica Dockerfile.base "$MIN_BASE"; else build schooner/replica Dockerfile.base "$BASE"; fi
 if [[ $CLASSIC -eq 1 ]]; then
     [[ $LIGHTGBM -eq 1 ]] && stage_wheels lightgbm narwhals  # lightgbm and its one dependency Debian lacks
     build schooner/replica-classic Dockerfile.classic "$BASE" --build-arg "WITH_LIGHTGBM=$LIGHTGBM"
