@@ -88,7 +88,10 @@ def start(args: argparse.Namespace, tmp: str) -> tuple[subprocess.Popen, subproc
     rep = subprocess.Popen([sys.executable, "-m", "containers.replica", "--model", "noop", "--frontend",
                             f"tcp://127.0.0.1:{ports['replica']}", "--cpus", str(args.replica_cpu),
                             "--name", "noop", "--version", "1", "--replica-id", "bench", "--input-type", "floats",
-                            "--spin-us", str(args.replica_spin_us), "--log-level", "WARNING"], cwd=ROOT, env=rep_env)
+                            "--spin-us", str(args.replica_spin_us), "--log-level", "WARNING",
+                            # As the manager would say: its core is its own unless the frontend or client is there.
+                            "--owns-cores", "no" if args.replica_cpu in (args.frontend_cpu, args.client_cpu) else "yes"],
+                           cwd=ROOT, env=rep_env)
     base = f"http://127.0.0.1:{ports['http']}"
     try:
         wait_live(base)
