@@ -47,7 +47,7 @@ WORKLOADS = {
     "W2": {"model": "elastic-net", "input_type": "floats", "width": 4096, "batch_size": -1, "max_batch_size": 32,
            "wait_micros": 5000},
 }
-SLO_MICROS = 1_000_000  # no query should get a default output in these runs
+SLO_MICROS = 30_000_000  # no default outputs, no admission refusals (429) even on a loaded machine
 
 _WRK_SCRIPT = """
 wrk.method = "POST"
