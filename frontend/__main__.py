@@ -7,6 +7,7 @@ import dataclasses
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 
 import zmq.asyncio
 
@@ -85,7 +86,7 @@ def build_config(args: argparse.Namespace) -> FrontendConfig:
 
 
 async def run(config: FrontendConfig, config_file: str | None, redis_url: str | None,
-              replica_keys: list[str] = ()) -> None:
+              replica_keys: Sequence[str] = ()) -> None:
     """Serve until SIGINT/SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

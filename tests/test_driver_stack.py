@@ -145,7 +145,9 @@ def test_replicas_run_on_the_core_the_driver_left_free(sleep_sweep):
 
 def test_sweep_plots_are_pngs(sleep_sweep):
     pngs = sorted(sleep_sweep["out"].glob("*.png"))
-    assert {p.name.split("-")[0] for p in pngs} >= {"batch", "replicas", "cdf"}
+    kinds = {p.name.split("-")[0] for p in pngs}
+    # The sweep varied the batch size only: no plot against replicas (one x value says nothing).
+    assert kinds >= {"batch", "cdf"} and "replicas" not in kinds
     for p in pngs:
         data = p.read_bytes()
         assert data[:8] == PNG_SIGNATURE and len(data) > 5_000
@@ -158,7 +160,7 @@ def test_report_redraws_from_the_saved_directory(sleep_sweep):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "[slo] run 1:" in proc.stdout and "qps/core" in proc.stdout
-    assert {p.name.split("-")[0] for p in sleep_sweep["out"].glob("*.png")} >= {"batch", "replicas", "cdf"}
+    assert {p.name.split("-")[0] for p in sleep_sweep["out"].glob("*.png")} >= {"batch", "cdf"}
 
 
 @pytest.fixture
