@@ -81,6 +81,19 @@ def _numbers_only(body: bytes, input_type: InputType) -> bool:
     return input_type in _FLOAT_TYPES and body.translate(None, _NUMBER_BYTES) in _NUMBERS_ONLY
 
 
+def _check_dims(arr: np.ndarray, field: str) -> None:
+    if arr.ndim > defaults.MAX_ARRAY_DIMS:
+        raise BadInput(f"field {field!r} has {arr.ndim} dimensions, more than the limit of "
+                       f"{defaults.MAX_ARRAY_DIMS}")
+
+
+def _check_finite(arr: np.ndarray, input_type: InputType, field: str) -> None:
+    """JSON has no infinities (orjson refuses them): an infinite value is an overflow of the cast."""
+    if arr.size and not np.isfinite(arr).all():
+        raise BadInput(f"field {field!r} holds a value outside the range of {input_type.value} "
+                       f"(±{float(np.finfo(arr.dtype).max):.4g})")
+
+
 def _to_item(value: Any, input_type: InputType, field: str, numbers: bool = False) -> tuple[list, Any]:
     """One JSON input as a wire item (meta, payload); BadInput names the field.
 
@@ -95,12 +108,8 @@ def _to_item(value: Any, input_type: InputType, field: str, numbers: bool = Fals
             raise BadInput(f"field {field!r} must be a rectangular list of numbers") from None
         except RuntimeWarning:  # warnings as errors (tests): numpy's overflow warning
             arr = np.full(1, np.inf, dtype=input_type.dtype)
-        if arr.ndim > defaults.MAX_ARRAY_DIMS:
-            raise BadInput(f"field {field!r} has {arr.ndim} dimensions, more than the limit of "
-                           f"{defaults.MAX_ARRAY_DIMS}")
-        if arr.size and not np.isfinite(arr).all():  # JSON has no infinities: an overflow of the cast
-            raise BadInput(f"field {field!r} holds a value outside the range of {input_type.value} "
-                           f"(±{float(np.finfo(arr.dtype).max):.4g})")
+        _check_dims(arr, field)
+        _check_finite(arr, input_type, field)
         return ["a", arr.dtype.str, list(arr.shape)], arr
     if input_type is InputType.STRINGS:
         if not isinstance(value, str):
@@ -123,9 +132,7 @@ def _to_item(value: Any, input_type: InputType, field: str, numbers: bool = Fals
     if arr.size and arr.dtype.kind not in kinds:
         what = "integers" if input_type is InputType.INTS else "numbers"
         raise BadInput(f"field {field!r} must hold only {what} within the range of {input_type.value}")
-    if arr.ndim > defaults.MAX_ARRAY_DIMS:
-        raise BadInput(f"field {field!r} has {arr.ndim} dimensions, more than the limit of "
-                       f"{defaults.MAX_ARRAY_DIMS}")
+    _check_dims(arr, field)
     if arr.dtype != input_type.dtype:
         bounds = _INT_RANGE.get(input_type)
         if bounds is not None and arr.size and (arr.min() < bounds[0] or arr.max() > bounds[1]):
@@ -135,10 +142,8 @@ def _to_item(value: Any, input_type: InputType, field: str, numbers: bool = Fals
             arr = arr.astype(input_type.dtype)  # not under np.errstate: entering one cost more than the cast
         except RuntimeWarning:  # warnings as errors (tests): numpy's overflow warning
             arr = np.full(1, np.inf, dtype=input_type.dtype)
-        # JSON has no infinities (orjson refuses them): an infinite value is an overflow of the cast.
-        if arr.size and arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise BadInput(f"field {field!r} holds a value outside the range of {input_type.value} "
-                           f"(±{float(np.finfo(arr.dtype).max):.4g})")
+        if arr.dtype.kind == "f":
+            _check_finite(arr, input_type, field)
     # The array itself is the payload (no tobytes copy): ZMQ sends its buffer.
     return ["a", arr.dtype.str, list(arr.shape)], arr
 
