@@ -450,6 +450,7 @@ class Replica:
         if not isinstance(batch_id, int):
             self._send(sock, protocol.error(ErrorCode.PROTOCOL_ERROR, "PREDICT needs an integer batch_id"))
             return
+        started = time.monotonic()
         try:
             inputs = protocol.decode_items(hdr.get("items"), payload)
         except ProtocolError as err:
@@ -460,13 +461,13 @@ class Replica:
             return
         self._busy = True
         try:
-            self._send(sock, self._answer(batch_id, inputs))
+            self._send(sock, self._answer(batch_id, inputs, started))
         finally:
             self._busy = False
         self.batches_done += 1
 
-    def _answer(self, batch_id: int, inputs: list) -> list:
-        """RESULT frames for a batch, or ERROR model_error."""
+    def _answer(self, batch_id: int, inputs: list, started: float) -> list:
+        """RESULT frames for a batch (with the seconds since ``started``), or ERROR model_error."""
         n = len(inputs)
         try:
             outputs = self.model.predict(inputs)
@@ -477,7 +478,7 @@ class Replica:
         except Exception as err:  # the model's own errors, whatever their type
             log.warning("batch %d failed: %s: %s", batch_id, type(err).__name__, err)
             return protocol.error(ErrorCode.MODEL_ERROR, f"{type(err).__name__}: {err}", batch_id=batch_id)
-        return protocol.result(batch_id, meta, frames)
+        return protocol.result(batch_id, meta, frames, time.monotonic() - started)
 
     def _hello(self) -> list:
         try:

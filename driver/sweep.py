@@ -65,11 +65,17 @@ class NodeConfig:
 
 
 def plan(spec: SweepSpec, levels: list[LoadLevel | None] | None = None, saturate: bool = False) -> list[NodeConfig]:
-    """Every configuration, ordered so replicas change least often (batching and load vary fastest)."""
+    """Every configuration, ordered so replicas change least often (batching and load vary fastest).
+
+    Without load levels given, the concurrency depends on the replica count only (sized
+    for the sweep's largest batch), so every batch size of a replica count sees the
+    same load and their goodputs compare.
+    """
     out = []
+    sizes = [ADAPTIVE_BATCH_GUESS if BatchSize.parse(b).adaptive else b for b in spec.batch_sizes]
     for p, r, b, level in itertools.product(spec.cpus_per_replica, spec.num_replicas, spec.batch_sizes,
                                             levels if levels is not None else spec.load_levels):
-        load = level or LoadLevel.closed(auto_concurrency(r, b, saturate))
+        load = level or LoadLevel.closed(auto_concurrency(r, max(sizes), saturate))
         out.append(NodeConfig(spec.model, b, r, p, spec.model_cpus, spec.model_gpus, spec.slo_ms, load,
                               spec.model_opts))
     return out

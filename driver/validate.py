@@ -144,7 +144,10 @@ def build_spec(args, machine: Machine) -> SweepSpec:
     for p in args.cpus_per_replica_nums:
         if p < 1:
             raise ImpossibleSweep(f"bad cpus per replica {p}: must be >= 1")
-    model_cpus = sorted(set(args.model_cpus)) if args.model_cpus else machine.default_model_cpus()
+    # The driver's and frontend's cores go last: a replica is placed there only when the others are taken.
+    reserved = set(machine.reserved_cpus())
+    model_cpus = (sorted(set(args.model_cpus), key=lambda c: (c in reserved, c)) if args.model_cpus
+                  else machine.default_model_cpus())
     missing = [c for c in model_cpus if c not in machine.usable_cpus]
     if missing:
         raise ImpossibleSweep(

@@ -142,6 +142,45 @@ class LatencyCurve:
         return self.seconds(n) + 2.0 * self.noise_s
 
 
+class OverheadFloor:
+    """The least per-batch overhead seen lately: round-trip time a replica did not spend on its batch.
+
+    A batch's latency is the replica's service time (which it reports) plus
+    transport and the frontend's own delay in reading the RESULT. That delay
+    grows while the frontend works through a flood of messages (a burst of bad
+    input, say), and a curve that learnt it would shed good queries for the
+    flood's sake. The least overhead over ``window_s`` is what every batch pays
+    anyway; a window (not all time) follows a lasting change, such as a slower
+    network. A sliding-window minimum: O(1) amortised per batch.
+    """
+
+    def __init__(self, window_s: float = defaults.OVERHEAD_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._mins: collections.deque[tuple[float, float]] = collections.deque()  # (time, overhead), rising
+
+    def observe(self, now: float, overhead_s: float) -> float:
+        """Record one batch's overhead at ``now``; the least overhead within the window, this one included."""
+        mins = self._mins
+        overhead_s = max(0.0, overhead_s)
+        while mins and mins[-1][1] >= overhead_s:
+            mins.pop()
+        mins.append((now, overhead_s))
+        horizon = now - self.window_s
+        while mins[0][0] < horizon:
+            mins.popleft()
+        return mins[0][1]
+
+
+def learnt_latency(floor: OverheadFloor, now: float, latency_s: float, service_s: float | None) -> float:
+    """What a batch teaches the latency curve: its service time plus the overhead floor.
+
+    Without a service time (a replica that does not report one) it is the latency as seen.
+    """
+    if service_s is None or not 0.0 <= service_s <= latency_s:
+        return latency_s
+    return service_s + floor.observe(now, latency_s - service_s)
+
+
 class ArrivalMeter:
     """Arrival rate of items, with exponential forgetting, and the rate while the model is busy.
 
@@ -381,6 +420,7 @@ class ModelQueue:
         self.target_gauge = metrics.gauge(prefix + names.MODEL_BATCH_SIZE_TARGET)
         self.target_gauge.set(self.controller.target)
         self.curve = LatencyCurve()
+        self.overhead = OverheadFloor()
         self.arrivals = ArrivalMeter()
         self.in_flight: dict[int, Any] = {}  # batch_id -> Batch, kept by the Dispatcher
         self.cache = PredictionCache(spec.cache_size_bytes) if spec.cache_enabled else None

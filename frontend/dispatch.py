@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from schooner import defaults, metric_names, protocol
 from frontend.admission import predict_finish
-from frontend.batching import FireReason, ModelQueue, fire_reason, should_wait
+from frontend.batching import FireReason, ModelQueue, fire_reason, learnt_latency, should_wait
 from frontend.cache import PredictionCache, cache_key
 from frontend.config import FrontendConfig
 from schooner.errors import NoModel, Overloaded, ProtocolError, ReplicaLost, SchoonerError
@@ -405,8 +405,13 @@ class Dispatcher:
             mq.idle.append(replica)
             self._dirty.add(mq)
 
-    def complete_batch(self, batch: Batch, metas: list, outputs: list, now: float) -> None:
-        """Hand a finished batch's outputs to their queries (in order) and learn from its latency."""
+    def complete_batch(self, batch: Batch, metas: list, outputs: list, now: float,
+                       service_s: float | None = None) -> None:
+        """Hand a finished batch's outputs to their queries (in order) and learn from its latency.
+
+        ``service_s`` is the replica's own time on the batch, when it says: the
+        curve learns that plus the least overhead seen lately (:func:`learnt_latency`).
+        """
         mq, entries = batch.queue, batch.entries
         mq.in_flight.pop(batch.batch_id, None)
         n = len(entries)
@@ -424,7 +429,7 @@ class Dispatcher:
         mq.num_predictions.inc(n)
         self.aggregate.mark(n)
         self.aggregate_count.inc(n)
-        mq.curve.observe(n, latency_s)
+        mq.curve.observe(n, learnt_latency(mq.overhead, now, latency_s, service_s))
         mq.note_busy(now)
         mq.retune(now)
 

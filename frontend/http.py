@@ -378,10 +378,14 @@ class HttpApi:
     async def replicas(self, request: web.Request) -> web.Response:
         """GET /replicas: every replica's ReplicaInfo plus its model's queue depth."""
         out = []
+        depths: dict[tuple[str, str], int] = {}  # counted once per model version, not once per replica
         for info in self.fe.replicas():
             row = dataclasses.asdict(info)
             row["input_type"] = info.input_type.value
             row["state"] = info.state.value
-            row["queue_depth"] = self.fe.queue_depth(info.model_name, info.model_version)
+            key = (info.model_name, info.model_version)
+            if key not in depths:
+                depths[key] = self.fe.queue_depth(*key)
+            row["queue_depth"] = depths[key]
             out.append(row)
         return json_response(out)

@@ -178,7 +178,9 @@ class ReplicaEvents:
             self.dispatcher.fail_batch(batch, ModelError(
                 f"replica {replica.info.replica_id} sent malformed outputs: {err}"), now)
         else:
-            self.dispatcher.complete_batch(batch, metas, outputs, now)
+            service_us = hdr.get("service_us")
+            service_s = service_us * 1e-6 if service_us.__class__ is int and service_us >= 0 else None
+            self.dispatcher.complete_batch(batch, metas, outputs, now, service_s)
         finally:
             self.dispatcher.replica_free(replica)
 

@@ -1,7 +1,7 @@
 """ZeroMQ ROUTER endpoints driven by the asyncio loop, in bursts.
 
 Each endpoint is a plain (non-async) socket whose file descriptor is watched
-with ``loop.add_reader``. On readiness it drains up to ``MAX_BURST`` messages
+with ``loop.add_reader``. On readiness it drains up to ``MAX_BURST`` messages (``MAX_BURST_FRAMES`` frames)
 with ``NOBLOCK`` until ``EAGAIN``, hands the whole burst to its handler, then
 flushes every reply queued meanwhile. This avoids a future per message, which
 is most of the cost of ``zmq.asyncio`` sockets on the hot path.
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 _EVENTS = int(zmq.EVENTS)  # plain ints: pyzmq's enum conversions cost more than the call itself
 _POLLIN = int(zmq.POLLIN)
 MAX_BURST = 512  # messages handled per drain, so one busy socket cannot starve the other
+MAX_BURST_FRAMES = 4096  # and frames: a burst of many-item messages ends early, so RESULTs are read on time
 SNDHWM = 100_000  # outgoing messages buffered per peer before a send would block
 SPIN_BUDGET_FACTOR = 4  # one spin (extended by each message it catches) lasts at most this many windows
 DROP_LOG_INTERVAL_S = 5.0  # under overload, one line per this long says how many messages were dropped
@@ -189,9 +190,12 @@ class RouterEndpoint:
         """Handle one burst and flush; whether any message was received."""
         burst: list[list[zmq.Frame]] = []
         sock = self.sock
+        frames = 0
         try:
-            while len(burst) < MAX_BURST:
-                burst.append(recv_frames(sock))
+            while len(burst) < MAX_BURST and frames < MAX_BURST_FRAMES:
+                msg = recv_frames(sock)
+                burst.append(msg)
+                frames += len(msg)
         except zmq.Again:
             pass
         if burst:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 from management.errors import AllocationError
 from schooner.topology import detect_gpus, online_cpus
@@ -103,19 +103,21 @@ class CpuAllocator:
 
     def allocate(self, n_replicas: int, cpus_per_replica: int, pool: Sequence[int] | None = None,
                  gpus: Sequence[int] | None = None, *, owner: str = "", keep: Iterable[Placement] = (),
-                 share: bool = False) -> list[Placement]:
+                 share: bool = False, avoid: Collection[int] = ()) -> list[Placement]:
         """Placements for ``n_replicas`` new replicas of ``owner``, disjoint from ``keep``.
 
         ``keep`` are the placements of the owner's replicas that stay; the request is
         validated for the total (kept + new), before anything starts. Cores held by
         other owners are avoided; if the pool has too few free cores the request is
         refused, unless ``share`` (the pool was not chosen by the user), in which case
-        the least-shared cores are used and a warning is logged.
+        the least-shared cores are used and a warning is logged. Cores in ``avoid``
+        (the frontend's) are used last: only when the pool's other cores are taken.
+        Otherwise cores go in pool order.
         """
         kept = list(keep)
         pool_list, gpu_list = self.check(n_replicas + len(kept), cpus_per_replica, pool, gpus)
         taken = {c for p in kept for c in p.cpus}
-        free_pool = [c for c in pool_list if c not in taken]
+        free_pool = sorted((c for c in pool_list if c not in taken), key=lambda c: c in avoid)  # stable
         others = self.in_use(exclude_owner=owner)
         need = n_replicas * cpus_per_replica
         uncontended = [c for c in free_pool if c not in others]
@@ -123,7 +125,7 @@ class CpuAllocator:
             chosen = uncontended[:need]
         elif share:
             # Fewest other holders first, then pool order: spreads the overlap evenly.
-            ranked = sorted(free_pool, key=lambda c: (len(others.get(c, [])), pool_list.index(c)))
+            ranked = sorted(free_pool, key=lambda c: (len(others.get(c, [])), c in avoid, pool_list.index(c)))
             chosen = sorted(ranked[:need], key=pool_list.index)
             log.warning("cpus %s are shared with other models (%s): too few free cores in %s",
                         [c for c in chosen if c in others],

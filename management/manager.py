@@ -286,7 +286,7 @@ class ReplicaManager:
         try:
             new = self.allocator.allocate(n - len(keep), per, pool, gpus, owner=owner,
                                           keep=[Placement(list(r.cpus), r.gpu) for r in keep],
-                                          share=not explicit)
+                                          share=not explicit, avoid=self.frontend_cpus)
         except AllocationError:
             for r in stop:  # nothing changes: give the cores back
                 self.allocator.claim(r.replica_id, owner, Placement(list(r.cpus), r.gpu))

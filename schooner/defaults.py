@@ -36,6 +36,7 @@ BATCH_WAIT_TIMEOUT_MICROS = 0
 MAX_QUEUE_SIZE = 10_000
 LATENCY_EWMA_WEIGHT = 0.1  # weight of the newest batch in the per-size latency estimate
 LATENCY_RECENCY = 0.9  # weight of a batch size in the latency curve's fit, per batch since it was last seen
+OVERHEAD_WINDOW_S = 10.0  # a batch's overhead beyond the replica's service time: the least seen in this window
 ARRIVAL_HORIZON_S = 0.5  # the arrival rate forgets with this time constant
 SLO_MARGIN_FRACTION = 0.10  # the controller plans for this much less than the objective (noise, overheads)
 CAPACITY_HEADROOM_FRACTION = 0.20  # a batch cap counts as keeping up when its capacity is this much over the load

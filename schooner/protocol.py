@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from typing import Any, Sequence, TypedDict, Union
+from typing import Any, NotRequired, Sequence, TypedDict, Union
 
 import msgpack
 import numpy as np
@@ -108,12 +108,17 @@ class PredictHeader(TypedDict):
 
 
 class ResultHeader(TypedDict):
-    """RESULT: the outputs of a batch, in input order."""
+    """RESULT: the outputs of a batch, in input order.
+
+    ``service_us``: microseconds the replica spent on the batch (PREDICT received
+    to RESULT sent), so the frontend can tell the model's cost from its own delays.
+    """
 
     v: int
     type: str
     batch_id: int
     items: dict
+    service_us: NotRequired[int]
 
 
 class QueryHeader(TypedDict):
@@ -286,9 +291,12 @@ def _stack(metas: list, payload: Sequence[FrameLike]) -> tuple[dict, list[FrameL
     return meta, [b"".join(payload)]  # type: ignore[arg-type]  # zmq.Frame is a buffer too
 
 
-def result(batch_id: int, items: dict, payload: Sequence[FrameLike]) -> list[FrameLike]:
-    """RESULT frames: a batch's outputs (``items`` from :func:`encode_items`)."""
+def result(batch_id: int, items: dict, payload: Sequence[FrameLike],
+           service_s: float | None = None) -> list[FrameLike]:
+    """RESULT frames: a batch's outputs (``items`` from :func:`encode_items`), and its service time."""
     hdr: ResultHeader = {"v": PROTOCOL_VERSION, "type": "result", "batch_id": batch_id, "items": items}
+    if service_s is not None:
+        hdr["service_us"] = max(0, int(service_s * 1e6))
     return _frames(None, hdr, payload)
 
 

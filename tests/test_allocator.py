@@ -104,3 +104,12 @@ def test_other_models_cores_are_avoided_then_refused_unless_sharing():
     alloc.release("a1")
     alloc.release("a2")
     assert alloc.in_use() == {}
+
+
+def test_the_frontends_cores_are_used_last():
+    alloc = CpuAllocator(available=[0, 1, 2])
+    assert alloc.allocate(1, 1, pool=[0, 1], avoid=[0])[0].cpus == [1]  # `-c 0 1`, frontend on 0
+    assert [p.cpus for p in alloc.allocate(2, 1, pool=[0, 1], avoid=[0])] == [[1], [0]]  # all of them: both
+    alloc.claim("a1", "a:1", Placement([2]))
+    shared = alloc.allocate(2, 1, pool=[0, 2], owner="b:1", share=True, avoid=[0])
+    assert sorted(c for p in shared for c in p.cpus) == [0, 2]

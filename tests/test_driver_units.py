@@ -107,7 +107,15 @@ def test_plan_orders_configs_with_batching_varying_fastest():
     cfgs = plan(spec)
     assert [(c.num_replicas, c.batch_size) for c in cfgs] == [(1, 1), (1, 4), (2, 1), (2, 4)]
     assert all(c.load.kind is LoadKind.CLOSED for c in cfgs)
-    assert cfgs[3].load.concurrency == auto_concurrency(2, 4) == 16
+    # The load is held fixed across batch sizes (sized for the largest), so their goodputs compare.
+    assert [c.load.concurrency for c in cfgs] == [auto_concurrency(1, 4)] * 2 + [auto_concurrency(2, 4)] * 2
+    assert auto_concurrency(2, 4) == 16
+
+
+def test_replicas_go_on_the_driver_and_frontend_cores_last():
+    # -c 0 1 with the driver and frontend on core 0: a one-replica configuration gets core 1.
+    spec = build_spec(args("-m", "sleep", "-c", "0", "1"), Machine(usable_cpus=(0, 1), driver_cpus=(0,)))
+    assert spec.model_cpus == [1, 0] and spec.frontend_cpus == [0]
 
 
 def test_steady_needs_three_windows_within_ten_percent():
@@ -245,7 +253,7 @@ def test_report_on_an_empty_dir_exits_2(tmp_path):
 
 @pytest.mark.parametrize("mode, extra, expected", [
     ("latency", [], [1, 1]),
-    ("throughput", ["-b", "1", "16"], [32, 64]),
+    ("throughput", ["-b", "1", "16"], [64, 64]),
     ("concurrent_inference", [], [1, 2, 4, 8, 16, 32] * 2),
     ("concurrent_inference", ["--concurrency", "3", "5"], [3, 5, 3, 5]),
 ])

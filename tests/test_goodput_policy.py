@@ -13,7 +13,8 @@ import random
 import pytest
 
 from frontend.admission import predict_finish
-from frontend.batching import ArrivalMeter, BatchSizeController, LatencyCurve, should_wait
+from frontend.batching import (ArrivalMeter, BatchSizeController, LatencyCurve, OverheadFloor, learnt_latency,
+                               should_wait)
 
 
 def sleep_curve(a_s: float, b_s: float):
@@ -63,6 +64,39 @@ def test_curve_follows_a_step_in_cost_at_the_size_in_use():
     for _ in range(15):
         curve.observe(32, 2 * cost(32))  # the model got twice as slow
     assert curve.seconds(32) == pytest.approx(2 * cost(32), rel=0.05)
+
+
+def test_overhead_floor_is_the_least_overhead_in_its_window():
+    floor = OverheadFloor(window_s=10.0)
+    assert floor.observe(0.0, 0.003) == 0.003
+    assert floor.observe(1.0, 0.001) == 0.001
+    assert floor.observe(2.0, 0.200) == 0.001  # a late read is not what every batch pays
+    assert floor.observe(10.5, 0.004) == 0.001
+    assert floor.observe(11.5, 0.004) == 0.004  # the 1 ms one left the window: a lasting change is taken
+    assert floor.observe(12.0, -1.0) == 0.0  # clocks apart: never negative
+
+
+def test_a_flood_that_delays_results_does_not_teach_the_curve_a_slow_model():
+    # A noop model (1 ms a batch of 8, 0.2 ms round trip). Then for 5 s the frontend works through a
+    # flood of bad messages and reads every RESULT 50 ms late. The replica's own time says the model
+    # did not change; a query behind 700 others, with 20 s to go, must not be shed for the flood.
+    seen, learnt, t = LatencyCurve(), LatencyCurve(), 0.0
+    floor = OverheadFloor()
+    for _ in range(50):
+        t += 0.01
+        seen.observe(8, 0.0012)
+        learnt.observe(8, learnt_latency(floor, t, 0.0012, 0.001))
+    for _ in range(100):
+        t += 0.05
+        seen.observe(8, 0.051)
+        learnt.observe(8, learnt_latency(floor, t, 0.051, 0.001))
+    assert learnt.seconds(8) == pytest.approx(0.0012, rel=0.05)
+    assert seen.seconds(8) > 20 * learnt.seconds(8)  # what the round trip alone would have taught
+    _, finish, _ = predict_finish(t, 700, 1, [t], 8, learnt.upper, 0.0)
+    assert finish - t < 0.2
+    # A replica that reports no service time: the latency as seen, as before.
+    assert learnt_latency(floor, t, 0.051, None) == 0.051
+    assert learnt_latency(floor, t, 0.051, 0.9) == 0.051  # a service time longer than the round trip is wrong
 
 
 # ---- controller -------------------------------------------------------------------------------

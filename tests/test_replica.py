@@ -145,6 +145,15 @@ def test_predict_returns_one_output_per_input_in_order(spawn, router):
     assert [float(o[0]) for o in outputs] == [0.0, 2.0, 4.0, 6.0, 8.0]
 
 
+def test_result_reports_the_replicas_own_time_on_the_batch(spawn, router):
+    start_registered(spawn, router, "--model", "sleep", "--model-opts", '{"a_ms": 30, "b_ms": 10}')
+    t0 = time.monotonic()
+    router.predict(3, np.zeros((2, 4), dtype=np.float32))
+    hdr, _ = router.recv()
+    round_trip_us = (time.monotonic() - t0) * 1e6
+    assert hdr["type"] == "result" and 50_000 <= hdr["service_us"] <= round_trip_us  # 30 + 10·2 ms
+
+
 def test_string_inputs_get_string_outputs(spawn, router):
     start_registered(spawn, router, "--model", "noop", "--input-type", "strings")
     router.predict(1, ["a", "bb", "ccc"])
