@@ -131,7 +131,7 @@ class _Link:
     """The replica's connection to one frontend: its data socket and registration state."""
 
     __slots__ = ("address", "sock", "seed", "registered", "last_hello", "last_heard", "next_heartbeat",
-                 "frontend")
+                 "frontend", "empty_at")
 
     def __init__(self, address: str, sock: zmq.Socket, seed: bool, now: float) -> None:
         self.address = address
@@ -142,6 +142,7 @@ class _Link:
         self.last_heard = now
         self.next_heartbeat = -float("inf")
         self.frontend = ""  # the frontend's own address, as its WELCOME names it
+        self.empty_at = now  # when this link was last seen with nothing to read (a PREDICT came after)
 
 
 class Replica:
@@ -364,21 +365,29 @@ class Replica:
             if draining:
                 wait_s = min(wait_s, DRAIN_GRACE_S)
             events = dict(poller.poll(max(0.0, min(wait_s, self._interval_s)) * 1000))
+            # Every link was empty when the last round ended and the poll watched them since: whatever
+            # is pending arrived just now. (A PREDICT's wait behind other frontends' batches is counted
+            # from its link's empty_at, so the frontend learns what the batch really cost it.)
+            polled = time.monotonic()
+            links = list(self._links.values())
+            for link in links:
+                link.empty_at = polled
             if self._wake_r.fileno() in events:
                 self._drain_wake()
             # Read until every socket is empty, one message per link in turn; a batch runs right here, on
             # the thread that owns the sockets. After a batch the spin policy may keep polling a while
             # (containers/spin.py): the next PREDICT usually follows within a round trip, and taking it
             # while this core is still awake skips a sleep and a wakeup (tens of µs each way on a VM).
-            links = list(self._links.values())
             while True:
                 got = False
                 turn += 1
+                round_at = time.monotonic()
                 for i in range(len(links)):
                     link = links[(turn + i) % len(links)]
                     try:
                         frames = recv_frames(link.sock)
                     except zmq.Again:
+                        link.empty_at = round_at
                         continue
                     got = True
                     if spin_until:  # the spin found work
@@ -416,7 +425,7 @@ class Replica:
             return registered, False
         kind = hdr["type"]
         if kind == "predict":
-            self._run_batch(sock, hdr, payload)
+            self._run_batch(sock, hdr, payload, link.empty_at)
             return True, True
         if kind == "heartbeat":
             self._learn(hdr)
@@ -444,13 +453,17 @@ class Replica:
         if isinstance(timeout, (int, float)) and timeout > 0:
             self._timeout_s = float(timeout)
 
-    def _run_batch(self, sock: zmq.Socket, hdr: dict, payload: list) -> None:
-        """Run one PREDICT inline and send its RESULT (or ERROR)."""
+    def _run_batch(self, sock: zmq.Socket, hdr: dict, payload: list, arrived_after: float) -> None:
+        """Run one PREDICT inline and send its RESULT (or ERROR).
+
+        The RESULT's service time counts from ``arrived_after`` (the PREDICT came
+        later): the batch's own time plus, at most, its wait behind other links' batches.
+        """
         batch_id = hdr.get("batch_id")
         if not isinstance(batch_id, int):
             self._send(sock, protocol.error(ErrorCode.PROTOCOL_ERROR, "PREDICT needs an integer batch_id"))
             return
-        started = time.monotonic()
+        started = arrived_after
         try:
             inputs = protocol.decode_items(hdr.get("items"), payload)
         except ProtocolError as err:

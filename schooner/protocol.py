@@ -110,8 +110,10 @@ class PredictHeader(TypedDict):
 class ResultHeader(TypedDict):
     """RESULT: the outputs of a batch, in input order.
 
-    ``service_us``: microseconds the replica spent on the batch (PREDICT received
-    to RESULT sent), so the frontend can tell the model's cost from its own delays.
+    ``service_us``: microseconds the batch cost at the replica, from when its
+    PREDICT could have arrived (the link was last seen empty) to RESULT sent:
+    the model's time plus any wait behind other frontends' batches. With it the
+    frontend tells what a batch costs from its own delay in reading the RESULT.
     """
 
     v: int

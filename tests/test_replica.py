@@ -154,6 +154,26 @@ def test_result_reports_the_replicas_own_time_on_the_batch(spawn, router):
     assert hdr["type"] == "result" and 50_000 <= hdr["service_us"] <= round_trip_us  # 30 + 10·2 ms
 
 
+def test_service_time_counts_the_wait_behind_another_frontends_batch(spawn, router):
+    # Two frontends send a batch at once; the replica runs one, then the other. The second
+    # one's service time holds its wait: what that frontend's batch really cost it.
+    ctx = zmq.Context()
+    other = Router(ctx)
+    try:
+        spawn("--frontend", router.address, "--model", "sleep", "--model-opts", '{"a_ms": 200, "b_ms": 0}')
+        assert router.recv()[0]["type"] == "hello"
+        router.welcome(frontends=[router.address, other.address], frontend=router.address)
+        assert other.recv()[0]["type"] == "hello"
+        other.welcome(frontends=[router.address, other.address], frontend=other.address)
+        time.sleep(0.3)  # both links registered and idle
+        router.predict(1, [np.zeros(2, dtype=np.float32)])
+        other.predict(2, [np.zeros(2, dtype=np.float32)])
+        served = sorted([router.recv()[0]["service_us"], other.recv()[0]["service_us"]])
+        assert 190_000 <= served[0] < 300_000 and served[1] >= 380_000, served
+    finally:
+        ctx.destroy(linger=0)
+
+
 def test_string_inputs_get_string_outputs(spawn, router):
     start_registered(spawn, router, "--model", "noop", "--input-type", "strings")
     router.predict(1, ["a", "bb", "ccc"])
