@@ -46,6 +46,9 @@ APP = "ray-app"
 def cluster():
     """A Ray head and two worker nodes, each with 2 CPUs."""
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's unix socket paths live under it
+    # Cluster() also writes the head's address to ray_current_cluster in Ray's default temp folder (not
+    # temp_dir), and fails when that folder does not exist yet, as on a fresh machine.
+    os.makedirs(os.path.join(os.environ.get("RAY_TMPDIR", "/tmp"), "ray"), exist_ok=True)
     c = ray_cluster_utils.Cluster(initialize_head=True, head_node_args={
         **NODE_ARGS, "include_dashboard": False, "_system_config": SYSTEM_CONFIG, "temp_dir": temp_dir})
     try:
