@@ -23,7 +23,10 @@ class DeadlineWheel:
 
     Every query of an app has the same objective, so deadlines arrive in FIFO
     order: a deque, and a timer armed for the head. Answered queries leave the
-    deque lazily, when the timer reaches them.
+    deque from its head, when the next query is added or the timer fires, so
+    the deque holds (about) the queries still unanswered, not every query of
+    the last objective's worth of time (with a 30 s objective at 1,500 q/s,
+    45,000 answered queries and their outputs).
     """
 
     __slots__ = ("queries", "handle")
@@ -34,7 +37,10 @@ class DeadlineWheel:
 
     def add(self, query: Query, loop: Any) -> None:
         """Expire ``query`` at its deadline unless it is answered first."""
-        self.queries.append(query)
+        queries = self.queries
+        while queries and queries[0].done:
+            queries.popleft()
+        queries.append(query)
         if self.handle is None:
             self.handle = loop.call_at(query.deadline, self._fire, loop)
 

@@ -197,6 +197,22 @@ def test_deadline_wheel_expires_queries_in_order_with_one_timer():
     assert not wheel.queries and wheel.handle is None
 
 
+def test_answered_queries_leave_the_deadline_wheel_without_waiting_for_their_deadline():
+    # A 30 s objective and every query answered at once: the wheel must not hold 30 s of answered
+    # queries (and their outputs) until the timer reaches them.
+    loop, app, answers = FakeLoop(), _app(slo_micros=30_000_000), []
+    wheel = DeadlineWheel()
+    for i in range(10_000):
+        q = _query(app, arrival=i * 1e-3, answers=answers)
+        wheel.add(q, loop)
+        q.set_output(0, ["s", None, None], b"real")
+    assert len(wheel.queries) == 1 and len(answers) == 10_000
+    slow = _query(app, arrival=10.0, answers=answers)
+    wheel.add(slow, loop)  # one still waiting: it and what comes after it are kept
+    loop.advance(45.0)
+    assert slow.done and slow.defaults == [True]
+
+
 # -- validators -------------------------------------------------------------------------------------
 
 def test_a_stacked_batch_splits_into_zero_copy_slices():
