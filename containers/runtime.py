@@ -131,7 +131,7 @@ class _Link:
     """The replica's connection to one frontend: its data socket and registration state."""
 
     __slots__ = ("address", "sock", "seed", "registered", "last_hello", "last_heard", "next_heartbeat",
-                 "frontend", "empty_at")
+                 "frontend", "empty_at", "done_at")
 
     def __init__(self, address: str, sock: zmq.Socket, seed: bool, now: float) -> None:
         self.address = address
@@ -143,6 +143,7 @@ class _Link:
         self.next_heartbeat = -float("inf")
         self.frontend = ""  # the frontend's own address, as its WELCOME names it
         self.empty_at = now  # when this link was last seen with nothing to read (a PREDICT came after)
+        self.done_at = now  # when this link's last batch ended (a PREDICT pipelined behind it waited for it)
 
 
 class Replica:
@@ -396,7 +397,7 @@ class Replica:
                     link.last_heard = time.monotonic()
                     link.registered, ran = self._handle(link, frames)
                     if ran:
-                        last_activity = time.monotonic()
+                        last_activity = link.done_at = time.monotonic()
                         window = spin.after_batch()
                         if window:
                             spin_until, late = clock_ns() + window, False
@@ -425,7 +426,8 @@ class Replica:
             return registered, False
         kind = hdr["type"]
         if kind == "predict":
-            self._run_batch(sock, hdr, payload, link.empty_at)
+            # Its wait behind this frontend's own previous batch (pipelined) is not the batch's cost.
+            self._run_batch(sock, hdr, payload, max(link.empty_at, link.done_at))
             return True, True
         if kind == "heartbeat":
             self._learn(hdr)

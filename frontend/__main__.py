@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (with --tls-key)")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--spin-us", type=int, help="busy-poll window after a burst, µs (0 = off)")
+    p.add_argument("--pipeline-depth", type=int,
+                   help=f"batches in flight to one replica (default {defaults.PIPELINE_DEPTH}; 1 = one at a time)")
     p.add_argument("--advertise-host", help="host others reach this frontend by, announced in Redis "
                                             "(default: --host, or this machine's address for 0.0.0.0)")
     p.add_argument("--frontend-id", help="this frontend's id in Redis's frontend directory")
@@ -75,6 +77,7 @@ def build_config(args: argparse.Namespace) -> FrontendConfig:
                                              defaults.HEARTBEAT_TIMEOUT_S, float),
         batch_timeout_s=defaults.resolve(args.batch_timeout_s, "batch_timeout_s", defaults.BATCH_TIMEOUT_S, float),
         spin_us=defaults.resolve(args.spin_us, "spin_us", defaults.FRONTEND_SPIN_US, int),
+        pipeline_depth=defaults.resolve(args.pipeline_depth, "pipeline_depth", defaults.PIPELINE_DEPTH, int),
         curve_secret_file=defaults.resolve(args.curve_secret_file, "frontend_curve_secret_file", ""),
         client_curve=defaults.resolve(args.client_curve, "client_curve", False,
                                       lambda v: v.lower() in ("1", "yes", "true", "on")),

@@ -432,7 +432,7 @@ class ModelQueue:
     def live_replicas(self) -> int:
         """Replicas of this version that hold a batch or are idle and ready for one."""
         idle = sum(1 for r in self.idle if r.idle)
-        return len(self.in_flight) + idle
+        return len({b.replica for b in self.in_flight.values()}) + idle
 
     def busy(self) -> bool:
         """Whether queries are queued or a batch is in flight."""
@@ -452,9 +452,18 @@ class ModelQueue:
         return ctl.target
 
     def free_times(self, now: float) -> list[float]:
-        """When each live replica is expected to be free for the next batch, soonest first."""
+        """When each live replica is expected to be free for the next batch, soonest first.
+
+        A replica's batches run one after the other (in the order sent, which
+        ``in_flight`` keeps): it is free when the last one is expected to end.
+        """
         upper = self.curve.upper
-        times = [max(now, b.sent_at + upper(len(b.entries))) for b in self.in_flight.values()]
+        free: dict[Any, float] = {}
+        for b in self.in_flight.values():
+            start = b.sent_at
+            prev = free.get(b.replica)
+            free[b.replica] = (start if prev is None or prev < start else prev) + upper(len(b.entries))
+        times = [t if t > now else now for t in free.values()]
         times.extend(now for r in self.idle if r.idle)
         times.sort()
         return times

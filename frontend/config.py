@@ -40,6 +40,9 @@ class FrontendConfig:
     retry_after_s: int = defaults.RETRY_AFTER_S
     max_batch_retries: int = defaults.MAX_BATCH_RETRIES
     spin_us: int = defaults.FRONTEND_SPIN_US  # busy-poll window after a burst (0 = block at once)
+    # Batches in flight to one replica: with 2, a full batch waits in the replica's socket behind the
+    # one running, so the replica starts it without a round trip (1 = one batch at a time, as Clipper).
+    pipeline_depth: int = defaults.PIPELINE_DEPTH
     # dead/stopped replicas stay listed this long, then are forgotten
     forget_gone_replicas_after_s: float = defaults.GONE_REPLICA_FORGET_AFTER_S
     # The host others reach this frontend by, in Redis's frontend directory; "" = ``host``, or this
@@ -66,6 +69,8 @@ class FrontendConfig:
             raise ValueError(f"max_items_per_query must be a positive integer, got {self.max_items_per_query!r}")
         if not isinstance(self.spin_us, int) or self.spin_us < 0:
             raise ValueError(f"spin_us must be an integer >= 0, got {self.spin_us!r}")
+        if not isinstance(self.pipeline_depth, int) or self.pipeline_depth < 1:
+            raise ValueError(f"pipeline_depth must be an integer >= 1, got {self.pipeline_depth!r}")
         if not self.forget_gone_replicas_after_s >= 0:
             raise ValueError("forget_gone_replicas_after_s must be >= 0")
         if self.client_curve and not self.curve_secret_file:

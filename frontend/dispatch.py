@@ -306,19 +306,51 @@ class Dispatcher:
             replica = mq.idle.popleft()
             if not replica.idle:
                 continue
-            need = mq.curve.seconds(min(target, depth)) if mq.curve.known else None
-            if need is None:
-                entries = mq.take(target)
-            else:
-                late: list[Entry] = []
-                entries = mq.take(target, now + need, need, late)
-                if late:
-                    self._drop_late(mq, late, now, need)
+            entries = self._take(mq, target, depth, now, now)
             if not entries:
                 mq.idle.appendleft(replica)
                 break
             mq.cancel_wait()
             self._send_batch(mq, replica, entries, reason, depth, now)
+        if self.config.pipeline_depth > 1 and mq.in_flight:
+            self._pipeline(mq, now)
+
+    def _take(self, mq: ModelQueue, target: int, depth: int, start: float, now: float) -> list[Entry]:
+        """Up to ``target`` entries for a batch that starts at ``start``; those it would answer late get
+        the default output now (dropped at dispatch)."""
+        if not mq.curve.known:
+            return mq.take(target)
+        need = mq.curve.seconds(min(target, depth))
+        late: list[Entry] = []
+        entries = mq.take(target, start + need, need, late)
+        if late:
+            self._drop_late(mq, late, now, need)
+        return entries
+
+    def _pipeline(self, mq: ModelQueue, now: float) -> None:
+        """Send a full batch to each busy replica that has room for one behind the batch it runs.
+
+        Only a full batch: a partial one would be smaller than waiting in the queue makes
+        it, so it waits here for the replica to free (the wait rule, the controller and
+        the deadline checks as ever).
+        """
+        depth_limit = self.config.pipeline_depth
+        upper = mq.curve.upper
+        for batch in list(mq.in_flight.values()):
+            replica = batch.replica
+            if replica.batches[-1] is not batch or not replica.can_pipeline(depth_limit):
+                continue
+            target = mq.controller.target
+            depth = mq.queued()
+            if depth < target:
+                return
+            starts = replica.batches[0].sent_at  # it starts when every batch ahead of it has run
+            for ahead in replica.batches:
+                starts = max(starts, ahead.sent_at) + upper(len(ahead.entries))
+            entries = self._take(mq, target, depth, max(now, starts), now)
+            if not entries:
+                return
+            self._send_batch(mq, replica, entries, FireReason.FULL, depth, now)
 
     @staticmethod
     def _worth_waiting(mq: ModelQueue, depth: int, target: int, now: float) -> bool:
@@ -397,12 +429,14 @@ class Dispatcher:
         self.replica_free(replica)
 
     def replica_free(self, replica: Replica) -> None:
-        """Offer ``replica`` the next batch of its model's queue, if it is idle."""
-        if not replica.idle:
+        """Offer ``replica`` the next batch of its model's queue: if it is idle, or has room behind its batch."""
+        idle = replica.idle
+        if not idle and not replica.can_pipeline(self.config.pipeline_depth):
             return
         mq = self.queues.get(replica.key)
         if mq is not None:
-            mq.idle.append(replica)
+            if idle:
+                mq.idle.append(replica)
             self._dirty.add(mq)
 
     def complete_batch(self, batch: Batch, metas: list, outputs: list, now: float,
@@ -442,10 +476,12 @@ class Dispatcher:
         batch.queue.latency.insert((now - batch.sent_at) * 1e6)
         batch.queue.note_busy(now)
 
-    def requeue(self, batch: Batch | None, why: str) -> None:
-        """Put a lost batch's unanswered queries back at the head of their queue (bounded retries)."""
-        if batch is None:
-            return
+    def requeue(self, batches: list[Batch], why: str) -> None:
+        """Put lost batches' unanswered queries back at the head of their queue, in order (bounded retries)."""
+        for batch in reversed(batches):  # the last first: each goes to the head, so the first ends there
+            self._requeue(batch, why)
+
+    def _requeue(self, batch: Batch, why: str) -> None:
         batch.queue.in_flight.pop(batch.batch_id, None)
         keep = []
         mq = batch.queue

@@ -163,7 +163,7 @@ class ReplicaEvents:
         self.dispatcher.replica_registered(replica)
 
     def _on_result(self, replica: Replica, hdr: dict, payload: list, now: float) -> None:
-        batch = self.pool.finish_batch(replica, hdr.get("batch_id"))
+        batch = self.pool.finish_batch(replica, hdr.get("batch_id"), now)
         if batch is None:
             log.info("replica %s answered unknown batch %s", replica.info.replica_id, short(hdr.get("batch_id")))
             self.dispatcher.replica_free(replica)
@@ -185,7 +185,7 @@ class ReplicaEvents:
             self.dispatcher.replica_free(replica)
 
     def _on_error(self, replica: Replica, hdr: dict, now: float) -> None:
-        batch = self.pool.finish_batch(replica, hdr.get("batch_id"))
+        batch = self.pool.finish_batch(replica, hdr.get("batch_id"), now)
         try:
             message = hdr.get("message")
             message = message[:MAX_ERROR_MESSAGE] if message.__class__ is str else "replica reported an error"
@@ -218,21 +218,22 @@ class ReplicaEvents:
         """A replica died or left: requeue its batch at the head of its queue."""
         if replica.state in (ReplicaState.DEAD, ReplicaState.STOPPED):
             return
-        batch = self.pool.lose(replica, now)
+        batches = self.pool.lose(replica, now)
         log.warning("replica %s of %s:%s is %s", replica.info.replica_id, *replica.key, replica.state.value)
-        self.dispatcher.requeue(batch, f"replica {replica.info.replica_id} was lost")
+        self.dispatcher.requeue(batches, f"replica {replica.info.replica_id} was lost")
 
     def _batch_timed_out(self, replica: Replica, now: float) -> None:
         # Heartbeats come from the replica's sideband thread, so a replica stuck in predict still
         # looks alive; only the age of its batch gives it away.
-        batch = self.pool.time_out(replica, now)
-        if batch is None:
+        batches = self.pool.time_out(replica, now)
+        if not batches:
             return
+        batch = batches[0]
         why = (f"replica {replica.info.replica_id} held batch {batch.batch_id} for {now - batch.sent_at:.1f} s, "
                f"over the batch timeout of {self.config.batch_timeout_s} s")
         log.warning("replica %s of %s:%s is dead: %s", replica.info.replica_id, *replica.key, why)
         batch.queue.batch_timeouts.inc()
-        self.dispatcher.requeue(batch, why)
+        self.dispatcher.requeue(batches, why)
 
     def on_unreachable(self, identity: bytes) -> None:
         """A send named a replica the socket no longer knows: it disconnected."""

@@ -1,4 +1,4 @@
-"""The replica pool: registration, liveness, and the one batch each replica may have in flight.
+"""The replica pool: registration, liveness, and the batches each replica has in flight.
 
 :class:`ReplicaPool` is the only code that changes a replica's state; the
 message handlers (:mod:`frontend.replica_events`) and the dispatcher call it.
@@ -42,15 +42,19 @@ def pid_alive(pid: int) -> bool:
 
 
 class Replica:
-    """A registered replica: its ROUTER identity, what it said in HELLO, and its batch."""
+    """A registered replica: its ROUTER identity, what it said in HELLO, and its batches in flight.
 
-    __slots__ = ("identity", "info", "check_pid", "batch", "last_seen", "timed_out_batch", "gone_at")
+    It runs them in the order sent; the first is running, the others wait in its socket
+    (pipelining: the next batch is there when one ends, with no round trip in between).
+    """
+
+    __slots__ = ("identity", "info", "check_pid", "batches", "last_seen", "timed_out_batch", "gone_at")
 
     def __init__(self, identity: bytes, info: ReplicaInfo, check_pid: bool, now: float) -> None:
         self.identity = identity
         self.info = info
         self.check_pid = check_pid
-        self.batch: Batch | None = None
+        self.batches: list[Batch] = []  # in flight, in the order sent
         self.last_seen = now
         # The batch it held past the batch timeout; set, the replica stays dead until it sends HELLO.
         self.timed_out_batch: Batch | None = None
@@ -69,7 +73,11 @@ class Replica:
     @property
     def idle(self) -> bool:
         """Ready for a batch: registered, not draining, no batch in flight."""
-        return self.info.state == ReplicaState.READY and self.batch is None
+        return self.info.state == ReplicaState.READY and not self.batches
+
+    def can_pipeline(self, depth: int) -> bool:
+        """Running a batch, not draining, with room for another behind it (``depth`` batches in all)."""
+        return self.info.state == ReplicaState.BUSY and 0 < len(self.batches) < depth
 
 
 class Batch:
@@ -182,22 +190,23 @@ class ReplicaPool:
         return out
 
     def overdue(self, now: float, timeout_s: float) -> list[Replica]:
-        """Live replicas whose batch has been in flight longer than ``timeout_s``."""
+        """Live replicas whose running batch has taken longer than ``timeout_s``."""
         return [b.replica for b in self.batches.values()
-                if now - b.sent_at > timeout_s and b.replica.state in LIVE_REPLICA_STATES]
+                if now - b.sent_at > timeout_s and b.replica.state in LIVE_REPLICA_STATES
+                and b.replica.batches[0] is b]
 
     # ---- state changes ----------------------------------------------------------------------
 
-    def register(self, identity: bytes, hdr: dict, now: float) -> tuple[Replica, Batch | None]:
+    def register(self, identity: bytes, hdr: dict, now: float) -> tuple[Replica, list[Batch]]:
         """Register (or re-register) a replica from HELLO.
 
-        Returns (the new replica, the batch its previous registration on this
+        Returns (the new replica, the batches its previous registration on this
         identity had in flight, to requeue). The previous one becomes stopped.
         """
         info = info_from_hello(hdr, now)
         check_pid = bool(self.pidns) and hdr.get("pidns") == self.pidns and info.pid > 0
         old = self.by_identity.get(identity)
-        displaced = self._mark_gone(old, ReplicaState.STOPPED, now) if old is not None else None
+        displaced = self._mark_gone(old, ReplicaState.STOPPED, now) if old is not None else []
         replica = Replica(identity, info, check_pid, now)
         self.by_identity[identity] = replica
         self.by_id[info.replica_id] = replica
@@ -219,46 +228,52 @@ class ReplicaPool:
             replica.info.state = ReplicaState.DRAINING
 
     def start_batch(self, replica: Replica, queue: Any, entries: list[Entry], now: float) -> Batch:
-        """Record ``entries`` as ``replica``'s batch in flight."""
+        """Record ``entries`` as a batch in flight to ``replica`` (behind any it holds)."""
         batch = Batch(self._next_batch_id, replica, queue, entries, now)
         self._next_batch_id += 1
         self.batches[batch.batch_id] = batch
-        replica.batch = batch
+        replica.batches.append(batch)
         replica.info.state = ReplicaState.BUSY
         return batch
 
-    def finish_batch(self, replica: Replica, batch_id: Any) -> Batch | None:
-        """The batch ``batch_id`` of ``replica``, now finished; None if unknown or not its own."""
+    def finish_batch(self, replica: Replica, batch_id: Any, now: float) -> Batch | None:
+        """The batch ``batch_id`` of ``replica``, now finished; None if unknown or not its own.
+
+        A batch waiting behind it starts now, as far as timing goes: its ``sent_at``
+        moves here, so its latency and batch timeout do not count the wait.
+        """
         batch = self.batches.get(batch_id)
         if batch is None or batch.replica is not replica:
             return None
         del self.batches[batch_id]
-        replica.batch = None
+        replica.batches.remove(batch)
         replica.info.batches_done += 1
-        if replica.info.state == ReplicaState.BUSY:
+        if replica.batches:
+            head = replica.batches[0]
+            head.sent_at = max(head.sent_at, now)
+        elif replica.info.state == ReplicaState.BUSY:
             replica.info.state = ReplicaState.READY
         return batch
 
-    def lose(self, replica: Replica, now: float) -> Batch | None:
-        """A replica went silent or away: dead (stopped if it was draining); returns its batch to requeue."""
+    def lose(self, replica: Replica, now: float) -> list[Batch]:
+        """A replica went silent or away: dead (stopped if it was draining); returns its batches to requeue."""
         state = ReplicaState.STOPPED if replica.state == ReplicaState.DRAINING else ReplicaState.DEAD
         return self._mark_gone(replica, state, now)
 
-    def time_out(self, replica: Replica, now: float) -> Batch | None:
+    def time_out(self, replica: Replica, now: float) -> list[Batch]:
         """A replica held its batch past the batch timeout: dead until it registers again."""
-        batch = self._mark_gone(replica, ReplicaState.DEAD, now)
-        replica.timed_out_batch = batch
-        return batch
+        batches = self._mark_gone(replica, ReplicaState.DEAD, now)
+        replica.timed_out_batch = batches[0] if batches else None
+        return batches
 
-    def _mark_gone(self, replica: Replica, state: ReplicaState, now: float) -> Batch | None:
+    def _mark_gone(self, replica: Replica, state: ReplicaState, now: float) -> list[Batch]:
         replica.info.state = state
         replica.gone_at = now
         self._gone.append((now, replica))
-        batch = replica.batch
-        replica.batch = None
-        if batch is not None:
+        batches, replica.batches = replica.batches, []
+        for batch in batches:
             self.batches.pop(batch.batch_id, None)
-        return batch
+        return batches
 
     def prune(self, now: float) -> list[Replica]:
         """Forget replicas dead or stopped for ``forget_after_s``; returns them (O(forgotten))."""

@@ -58,6 +58,7 @@ REPLICA_RECONNECT_INTERVAL_MAX_MS = 1000  # ... doubling up to this
 # Busy-poll windows after handling a message (see docs/ARCHITECTURE.md, "Latency"); 0 = block at once.
 REPLICA_SPIN_US = 1000  # covers a c=1 round trip (~400-500 µs here); only on owned cores (containers/spin.py)
 FRONTEND_SPIN_US = 0
+PIPELINE_DEPTH = 2  # batches a frontend keeps in flight to one replica: a full one waits behind the running one
 CLIENT_SPIN_US = 0
 
 HEARTBEAT_INTERVAL_S = 1.0

@@ -91,15 +91,17 @@ def test_draining_replica_finishes_its_batch_and_takes_no_new_one(frontend_threa
     results: list = []
     with Client(frontend_thread.client_address, timeout_s=60) as client:
         worker = threading.Thread(target=lambda: results.extend(
-            client.predict_many("app", [_x(), _x()], concurrency=2)))
+            client.predict_many("app", [_x(), _x(), _x()], concurrency=3)))
         worker.start()
         wait_for(lambda: frontend_thread.replica_states().get("r1") == "busy", 20, "the replica to take a batch")
+        time.sleep(0.2)  # the other two queries are in: one pipelined behind the running batch, one queued
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         worker.join(60)
-    # The in-flight query completed; the queued one was never given to the draining replica and expired.
-    assert len(results) == 2
-    assert sum(1 for r in results if not isinstance(r, Exception) and not r.default) == 1
+    # The batch running and the one already behind it completed; the queued one was never given to the
+    # draining replica and expired.
+    assert len(results) == 3
+    assert sum(1 for r in results if not isinstance(r, Exception) and not r.default) == 2
     wait_for(lambda: frontend_thread.replica_states()["r1"] == "stopped", 10, "the replica to be stopped")
 
 
