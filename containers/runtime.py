@@ -465,7 +465,6 @@ class Replica:
         if not isinstance(batch_id, int):
             self._send(sock, protocol.error(ErrorCode.PROTOCOL_ERROR, "PREDICT needs an integer batch_id"))
             return
-        started = arrived_after
         try:
             inputs = protocol.decode_items(hdr.get("items"), payload)
         except ProtocolError as err:
@@ -476,7 +475,7 @@ class Replica:
             return
         self._busy = True
         try:
-            self._send(sock, self._answer(batch_id, inputs, started))
+            self._send(sock, self._answer(batch_id, inputs, arrived_after))
         finally:
             self._busy = False
         self.batches_done += 1

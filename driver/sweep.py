@@ -72,10 +72,9 @@ def plan(spec: SweepSpec, levels: list[LoadLevel | None] | None = None, saturate
     same load and their goodputs compare.
     """
     out = []
-    sizes = [ADAPTIVE_BATCH_GUESS if BatchSize.parse(b).adaptive else b for b in spec.batch_sizes]
     for p, r, b, level in itertools.product(spec.cpus_per_replica, spec.num_replicas, spec.batch_sizes,
                                             levels if levels is not None else spec.load_levels):
-        load = level or LoadLevel.closed(auto_concurrency(r, max(sizes), saturate))
+        load = level or LoadLevel.closed(max(auto_concurrency(r, size, saturate) for size in spec.batch_sizes))
         out.append(NodeConfig(spec.model, b, r, p, spec.model_cpus, spec.model_gpus, spec.slo_ms, load,
                               spec.model_opts))
     return out

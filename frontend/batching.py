@@ -458,12 +458,8 @@ class ModelQueue:
         ``in_flight`` keeps): it is free when the last one is expected to end.
         """
         upper = self.curve.upper
-        free: dict[Any, float] = {}
-        for b in self.in_flight.values():
-            start = b.sent_at
-            prev = free.get(b.replica)
-            free[b.replica] = (start if prev is None or prev < start else prev) + upper(len(b.entries))
-        times = [t if t > now else now for t in free.values()]
+        busy = dict.fromkeys(b.replica for b in self.in_flight.values())
+        times = [max(now, replica.free_at(upper)) for replica in busy]
         times.extend(now for r in self.idle if r.idle)
         times.sort()
         return times

@@ -335,19 +335,16 @@ class Dispatcher:
         the deadline checks as ever).
         """
         depth_limit = self.config.pipeline_depth
-        upper = mq.curve.upper
+        target = mq.controller.target
         for batch in list(mq.in_flight.values()):
             replica = batch.replica
             if replica.batches[-1] is not batch or not replica.can_pipeline(depth_limit):
                 continue
-            target = mq.controller.target
             depth = mq.queued()
             if depth < target:
                 return
-            starts = replica.batches[0].sent_at  # it starts when every batch ahead of it has run
-            for ahead in replica.batches:
-                starts = max(starts, ahead.sent_at) + upper(len(ahead.entries))
-            entries = self._take(mq, target, depth, max(now, starts), now)
+            # It starts when every batch ahead of it has run.
+            entries = self._take(mq, target, depth, max(now, replica.free_at(mq.curve.upper)), now)
             if not entries:
                 return
             self._send_batch(mq, replica, entries, FireReason.FULL, depth, now)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 from schooner import defaults
 from schooner.errors import ProtocolError
@@ -76,8 +77,16 @@ class Replica:
         return self.info.state == ReplicaState.READY and not self.batches
 
     def can_pipeline(self, depth: int) -> bool:
-        """Running a batch, not draining, with room for another behind it (``depth`` batches in all)."""
-        return self.info.state == ReplicaState.BUSY and 0 < len(self.batches) < depth
+        """Running a batch (busy), not draining, with room for another behind it (``depth`` batches in all)."""
+        return self.info.state == ReplicaState.BUSY and len(self.batches) < depth
+
+    def free_at(self, latency: Callable[[int], float]) -> float:
+        """When its batches in flight are expected to have run, one after the other (-inf: none)."""
+        end = -math.inf
+        for batch in self.batches:
+            start = batch.sent_at
+            end = (start if start > end else end) + latency(len(batch.entries))
+        return end
 
 
 class Batch:
