@@ -221,6 +221,30 @@ def _worktree(ref: str, workdir: Path) -> Path:
     return path
 
 
+def _body(workdir: Path, app: str, w: dict) -> Path:
+    body = workdir / f"{app}.json"
+    body.write_text(json.dumps({"input": [0.5 + i % 7 for i in range(w["width"])]}))
+    return body
+
+
+def footprint(d: Deployment, args: argparse.Namespace, workdir: Path) -> dict:
+    """The tree's PSS with each workload's replica after a c=64 run, with no other deployment up."""
+    out = {}
+    d.start()
+    try:
+        for wname in args.workloads:
+            w = WORKLOADS[wname]
+            app = f"{wname.lower()}pss"
+            d.deploy(app, w)
+            wrk(f"{d.addresses['frontend_http']}/{app}/predict", _body(workdir, app, w), args.wrk_cpu, 64,
+                args.warmup_s + args.duration_s)
+            out[f"pss_{w['model']}"] = d.pss_mib()
+            d.scale_down(app)
+    finally:
+        d.stop()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--baseline", metavar="REF", help="also run REF (a commit) in a git worktree, side by side")
@@ -252,8 +276,7 @@ def main() -> None:
         for wname in args.workloads:
             w = WORKLOADS[wname]
             app = wname.lower()
-            body = workdir / f"{app}.json"
-            body.write_text(json.dumps({"input": [0.5 + i % 7 for i in range(w["width"])]}))
+            body = _body(workdir, app, w)
             for d in deps:
                 d.deploy(app, w)
             for c in args.concurrency:
@@ -273,8 +296,13 @@ def main() -> None:
                 for d in deps:
                     results[d.label][f"{wname}_c{c}"] = _median_run(runs[d.label])
             for d in deps:
-                results[d.label][f"pss_{w['model']}"] = d.pss_mib()
                 d.scale_down(app)
+        for d in deps:
+            d.stop()
+        # PSS with one tree up at a time: two trees up at once share the pages of the same libraries,
+        # which would hide a share of each tree's footprint.
+        for d in deps:
+            results[d.label].update(footprint(d, args, workdir))
     finally:
         for d in deps:
             d.stop()

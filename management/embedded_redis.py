@@ -118,6 +118,29 @@ def load_or_create_password(path: Path) -> str:
     return password
 
 
+def resp_ping(host: str, port: int, password: str, timeout_s: float = 1.0) -> bool:
+    """Whether the Redis server on ``host:port`` accepts ``password`` and answers PING.
+
+    Spoken in RESP over a socket: the redis client would bring asyncio, ssl and
+    its own modules into `schooner up` (~9 MiB), which only starts the server.
+    """
+    pw = password.encode("utf-8")
+    request = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n*1\r\n$4\r\nPING\r\n" % (len(pw), pw)
+    want = b"+OK\r\n+PONG\r\n"
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(request)
+            reply = b""
+            while reply.count(b"\r\n") < 2:
+                chunk = sock.recv(256)
+                if not chunk:
+                    break
+                reply += chunk
+    except OSError:
+        return False
+    return reply == want
+
+
 class EmbeddedRedis:
     """Start and stop a redis-server bound to loopback, persisting into ``state_dir``.
 
@@ -196,25 +219,15 @@ class EmbeddedRedis:
                                 stderr=subprocess.DEVNULL, start_new_session=True)
 
     def _wait_ready(self, port: int) -> tuple[bool, str]:
-        import redis
-
         deadline = time.monotonic() + _START_TIMEOUT_S
-        client = redis.Redis(host=self.host, port=port, password=self.password, socket_connect_timeout=1.0,
-                             socket_timeout=1.0)
-        try:
-            while time.monotonic() < deadline:
-                if self._proc is None or self._proc.poll() is not None:
-                    return False, f"exited with {self._proc.returncode if self._proc else '?'} " \
-                                  f"(see {self.state_dir / 'redis.log'})"
-                try:
-                    if client.ping():
-                        return True, ""
-                except (redis.RedisError, OSError):
-                    pass
-                time.sleep(0.05)
-            return False, f"no PING answer on port {port} within {_START_TIMEOUT_S}s"
-        finally:
-            client.close()
+        while time.monotonic() < deadline:
+            if self._proc is None or self._proc.poll() is not None:
+                return False, f"exited with {self._proc.returncode if self._proc else '?'} " \
+                              f"(see {self.state_dir / 'redis.log'})"
+            if resp_ping(self.host, port, self.password):
+                return True, ""
+            time.sleep(0.05)
+        return False, f"no PING answer on port {port} within {_START_TIMEOUT_S}s"
 
     def stop(self) -> None:
         """Stop the server; SIGTERM makes redis flush its append-only file first."""

@@ -12,14 +12,11 @@ import os
 import shutil
 import signal
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from schooner.cli import PID_HEADER
+from schooner.httpget import http_get
 
 INSTANCE_FILE = "instance.json"
 
@@ -49,6 +46,8 @@ def remove_instance(state_dir: str | os.PathLike) -> None:
 
 def _alive(pid: int) -> bool:
     """Whether ``pid`` runs (an exited child its parent has not reaped yet does not)."""
+    import psutil  # noqa: PLC0415 - `schooner up` imports this module and would carry psutil for life
+
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
@@ -69,6 +68,21 @@ def read_instance(state_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 def probe(url: str, timeout_s: float = 5.0) -> tuple[bool, str, int | None]:
     """(answered 200, a word on the outcome, the pid the answer names) for GET ``url``."""
+    if url.startswith("https:"):
+        return _probe_tls(url, timeout_s)
+    try:
+        status, headers = http_get(url, timeout_s=timeout_s)
+    except OSError as err:
+        return False, f"down ({err})", None
+    pid = headers.get(PID_HEADER.lower())
+    return status == 200, f"HTTP {status}", int(pid) if pid and pid.isdigit() else None
+
+
+def _probe_tls(url: str, timeout_s: float) -> tuple[bool, str, int | None]:
+    """:func:`probe` of an HTTPS frontend (``--tls-cert``), through urllib."""
+    import urllib.error  # noqa: PLC0415 - ssl and urllib cost ~7 MiB; only HTTPS needs them
+    import urllib.request  # noqa: PLC0415
+
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             pid = resp.headers.get(PID_HEADER)

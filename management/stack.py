@@ -18,22 +18,22 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from pathlib import Path
-from typing import Any
-
-import psutil
+from typing import TYPE_CHECKING, Any
 
 from schooner import defaults
 from schooner.cli import PID_HEADER
+from schooner.httpget import http_get
 from schooner.urls import redact
 from schooner.types import BACKENDS
 from management import admin_token as admin_token_mod
 from management.embedded_redis import EmbeddedRedis, free_port
 from management.supervisor import StateDirLock, Supervisor, ports_in_use
 from management.errors import ManagementError
+
+if TYPE_CHECKING:
+    import psutil
 
 log = logging.getLogger(__name__)
 
@@ -313,12 +313,12 @@ class Stack:
             if code is not None:
                 raise StackError(f"{name} exited with {code} while starting:\n{self._tail(name)}")
             try:
-                with urllib.request.urlopen(url, timeout=2.0) as resp:  # requests would cost ~8 MiB here
-                    # Ready only when the answer names our child's pid: another server on the port
-                    # (or an old instance) answering 200 must not pass for it.
-                    if resp.status == 200 and resp.headers.get(PID_HEADER) == str(proc.pid):
-                        return
-            except (urllib.error.URLError, OSError):
+                status, headers = http_get(url, timeout_s=2.0)  # urllib would cost ~7 MiB here
+                # Ready only when the answer names our child's pid: another server on the port
+                # (or an old instance) answering 200 must not pass for it.
+                if status == 200 and headers.get(PID_HEADER.lower()) == str(proc.pid):
+                    return
+            except OSError:
                 pass
             if time.monotonic() >= deadline:
                 raise StackError(f"{name} did not answer {url} in time:\n{self._tail(name)}")
@@ -349,6 +349,8 @@ class Stack:
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
+    import psutil  # noqa: PLC0415 - needed only to stop; ~2 MiB for the whole life of `schooner up`
+
     try:
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
@@ -357,6 +359,8 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 def _replicas_of(frontend_address: str) -> list[psutil.Process]:
     """Local replica processes connected to ``frontend_address``."""
+    import psutil  # noqa: PLC0415 - needed only to stop
+
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info.get("cmdline") or []
@@ -378,6 +382,8 @@ def _terminate(proc: subprocess.Popen, timeout_s: float, name: str) -> None:
 
 def _reap(processes: list[Any]) -> None:
     """SIGTERM, then SIGKILL, whatever is left of ``processes``."""
+    import psutil  # noqa: PLC0415 - needed only to stop
+
     alive = [p for p in processes if p.is_running()]
     for p in alive:
         try:

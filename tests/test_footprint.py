@@ -21,8 +21,25 @@ def _modules_after_import(module: str) -> set[str]:
 
 
 @pytest.mark.parametrize("module, unwanted", [
-    ("management.cli", {"numpy", "requests", "redis", "aiohttp"}),  # `schooner up` only supervises
+    # `schooner up` only supervises: it probes its children with schooner.httpget and Redis in RESP
+    ("management.cli", {"numpy", "requests", "redis", "aiohttp", "psutil", "ssl", "urllib.request"}),
     ("management.__main__", {"numpy", "requests"}),
 ])
 def test_control_plane_entry_points_do_not_import_what_they_never_use(module, unwanted):
     assert not unwanted & _modules_after_import(module)
+
+
+def test_starting_embedded_redis_loads_no_redis_client_and_its_ping_checks_the_password(tmp_path):
+    """`schooner up` starts Redis and waits for its PING without the client (asyncio, ssl: ~9 MiB)."""
+    code = (
+        "import json, sys\n"
+        "from management.embedded_redis import EmbeddedRedis, resp_ping\n"
+        f"with EmbeddedRedis({str(tmp_path / 'redis')!r}) as r:\n"
+        "    ok = resp_ping(r.host, r.port, r.password)\n"
+        "    wrong = resp_ping(r.host, r.port, r.password + 'x')\n"
+        "    print(json.dumps([ok, wrong, sorted(sys.modules)]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    ok, wrong, modules = json.loads(out.stdout.splitlines()[-1])
+    assert ok is True and wrong is False
+    assert not {"redis", "asyncio", "ssl"} & set(modules)
