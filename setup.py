@@ -13,6 +13,7 @@ setup(
         "numpy>=1.24",
         "orjson>=3.8",
         "uvloop>=0.17",
+        "httptools>=0.6",  # the frontend's HTTP parser (llhttp)
         "pyzmq>=25",
         "msgpack>=1.0",
         "aiohttp>=3.9",

@@ -1,7 +1,7 @@
 """Schooner's query frontend, wire protocol and client library.
 
 Importing this package needs only numpy, pyzmq and msgpack (replica images have no
-more); the server modules that need aiohttp are imported by the frontend process.
+more); the server modules that need orjson and httptools are imported by the frontend process.
 """
 
 from schooner.errors import (BadInput, ModelError, NoModel, Overloaded, ProtocolError, ReplicaLost,

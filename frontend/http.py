@@ -1,4 +1,4 @@
-"""The frontend's HTTP endpoint (aiohttp): Clipper's predict API, metrics, health, replicas."""
+"""The frontend's HTTP endpoint (:mod:`frontend.httpserver`): Clipper's predict API, metrics, health, replicas."""
 
 from __future__ import annotations
 
@@ -9,18 +9,17 @@ import logging
 import math
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Awaitable, Iterator
 
 import numpy as np
 import orjson
-from aiohttp import web
 
 from frontend.admission import validate_items
 from schooner import defaults
-from schooner.cli import add_pid_header
 from schooner.protocol import ALLOWED_DTYPES, short
 from schooner.errors import BadInput, NotReady, Overloaded, SchoonerError, UnknownApp, error_body
 from frontend.dispatch import Route
+from frontend.httpserver import Request, Response, Router
 from frontend.metrics import clipper_strings
 from frontend.prometheus import Exposition, RegistryCollector
 from frontend.queries import Query
@@ -43,16 +42,12 @@ def _as_list(value: Any) -> Any:
     raise TypeError(f"cannot serialize {type(value).__name__} as JSON")
 
 
-_JSON = {"Content-Type": "application/json"}  # as headers: cheaper than aiohttp's content_type= parsing
-
-
-def json_response(data: Any, status: int = 200, headers: dict | None = None) -> web.Response:
+def json_response(data: Any, status: int = 200, headers: dict | None = None) -> Response:
     """``data`` as a JSON response, encoded by orjson (numpy arrays directly)."""
-    return web.Response(body=orjson.dumps(data, default=_as_list, option=_NUMPY), status=status,
-                        headers={**_JSON, **headers} if headers else _JSON)
+    return Response(orjson.dumps(data, default=_as_list, option=_NUMPY), status=status, headers=headers)
 
 
-def error_response(err: SchoonerError) -> web.Response:
+def error_response(err: SchoonerError) -> Response:
     """The JSON error response for ``err``, with Retry-After when overloaded."""
     headers = None
     body = error_body(err.code, str(err))
@@ -255,70 +250,67 @@ class HttpApi:
             yield ("model_replicas", "Replicas registered with this frontend, per model version and state.",
                    {"model": name, "version": version, "state": state}, n)
 
-    def app(self) -> web.Application:
-        """The aiohttp application."""
-        app = web.Application(client_max_size=self.fe.config.max_message_bytes)
-        app.router.add_post("/{app}/predict", self.predict)
-        app.router.add_get("/metrics", self.metrics)
-        app.router.add_get("/metrics/prometheus", self.prometheus)
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/health/live", self.live)
-        app.router.add_get("/health/ready", self.ready)
-        app.router.add_get("/replicas", self.replicas)
-        app.on_response_prepare.append(add_pid_header)
-        return app
+    def router(self) -> Router:
+        """The endpoint's routes."""
+        router = Router()
+        router.add("POST", "/{app}/predict", self.predict)
+        router.add("GET", "/metrics", self.metrics)
+        router.add("GET", "/metrics/prometheus", self.prometheus)
+        router.add("GET", "/health", self.health)
+        router.add("GET", "/health/live", self.live)
+        router.add("GET", "/health/ready", self.ready)
+        router.add("GET", "/replicas", self.replicas)
+        return router
 
-    async def predict(self, request: web.Request) -> web.Response:
-        """POST /<app>/predict with {"input": ...} or {"input_batch": [...]}."""
+    def predict(self, request: Request) -> Response | Awaitable[Response | None] | None:
+        """POST /<app>/predict with {"input": ...} or {"input_batch": [...]}.
+
+        No task and no future: the query answers the request itself when it
+        completes (:meth:`_done`). A big body is parsed off the loop (a task).
+        """
+        name = request.params["app"]
+        config = self.fe.config
         try:
-            query, batch = await self._submit(request)
+            route = self._route(name)
+            input_type = _input_type(route)
+            if len(request.body) > defaults.HTTP_PARSE_INLINE_BYTES:
+                return self._predict_off_loop(request, name, input_type)
+            self._submit(request, route, input_type,
+                         parse_body(request.body, input_type, config.max_items_per_query))
         except SchoonerError as err:
             return error_response(err)
-        failure = await query.peer
-        if failure is not None:
-            return error_response(failure)
-        if batch:
-            return json_response({"batch_predictions": [_prediction(query, i) for i in range(query.n)]})
-        return json_response(_prediction(query, 0))
+        return None
 
-    async def _submit(self, request: web.Request) -> tuple[Query, bool]:
-        dispatcher = self.fe.dispatcher
-        config = self.fe.config
-        name = request.match_info["app"]
-        route = self._route(name)
-        limit = config.max_message_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise BadInput(f"request body of {request.content_length} bytes is larger than the limit of {limit} "
-                           "(max_message_bytes)")
+    async def _predict_off_loop(self, request: Request, name: str, input_type: InputType) -> Response | None:
+        """Parse a big body in a thread (it must not stall every other query), then submit."""
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise BadInput(f"request body is larger than the limit of {limit} bytes (max_message_bytes)") from None
-        input_type = _input_type(route)
-        if len(body) <= defaults.HTTP_PARSE_INLINE_BYTES:
-            metas, frames, batch, version = parse_body(body, input_type, config.max_items_per_query)
-        else:  # parsed off the loop: a big body must not stall every other query
-            metas, frames, batch, version = await asyncio.to_thread(parse_body, body, input_type,
-                                                                    config.max_items_per_query)
+            parsed = await asyncio.to_thread(parse_body, request.body, input_type, self.fe.config.max_items_per_query)
             route = self._route(name)  # the deployment may have changed meanwhile
             if _input_type(route) is not input_type:
                 raise BadInput(f"app {name!r} changed its input type while the request was parsed")
+            self._submit(request, route, input_type, parsed)
+        except SchoonerError as err:
+            return error_response(err)
+        return None
+
+    def _submit(self, request: Request, route: Route, input_type: InputType, parsed: tuple) -> None:
+        metas, frames, batch, version = parsed
+        dispatcher = self.fe.dispatcher
+        config = self.fe.config
         route = self._route_of_version(route, version)
         mq = route.queue
         validate_items(metas, frames, input_type, mq.input_shape if mq is not None else None,
                        config.max_input_bytes)
         now = time.monotonic()
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
         query = Query(dispatcher.next_query_id(), route.app, len(metas), now, self._done)
-        query.peer = future
+        query.peer = (request, batch)
         if mq is None:
             # Clipper answers an app with no model (or no current version) with its default output.
-            log.debug("app %r: %s; answering its default output", name, route.problem)
+            log.debug("app %r: %s; answering its default output", request.params["app"], route.problem)
             query.expire(NO_MODEL_EXPLANATION)
-            return query, batch
+            return
         dispatcher.submit(route, query, metas, frames, now)
         dispatcher.pump_dirty()
-        return query, batch
 
     def _route(self, name: str) -> Route:
         if not self.fe.dispatcher.ready:
@@ -339,35 +331,41 @@ class HttpApi:
         return Route(route.app, mq)
 
     def _done(self, query: Query, err: SchoonerError | None) -> None:
+        """The query's completion (exactly once): record it and answer its request."""
         self.fe.dispatcher.record(query, err)
-        if not query.peer.done():
-            query.peer.set_result(err)
+        request, batch = query.peer
+        if err is not None:
+            request.reply(error_response(err))
+        elif batch:
+            request.reply(json_response({"batch_predictions": [_prediction(query, i) for i in range(query.n)]}))
+        else:
+            request.reply(json_response(_prediction(query, 0)))
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    def metrics(self, request: Request) -> Response:
         """GET /metrics: Clipper JSON (values as strings, as Clipper writes them; numbers with
         ``?values=numbers``), or Prometheus text with ``?format=prometheus``."""
         if request.query.get("format") == "prometheus":
-            return await self.prometheus(request)
+            return self.prometheus(request)
         dump = self.fe.metrics.dump()
         return json_response(dump if request.query.get("values") == "numbers" else clipper_strings(dump))
 
-    async def prometheus(self, request: web.Request) -> web.Response:
+    def prometheus(self, request: Request) -> Response:
         """GET /metrics/prometheus: Prometheus text exposition (OpenMetrics if the Accept header asks)."""
-        body, content_type = self.exposition.render(request.headers.get("Accept"))
-        return web.Response(body=body, headers={"Content-Type": content_type})
+        body, content_type = self.exposition.render(request.headers.get("accept"))
+        return Response(body, content_type=content_type)
 
-    async def health(self, request: web.Request) -> web.Response:
+    def health(self, request: Request) -> Response:
         """GET /health: up, with counts of apps, models and live replicas, and whether it is ready."""
         fe = self.fe
         live = [r for r in fe.replicas() if r.state.live]
         return json_response({"status": "ok", "ready": fe.dispatcher.ready, "apps": len(fe.state.apps),
                               "models": len(fe.state.models), "live_replicas": len(live)})
 
-    async def live(self, request: web.Request) -> web.Response:
+    def live(self, request: Request) -> Response:
         """GET /health/live: 200 while the process serves HTTP (a liveness probe)."""
         return json_response({"status": "live"})
 
-    async def ready(self, request: web.Request) -> web.Response:
+    def ready(self, request: Request) -> Response:
         """GET /health/ready: 200 once the apps and models are loaded (until then predict answers 503
         ``not_ready``), else 503 with Retry-After (a readiness probe)."""
         if self.fe.dispatcher.ready:
@@ -375,7 +373,7 @@ class HttpApi:
         return json_response({"status": "not_ready"}, status=503,
                              headers={"Retry-After": str(max(1, math.ceil(self.fe.config.retry_after_s)))})
 
-    async def replicas(self, request: web.Request) -> web.Response:
+    def replicas(self, request: Request) -> Response:
         """GET /replicas: every replica's ReplicaInfo plus its model's queue depth."""
         out = []
         depths: dict[tuple[str, str], int] = {}  # counted once per model version, not once per replica

@@ -51,7 +51,7 @@ class Frontend:
         self.http_port: int | None = None
         self._client: RouterEndpoint | None = None
         self._replica: RouterEndpoint | None = None
-        self._http_runner: Any = None
+        self._http_server: Any = None
         self._liveness: asyncio.Task | None = None
         self._started = False
         self.auth: ZapHandler | None = None  # set when CURVE is on
@@ -149,12 +149,10 @@ class Frontend:
         return lookup(public_key) if lookup is not None else None
 
     async def _start_http(self) -> None:
-        from aiohttp import web
-
         from frontend.http import HttpApi
+        from frontend.httpserver import HttpServer
 
-        runner = web.AppRunner(HttpApi(self).app(), access_log=None)
-        await runner.setup()
+        server = HttpServer(HttpApi(self).router(), self.config.max_message_bytes)
         ssl_context = None
         if self.config.tls_cert_file:
             import ssl  # noqa: PLC0415 - only an HTTPS endpoint needs it
@@ -163,22 +161,18 @@ class Frontend:
             try:
                 ssl_context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
             except (OSError, ssl.SSLError) as err:
-                await runner.cleanup()
                 assert self._replica is not None and self._client is not None  # bound in start()
                 self._replica.close()
                 self._client.close()
                 raise OSError(f"cannot load the TLS certificate/key: {err}") from err
-        site = web.TCPSite(runner, self.config.host, self.config.http_port, ssl_context=ssl_context)
         try:
-            await site.start()
+            self.http_port = await server.start(self.config.host, self.config.http_port, ssl_context)
         except OSError:
-            await runner.cleanup()
             assert self._replica is not None and self._client is not None  # bound in start()
             self._replica.close()
             self._client.close()
             raise
-        self._http_runner = runner
-        self.http_port = runner.addresses[0][1]
+        self._http_server = server
 
     async def stop(self) -> None:
         """Answer pending queries with ShuttingDown, then close every endpoint."""
@@ -198,9 +192,8 @@ class Frontend:
         self.dispatcher.fail_all(ShuttingDown("the frontend is shutting down"))
         assert self._replica is not None and self._client is not None  # bound in start()
         self._client.flush()
-        await asyncio.sleep(0.05)  # let aiohttp handlers write their responses
-        if self._http_runner is not None:
-            await self._http_runner.cleanup()
+        if self._http_server is not None:
+            await self._http_server.stop()
         self._client.close()
         self._replica.close()
         if self._own_ctx:
