@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import os
 import time
@@ -124,7 +125,7 @@ class Request:
 
 # A handler answers with a Response, with an awaitable of one (run as a task), or with None when it
 # calls ``request.reply`` itself later.
-Handler = Callable[[Request], Union[Response, Awaitable[Response], None]]
+Handler = Callable[[Request], Union[Response, Awaitable[Union[Response, None]], None]]
 
 
 class Router:
@@ -337,7 +338,7 @@ class Connection(asyncio.Protocol):
                 self.answer(request, result)
             elif result is not None:
                 task = asyncio.ensure_future(result)
-                task.add_done_callback(lambda t, r=request: self._answer_task(r, t))
+                task.add_done_callback(functools.partial(self._answer_task, request))
 
     def _answer_task(self, request: Request, task: asyncio.Future) -> None:
         if task.cancelled():

@@ -166,7 +166,7 @@ class Frontend:
                 self._client.close()
                 raise OSError(f"cannot load the TLS certificate/key: {err}") from err
         try:
-            self.http_port = await server.start(self.config.host, self.config.http_port, ssl_context)
+            self.http_port = await server.start(self.config.host, self.config.http_port or 0, ssl_context)
         except OSError:
             assert self._replica is not None and self._client is not None  # bound in start()
             self._replica.close()
