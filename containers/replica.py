@@ -23,6 +23,7 @@ from containers.models import load_model
 from containers.runtime import Replica, ReplicaConfig
 from schooner import __version__
 from schooner.cli import setup_logging
+from schooner.transport import set_io_thread_policy
 from schooner import curve, defaults, model_roots
 
 __all__ = ["Replica", "ReplicaConfig", "main"]
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.cpus:
         pinning.limit_threads(len(cpus))  # again: the model may have imported torch or a BLAS
     ctx = zmq.Context()
+    set_io_thread_policy(ctx)
     replica = Replica(config, model, ctx, cpus, num_threads=len(cpus) if config.cpus else None)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _s, _f: replica.stop())

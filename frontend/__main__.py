@@ -13,6 +13,7 @@ import zmq.asyncio
 
 from schooner import curve, defaults
 from schooner.cli import add_version, run_listening, setup_logging
+from schooner.transport import set_io_thread_policy
 from frontend.config import FrontendConfig, load_state_file
 from frontend.server import Frontend
 
@@ -96,6 +97,7 @@ async def run(config: FrontendConfig, config_file: str | None, redis_url: str | 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     ctx = zmq.asyncio.Context()
+    set_io_thread_policy(ctx)
     # Following Redis: not ready (queries get not_ready, never unknown_app) until the first sync.
     fe = Frontend(dataclasses.replace(config, start_ready=not redis_url), ctx=ctx)
     if config_file:

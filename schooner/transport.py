@@ -38,3 +38,19 @@ def recv_frames(sock: zmq.Socket, flags: int = NOBLOCK) -> list[zmq.Frame]:
         frame = _base_recv(sock, 0, False)
         parts.append(frame)
     return parts
+
+
+def set_io_thread_policy(ctx: zmq.Context) -> None:
+    """Run ``ctx``'s ZMQ I/O threads under SCHED_BATCH (call before its first socket).
+
+    A message sent wakes the context's I/O thread; as a normal thread, the
+    woken thread preempts the sender at once when they share a core, so every
+    message cost two context switches and the sender's burst was cut into one
+    wakeup per message. A SCHED_BATCH thread does not preempt on wakeup: it runs
+    when the sender blocks (or at the next tick) and writes the whole burst.
+    ``SCHOONER_ZMQ_IO_POLICY=normal`` keeps the default policy.
+    """
+    import os  # noqa: PLC0415
+
+    if os.environ.get("SCHOONER_ZMQ_IO_POLICY", "batch") == "batch" and hasattr(os, "SCHED_BATCH"):
+        ctx.set(zmq.THREAD_SCHED_POLICY, os.SCHED_BATCH)

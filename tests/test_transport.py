@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 import numpy as np
 import pytest
@@ -57,3 +59,40 @@ def test_dropped_messages_are_counted_but_logged_once_per_interval(caplog):
             drops.dropped("to a peer not reading", b"p")
     assert drops.total == 1000
     assert len(caplog.records) == 1 and "1 to a peer not reading" in caplog.records[0].getMessage()
+
+
+def _io_thread_policies() -> dict[str, int]:
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if stat[stat.index("(") + 1:stat.rindex(")")].startswith("ZMQbg/IO"):
+            out[tid] = int(stat[stat.rindex(")") + 2:].split()[38])  # field 41: policy
+    return out
+
+
+@pytest.mark.parametrize("setting, policy", [(None, os.SCHED_BATCH), ("normal", os.SCHED_OTHER)])
+def test_io_threads_run_under_sched_batch_unless_told_otherwise(monkeypatch, setting, policy):
+    from schooner.transport import set_io_thread_policy
+    if setting is not None:
+        monkeypatch.setenv("SCHOONER_ZMQ_IO_POLICY", setting)
+    before = _io_thread_policies()
+    ctx = zmq.Context()
+    try:
+        set_io_thread_policy(ctx)
+        sock = ctx.socket(zmq.PAIR)  # the I/O thread starts with the first socket,
+        try:  # and sets its own policy as it starts
+            deadline = time.monotonic() + 5
+            while True:
+                mine = [p for tid, p in _io_thread_policies().items() if tid not in before]
+                if mine == [policy] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+            assert mine == [policy]
+        finally:
+            sock.close(0)
+    finally:
+        ctx.term()
