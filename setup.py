@@ -14,6 +14,7 @@ setup(
         "orjson>=3.8",
         "uvloop>=0.17",
         "httptools>=0.6",  # the frontend's HTTP parser (llhttp)
+        "pysimdjson>=6",  # the frontend's decoder of flat number arrays (no Python float per number)
         "pyzmq>=25",
         "msgpack>=1.0",
         "aiohttp>=3.9",
