@@ -77,7 +77,7 @@ def _numbers_only(body: bytes, input_type: InputType) -> bool:
     return input_type in _FLOAT_TYPES and body.translate(None, _NUMBER_BYTES) in _NUMBERS_ONLY
 
 
-def _cast(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def _cast(arr: np.ndarray, dtype: Any) -> np.ndarray:
     """``arr`` as ``dtype``; a value beyond its range becomes inf (refused by :func:`_check_finite`)."""
     try:
         return arr.astype(dtype)  # not under np.errstate: entering one cost more than the cast
@@ -98,7 +98,7 @@ def _flat_numbers(body: bytes, input_type: InputType, max_items: int) -> tuple[l
     """
     brackets = body.count(b"[")
     try:
-        doc = simdjson.Parser().parse(body)  # a parser per call: no state shared across threads
+        doc: Any = simdjson.Parser().parse(body)  # a parser per call: no state shared across threads
         try:
             batch = b'"input_batch"' in body  # the only key there is, besides numbers
             values = list(doc["input_batch"]) if batch else [doc["input"]]
