@@ -24,6 +24,8 @@ def _modules_after_import(module: str) -> set[str]:
     # `schooner up` only supervises: it probes its children with schooner.httpget and Redis in RESP
     ("management.cli", {"numpy", "requests", "redis", "aiohttp", "psutil", "ssl", "urllib.request"}),
     ("management.__main__", {"numpy", "requests"}),
+    # the frontend serves HTTP with frontend.httpserver (httptools), not aiohttp (~10 MiB of PSS)
+    ("frontend.__main__, frontend.server, frontend.http, frontend.httpserver", {"aiohttp", "yarl", "multidict"}),
 ])
 def test_control_plane_entry_points_do_not_import_what_they_never_use(module, unwanted):
     assert not unwanted & _modules_after_import(module)
