@@ -39,6 +39,7 @@ import urllib.parse
 from typing import Any, Awaitable, Callable, Union
 
 import httptools
+import orjson
 
 from schooner.cli import PID_HEADER
 from schooner.errors import ErrorCode, error_body
@@ -91,8 +92,6 @@ class Response:
 
 def json_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     """A JSON error answer in Schooner's error body."""
-    import orjson  # noqa: PLC0415 - the frontend has it loaded already
-
     return Response(orjson.dumps(error_body(code, message)), status=status, headers=headers)
 
 
@@ -203,6 +202,7 @@ class Connection(asyncio.Protocol):
         self.handling = False  # inside _handle_waiting: an answer given there does not re-enter it
         self.closed = False
         self.lingering: float | None = None  # since when it reads only to drop, after a refusal
+        self.refusal: tuple[int, str] | None = None  # to answer once the requests read before it are
         self.paused_reading = False
         self.paused_writing = False
         self.last_active = server.now  # of the last byte or answer, for the keep-alive timeout
@@ -229,7 +229,7 @@ class Connection(asyncio.Protocol):
         self.current = None
 
     def data_received(self, data: bytes) -> None:
-        if self.closed or self.lingering is not None:
+        if self.closed or self.lingering is not None or self.refusal is not None:
             return
         self.last_active = self.server.now
         if self.started is None:
@@ -319,6 +319,9 @@ class Connection(asyncio.Protocol):
             self._handle_loop()
         finally:
             self.handling = False
+        if self.refusal is not None and self.current is None and not self.waiting:
+            self._refuse(*self.refusal)
+            return
         if self.paused_reading and len(self.waiting) < MAX_PIPELINED // 2 and not self.paused_writing:
             self._resume_reading()
 
@@ -362,7 +365,7 @@ class Connection(asyncio.Protocol):
         self.last_active = self.server.now
         if close:
             self._close()
-        elif self.waiting and not self.handling:
+        elif (self.waiting or self.refusal is not None) and not self.handling:
             self._handle_waiting()
 
     def _write(self, response: Response, close: bool, head: bool = False) -> None:
@@ -382,19 +385,27 @@ class Connection(asyncio.Protocol):
             self.transport.writelines([b"".join(parts), body])
 
     def _refuse(self, status: int, message: str) -> None:
-        """Answer a request that could not be read, and close (the stream's framing is lost)."""
+        """Answer a request that could not be read, and close (the stream's framing is lost).
+
+        Requests read before it are answered first, in order: the refusal waits for them (and
+        nothing more is read meanwhile).
+        """
         if self.closed:
             return
-        self.waiting.clear()
-        self.current = None
-        code = ErrorCode.BAD_INPUT if "max_message_bytes" in message else ErrorCode.BAD_REQUEST
+        if self.current is not None or self.waiting:
+            self.refusal = (status, message)
+            return
+        self.refusal = None
+        if status >= 500:
+            code = ErrorCode.INTERNAL
+        else:
+            code = ErrorCode.BAD_INPUT if "max_message_bytes" in message else ErrorCode.BAD_REQUEST
         self._write(json_error(status, code.value, message), close=True)
         # A lingering close: the client may still be sending (a body over the limit); closing with its
         # bytes unread would reset the connection and could lose the answer. Say EOF, read and drop
         # what still comes, and close when the client does or after LINGER_S.
         if self.transport.can_write_eof():
             self.lingering = self.server.now
-            self.waiting.clear()
             self.transport.write_eof()
             self._resume_reading()
         else:

@@ -184,6 +184,12 @@ def test_malformed_requests_get_a_json_error_and_a_closed_connection(server, dat
     assert requests.get(f"{server.url}/query").status_code == 200  # the server serves on
 
 
+def test_a_malformed_request_behind_a_pending_one_is_refused_after_its_answer(server):
+    out = _raw(server.port, b"GET /later/150 HTTP/1.1\r\nHost: x\r\n\r\nNONSENSE\r\n\r\n", until_close=True)
+    assert out.startswith(b"HTTP/1.1 200") and _bodies(out)[0] == b"150"
+    assert out.count(b"HTTP/1.1 400") == 1 and out.index(b"HTTP/1.1 400") > out.index(b"150")
+
+
 def test_an_upgrade_is_ignored_the_request_answered_and_the_connection_closed(server):
     out = _raw(server.port, b"GET /query?a=1 HTTP/1.1\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nPRI * HTTP/2.0",
                until_close=True)
