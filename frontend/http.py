@@ -85,6 +85,11 @@ def _cast(arr: np.ndarray, dtype: Any) -> np.ndarray:
         return np.full(1, np.inf, dtype=dtype)
 
 
+# Below this, orjson's list and np.array cost less than simdjson's parser and proxies (measured here:
+# 32 doubles 7.8 vs 9.3 µs, 128 doubles 13.4 vs 11.7 µs, 4,096 doubles 238 vs 113 µs).
+SIMDJSON_MIN_BYTES = 512
+
+
 def _flat_numbers(body: bytes, input_type: InputType, max_items: int) -> tuple[list, list, bool, Any] | None:
     """:func:`parse_body` of ``{"input": [numbers]}`` or ``{"input_batch": [[numbers], ...]}``.
 
@@ -211,7 +216,7 @@ def parse_body(body: bytes, input_type: InputType, max_items: int) -> tuple[list
         raise BadInput(f"request body nests {depth} deep, more than the limit of {defaults.MAX_JSON_DEPTH} "
                        "(MAX_JSON_DEPTH)")
     numbers = _numbers_only(body, input_type)
-    if numbers:
+    if numbers and len(body) >= SIMDJSON_MIN_BYTES:
         fast = _flat_numbers(body, input_type, max_items)
         if fast is not None:
             return fast
