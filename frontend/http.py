@@ -94,8 +94,8 @@ def _flat_numbers(body: bytes, input_type: InputType, max_items: int) -> tuple[l
     """:func:`parse_body` of ``{"input": [numbers]}`` or ``{"input_batch": [[numbers], ...]}``.
 
     simdjson decodes each flat array straight into a buffer of doubles, with
-    no Python float per number: a W2 body (4,096 floats) took 65 µs here
-    against 200 µs for orjson's list plus ``np.array``. Only for a body of
+    no Python float per number: a W2 body (4,096 floats) took 65–113 µs here
+    against 200–238 µs for orjson's list plus ``np.array``. Only for a body of
     numbers (:func:`_numbers_only`) whose arrays are flat (one bracket per
     item): nested arrays would be flattened. None for any other body and for
     any body simdjson refuses: the general path parses it and names the error
