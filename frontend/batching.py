@@ -141,6 +141,20 @@ class LatencyCurve:
         """Seconds a batch of ``n`` takes at worst, bar outliers: the curve plus twice its noise."""
         return self.seconds(n) + 2.0 * self.noise_s
 
+    def upper_known(self, n: int) -> float:
+        """:meth:`upper`, except where it is a guess: with one size ``m`` seen, a larger batch is
+        taken to cost what ``m`` costs (no batch costs less than a smaller one).
+
+        For admission, which refuses a query only when it cannot make its deadline: with one
+        size seen, :meth:`seconds` scales the cost of larger batches up linearly from it (the
+        sleep model's 22 ms at 1 became 66 ms at 3, against 26 ms), so the first queries of a
+        cold model were shed for a guess.
+        """
+        single = self._single
+        if self._line is None and single is not None and n > single[0]:
+            n = single[0]
+        return self.upper(n)
+
 
 class OverheadFloor:
     """The least per-batch overhead seen lately: round-trip time a replica did not spend on its batch.
@@ -456,8 +470,10 @@ class ModelQueue:
 
         A replica's batches run one after the other (in the order sent, which
         ``in_flight`` keeps): it is free when the last one is expected to end.
+        For admission: the cost of a size not seen yet is not guessed upwards
+        (:meth:`LatencyCurve.upper_known`).
         """
-        upper = self.curve.upper
+        upper = self.curve.upper_known
         busy = dict.fromkeys(b.replica for b in self.in_flight.values())
         times = [max(now, replica.free_at(upper)) for replica in busy]
         times.extend(now for r in self.idle if r.idle)

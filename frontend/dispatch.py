@@ -228,7 +228,7 @@ class Dispatcher:
             # for the objective, shedding here would stop every batch and the curve could never learn
             # that it has become fast again; the query is sent (and defaulted at dispatch if hopeless).
             return False
-        start, finish, pos = predict_finish(now, ahead, n, free, mq.controller.target, mq.curve.upper,
+        start, finish, pos = predict_finish(now, ahead, n, free, mq.controller.target, mq.curve.upper_known,
                                             mq.arrivals.rate(now))
         deadline = query.deadline
         if pos >= n:  # the first query of its batch is ahead of it, with an earlier deadline

@@ -351,3 +351,25 @@ def test_an_idle_model_is_never_shed_for_so_its_curve_keeps_learning():
     assert len(sent) == 1 and len(route.queue.in_flight) == 1  # sent, not shed
     with pytest.raises(Overloaded):
         d.submit(route, _query(route.app, now), [item[0]], [item[1]], now)
+
+
+def test_a_cold_curve_does_not_shed_for_a_guessed_cost_of_sizes_not_seen():
+    """With only batches of 1 seen (22 ms), a batch of 4 was guessed at 88 ms: a query behind a
+    running batch was shed at half load. Admission takes what it knows: no batch costs less than
+    a smaller one, so 22 ms is the least a batch of 4 can take."""
+    curve = LatencyCurve()
+    for _ in range(3):
+        curve.observe(1, 0.022)
+    assert curve.upper(4) == pytest.approx(0.088)  # the dispatcher's (slow-side) guess is unchanged
+    assert curve.upper_known(4) == pytest.approx(0.022) and curve.upper_known(1) == pytest.approx(0.022)
+    now, slo = 10.0, 0.100
+    _, finish, _ = predict_finish(now, 3, 1, [now + 0.020], 32, curve.upper_known, 0.0)
+    assert finish <= now + slo  # admitted: 20 ms to wait, then a batch of 4
+    _, guessed, _ = predict_finish(now, 3, 1, [now + 0.020], 32, curve.upper, 0.0)
+    assert guessed > now + slo  # the old rule shed it
+    # What cannot make it even at the least cost is still refused: 90 ms of wait, then its batch.
+    _, hopeless, _ = predict_finish(now, 31, 1, [now + 0.090], 32, curve.upper_known, 0.0)
+    assert hopeless > now + slo
+    # Once two sizes are seen the fitted line is used for every size.
+    curve.observe(8, 0.036)
+    assert curve.upper_known(16) == pytest.approx(curve.upper(16))
