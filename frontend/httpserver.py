@@ -232,8 +232,6 @@ class Connection(asyncio.Protocol):
         if self.closed or self.lingering is not None or self.refusal is not None:
             return
         self.last_active = self.server.now
-        if self.started is None:
-            self.started = self.server.now
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as err:
@@ -265,8 +263,7 @@ class Connection(asyncio.Protocol):
     # -- httptools callbacks
 
     def on_message_begin(self) -> None:
-        if self.started is None:
-            self.started = self.server.now
+        self.started = self.server.now
 
     def on_url(self, url: bytes) -> None:
         self.url += url

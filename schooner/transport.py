@@ -11,6 +11,7 @@ queued atomically, so only its first frame can raise ``zmq.Again`` (or
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import zmq
@@ -50,7 +51,8 @@ def set_io_thread_policy(ctx: zmq.Context) -> None:
     when the sender blocks (or at the next tick) and writes the whole burst.
     ``SCHOONER_ZMQ_IO_POLICY=normal`` keeps the default policy.
     """
-    import os  # noqa: PLC0415
-
-    if os.environ.get("SCHOONER_ZMQ_IO_POLICY", "batch") == "batch" and hasattr(os, "SCHED_BATCH"):
+    policy = os.environ.get("SCHOONER_ZMQ_IO_POLICY", "batch")
+    if policy not in ("batch", "normal"):
+        raise ValueError(f"SCHOONER_ZMQ_IO_POLICY must be 'batch' or 'normal', got {policy!r}")
+    if policy == "batch" and hasattr(os, "SCHED_BATCH"):
         ctx.set(zmq.THREAD_SCHED_POLICY, os.SCHED_BATCH)

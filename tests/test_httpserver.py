@@ -76,31 +76,24 @@ def _raw(port: int, data: bytes, timeout: float = 5.0, until_close: bool = False
         return out
 
 
-def _count_answers(data: bytes) -> int:
-    n = 0
+def _bodies(data: bytes) -> list[bytes]:
+    """The bodies of the whole answers in ``data``, in order (100 Continue skipped)."""
+    out = []
     while True:
         head_end = data.find(b"\r\n\r\n")
         if head_end < 0:
-            return n
+            return out
         head = data[:head_end].decode("latin-1").lower()
         length = next((int(line.split(":", 1)[1]) for line in head.split("\r\n") if line.startswith("content-length:")), 0)
         if len(data) < head_end + 4 + length:
-            return n
-        if not head.startswith("http/1.1 100"):
-            n += 1
-        data = data[head_end + 4 + length:]
-
-
-def _bodies(data: bytes) -> list[bytes]:
-    out = []
-    while data:
-        head_end = data.find(b"\r\n\r\n")
-        head = data[:head_end].decode("latin-1").lower()
-        length = next((int(line.split(":", 1)[1]) for line in head.split("\r\n") if line.startswith("content-length:")), 0)
+            return out
         if not head.startswith("http/1.1 100"):
             out.append(data[head_end + 4:head_end + 4 + length])
         data = data[head_end + 4 + length:]
-    return out
+
+
+def _count_answers(data: bytes) -> int:
+    return len(_bodies(data))
 
 
 def test_http_date_is_the_imf_fixdate():

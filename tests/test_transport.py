@@ -96,3 +96,14 @@ def test_io_threads_run_under_sched_batch_unless_told_otherwise(monkeypatch, set
             sock.close(0)
     finally:
         ctx.term()
+
+
+def test_an_unknown_io_thread_policy_is_a_clear_error(monkeypatch):
+    from schooner.transport import set_io_thread_policy
+    monkeypatch.setenv("SCHOONER_ZMQ_IO_POLICY", "fifo")
+    ctx = zmq.Context()
+    try:
+        with pytest.raises(ValueError, match="SCHOONER_ZMQ_IO_POLICY must be 'batch' or 'normal'"):
+            set_io_thread_policy(ctx)
+    finally:
+        ctx.term()
