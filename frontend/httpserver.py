@@ -98,7 +98,7 @@ def json_error(status: int, code: str, message: str, headers: dict[str, str] | N
 class Request:
     """One parsed request. ``params`` holds a route's ``{name}`` segments (percent-decoded)."""
 
-    __slots__ = ("method", "path", "query_string", "headers", "body", "params", "keep_alive", "conn", "head")
+    __slots__ = ("method", "path", "query_string", "headers", "body", "params", "keep_alive", "conn")
 
     def __init__(self, conn: Connection, method: str, target: bytes, headers: dict[str, str], body: bytes,
                  keep_alive: bool) -> None:
@@ -107,7 +107,6 @@ class Request:
         self.path = path.decode("latin-1")
         self.query_string = query.decode("latin-1")
         self.params: dict[str, str] = {}
-        self.head = method == "HEAD"
 
     @property
     def query(self) -> dict[str, str]:
@@ -154,7 +153,7 @@ class Router:
             if methods is None:
                 return json_error(404, ErrorCode.NOT_FOUND.value, f"no such path: {request.path[:200]}")
         handler = methods.get(request.method)
-        if handler is None and request.head:
+        if handler is None and request.method == "HEAD":
             handler = methods.get("GET")
         if handler is None:
             allowed = ", ".join(sorted(methods))
@@ -357,7 +356,7 @@ class Connection(asyncio.Protocol):
         if request is not self.current or self.closed:
             return  # the connection went away (or was refused) meanwhile
         close = not request.keep_alive or self.server.closing
-        self._write(response, close, head=request.head)
+        self._write(response, close, head=request.method == "HEAD")
         self.current = None
         self.last_active = self.server.now
         if close:
