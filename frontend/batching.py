@@ -141,19 +141,23 @@ class LatencyCurve:
         """Seconds a batch of ``n`` takes at worst, bar outliers: the curve plus twice its noise."""
         return self.seconds(n) + 2.0 * self.noise_s
 
-    def upper_known(self, n: int) -> float:
-        """:meth:`upper`, except where it is a guess: with one size ``m`` seen, a larger batch is
+    def seconds_known(self, n: int) -> float:
+        """:meth:`seconds`, except where it is a guess: with one size ``m`` seen, a larger batch is
         taken to cost what ``m`` costs (no batch costs less than a smaller one).
 
-        For admission, which refuses a query only when it cannot make its deadline: with one
-        size seen, :meth:`seconds` scales the cost of larger batches up linearly from it (the
-        sleep model's 22 ms at 1 became 66 ms at 3, against 26 ms), so the first queries of a
-        cold model were shed for a guess.
+        For what refuses a query only when it cannot make its deadline (admission, dropping at
+        dispatch): with one size seen, :meth:`seconds` scales the cost of larger batches up
+        linearly from it (the sleep model's 22 ms at 1 became 66 ms at 3, against 26 ms), so
+        the first queries of a cold model were refused for a guess.
         """
         single = self._single
         if self._line is None and single is not None and n > single[0]:
             n = single[0]
-        return self.upper(n)
+        return self.seconds(n)
+
+    def upper_known(self, n: int) -> float:
+        """:meth:`seconds_known` plus twice the noise, as :meth:`upper` is to :meth:`seconds`."""
+        return self.seconds_known(n) + 2.0 * self.noise_s
 
 
 class OverheadFloor:
@@ -202,7 +206,17 @@ class ArrivalMeter:
     what the wait rule needs: with one closed-loop client nothing ever arrives
     while its query is outstanding, however fast it sends; with open-loop
     Poisson arrivals it is the plain rate.
+
+    The rate counts from the first arrival of a stream (the first after a gap
+    of ``RESTART_HORIZONS`` horizons or more): ``n`` arrivals ``t`` after it are
+    ``(n − 1)/t`` items per second while ``t`` is short of the horizon, not
+    ``n/horizon``. A model's first traffic is then seen at its rate within a
+    few arrivals, where a plain exponential average needs most of a horizon
+    (0.5 s) to ramp up, and the batch cap and admission plan for a fraction of
+    the load meanwhile.
     """
+
+    RESTART_HORIZONS = 5.0  # a gap this long (in horizons) starts a new stream: what came before is < 1 %
 
     def __init__(self, horizon_s: float = defaults.ARRIVAL_HORIZON_S) -> None:
         if horizon_s <= 0:
@@ -213,6 +227,8 @@ class ArrivalMeter:
         self.busy_s = 0.0  # decayed time spent busy
         self.busy = False
         self.last: float | None = None
+        self.first: float | None = None  # when the current stream's first arrival came
+        self.first_items = 0
 
     def _advance(self, now: float) -> None:
         if self.last is None:
@@ -229,6 +245,8 @@ class ArrivalMeter:
 
     def arrive(self, now: float, items: int, busy: bool) -> None:
         """``items`` arrived at ``now``; ``busy``: the model had work outstanding when they did."""
+        if self.first is None or (self.last is not None and now - self.last >= self.RESTART_HORIZONS * self.horizon_s):
+            self.first, self.first_items, self.count = now, items, 0.0
         self._advance(now)
         self.count += items
         if busy:
@@ -240,10 +258,16 @@ class ArrivalMeter:
         self.busy = busy
 
     def rate(self, now: float) -> float:
-        """Items per second lately (0.0 before any arrival)."""
-        if self.last is None:
+        """Items per second lately (0.0 before two arrivals; see the class docstring)."""
+        if self.last is None or self.first is None:
             return 0.0
-        return self.count * math.exp(-max(0.0, now - self.last) / self.horizon_s) / self.horizon_s
+        h = self.horizon_s
+        age = max(0.0, now - self.first)
+        window = h * -math.expm1(-age / h)  # the horizon, or less while the stream is younger than it
+        if window <= 0.0:
+            return 0.0
+        count = self.count * math.exp(-max(0.0, now - self.last) / h) - self.first_items * math.exp(-age / h)
+        return max(0.0, count) / window
 
     def busy_rate(self) -> float | None:
         """Items per second arriving while the model is busy; None until it has been busy a while."""
@@ -301,7 +325,10 @@ class BatchSizeController:
     Among caps within 2 % of the best, the largest whose batch fits in half the
     objective wins (a burst then costs nobody their deadline), else the
     smallest. Caps beyond twice the largest batch seen are not considered: the
-    curve is a guess there. A new cap that differs by 5 % (and by two above 20)
+    curve is a guess there. While only one size ``m`` is seen and the load is
+    more than it serves, the cap probes the largest size up to ``2m`` that fits
+    the objective even at the linear guess (:meth:`_probe`), so the slope is
+    learnt. A new cap that differs by 5 % (and by two above 20)
     is taken at once; a smaller change only when proposed three times running,
     so noise in the curve does not make the cap jitter.
     """
@@ -391,7 +418,21 @@ class BatchSizeController:
             return n_safe
         near = [n for n, g in zip(sizes, scores) if g >= 0.98 * top]
         within_half = [n for n in near if n <= n_safe]
-        return within_half[-1] if within_half else near[0]
+        choice = within_half[-1] if within_half else near[0]
+        return max(choice, self._probe(curve, rate, replicas, slo))
+
+    def _probe(self, curve: LatencyCurve, rate: float, replicas: int, slo: float) -> int:
+        """With only one size ``m`` ever seen and more load than it serves: the largest size up to ``2m``
+        whose cost, guessed linearly from ``m`` (the slow side), still fits the objective; else 0.
+
+        Scored on that guess, a larger batch serves no more than ``m`` does (``n/(n/m·L(m))``), so
+        without a probe a cold model stays at the size it started with however far behind it falls.
+        """
+        m = curve.largest
+        if len(curve.by_size) != 1 or rate * curve.upper(m) * (1.0 + self.headroom) <= replicas * m:
+            return 0
+        fits = [n for n in range(m + 1, min(self.max_batch_size, 2 * m) + 1) if curve.upper(n) <= slo]
+        return fits[-1] if fits else 0
 
 
 def settled_batch(per_replica: float, curve: LatencyCurve, cap: int) -> int:

@@ -320,7 +320,7 @@ class Dispatcher:
         the default output now (dropped at dispatch)."""
         if not mq.curve.known:
             return mq.take(target)
-        need = mq.curve.seconds(min(target, depth))
+        need = mq.curve.seconds_known(min(target, depth))
         late: list[Entry] = []
         entries = mq.take(target, start + need, need, late)
         if late:
@@ -332,8 +332,12 @@ class Dispatcher:
 
         Only a full batch: a partial one would be smaller than waiting in the queue makes
         it, so it waits here for the replica to free (the wait rule, the controller and
-        the deadline checks as ever).
+        the deadline checks as ever). Nor while an adaptive cap has seen one batch size only:
+        the cap is still growing (it probes larger sizes batch by batch), and a batch of the
+        size it starts with, sent behind, would hold the queue at that size a batch longer.
         """
+        if mq.controller.adaptive and len(mq.curve.by_size) < 2:
+            return
         depth_limit = self.config.pipeline_depth
         target = mq.controller.target
         for batch in list(mq.in_flight.values()):

@@ -293,6 +293,49 @@ def test_open_loop_stream_is_waited_for():
     assert not should_wait(0.0, 3, 32, meter.busy_rate(), slack_s=0.1, need_s=0.01)
 
 
+def test_a_young_stream_is_seen_at_its_rate_at_once():
+    """A plain exponential average ramps up over its horizon (0.5 s): 100 ms into a stream of
+    200/s it reads ~36/s, and a cold model's cap and admission planned for that."""
+    meter = ArrivalMeter()
+    t = 5.0
+    for _ in range(21):  # 200/s for 100 ms
+        meter.arrive(t, 1, busy=False)
+        t += 0.005
+    assert meter.rate(t - 0.005) == pytest.approx(200.0, rel=0.02)
+    for _ in range(400):  # and on, well past the horizon: the plain average
+        meter.arrive(t, 1, busy=False)
+        t += 0.005
+    assert meter.rate(t - 0.005) == pytest.approx(200.0, rel=0.02)
+    # Quiet for a while, it decays as before ...
+    assert meter.rate(t + 0.5) == pytest.approx(200.0 * math.exp(-1), rel=0.05)
+    # ... and after a gap of five horizons a new stream counts from its own first arrival.
+    t += 3.0
+    for _ in range(11):
+        meter.arrive(t, 1, busy=False)
+        t += 0.02
+    assert meter.rate(t - 0.02) == pytest.approx(50.0, rel=0.05)
+    assert ArrivalMeter().rate(1.0) == 0.0
+
+
+def test_a_cold_cap_probes_larger_sizes_when_behind():
+    """sleep 23.5 + 2·n ms, SLO 100 ms, 146 q/s: only batches of 1 seen (25.5 ms, 39 q/s). Guessed
+    linearly from them a batch of 2 costs 51 ms, which does not fit half the (90 %) objective, and
+    every larger cap looks no faster than 1; without a probe the cap stayed at 1 (shedding most
+    queries) until noise made 2 look as if it fit."""
+    cost = sleep_curve(0.0235, 0.002)
+    ctl = BatchSizeController(-1, 64)
+    ctl.objective_micros = 100_000
+    curve = LatencyCurve()
+    caps = run_controller(ctl, curve, cost, 146.0, 8)
+    assert caps[0] == 2  # the probe: 51 ms at worst, within the objective
+    assert caps[-1] == best_fixed(cost, 0.1, 146.0, 64)
+    assert caps.index(caps[-1]) <= 4  # 1 → 2 → 4 → 8 → the best: the doubling the curve allows
+    # Not when the size seen keeps up: 20 q/s at 25.5 ms a batch of 1 needs no larger cap yet.
+    ctl2, curve2 = BatchSizeController(-1, 64), LatencyCurve()
+    ctl2.objective_micros = 100_000
+    assert run_controller(ctl2, curve2, cost, 20.0, 3) == [1, 1, 1]
+
+
 def test_unknown_rate_does_not_wait():
     assert not should_wait(0.005, 1, 32, ArrivalMeter().busy_rate(), slack_s=0.1, need_s=0.0)
 
@@ -360,7 +403,7 @@ def test_a_cold_curve_does_not_shed_for_a_guessed_cost_of_sizes_not_seen():
     curve = LatencyCurve()
     for _ in range(3):
         curve.observe(1, 0.022)
-    assert curve.upper(4) == pytest.approx(0.088)  # the dispatcher's (slow-side) guess is unchanged
+    assert curve.upper(4) == pytest.approx(0.088)  # the planning (slow-side) guess is unchanged
     assert curve.upper_known(4) == pytest.approx(0.022) and curve.upper_known(1) == pytest.approx(0.022)
     now, slo = 10.0, 0.100
     _, finish, _ = predict_finish(now, 3, 1, [now + 0.020], 32, curve.upper_known, 0.0)

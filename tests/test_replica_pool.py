@@ -169,3 +169,31 @@ def test_admission_sees_a_replica_with_two_batches_free_after_both():
     now = time.monotonic()
     (free,) = mq.free_times(now)
     assert free - now > 0.15 and mq.live_replicas() == 1  # two batches of ~0.1 s, one replica
+
+
+def test_an_adaptive_cap_that_has_seen_one_size_sends_nothing_behind():
+    """A cold adaptive cap grows batch by batch; a batch of its first size sent behind the running
+    one would hold the queue at that size a batch longer."""
+    d, replica, mq, sent, submit = _pipelined(depth=2, batch_size=-1)
+    submit(5)
+    assert mq.controller.target == 1 and len(sent) == 1 and len(replica.batches) == 1
+    _finish(d, replica, replica.batches[0])
+    assert len(mq.curve.by_size) == 1 and len(replica.batches) == 1  # one size seen: nothing behind
+    mq.curve.observe(2, 0.001)  # a second size: the cap is learnt, full batches go behind again
+    submit(1)
+    assert len(replica.batches) == 2
+
+
+def test_a_cold_curve_drops_nothing_at_dispatch_for_a_guessed_cost():
+    """With only batches of 1 seen, a batch of 2 was guessed at twice their cost; queries that a
+    batch of 2 would answer in time were given the default instead. Dispatch drops a query only on
+    what it knows: no batch costs less than a smaller one."""
+    d, replica, mq, sent, submit = _pipelined(depth=1, batch_size=2)
+    submit(1)
+    for _ in range(3):
+        mq.curve.observe(1, 4.0)  # 4 s a batch of 1; the app's objective is 10 s
+    queries = submit(2)
+    now = time.monotonic()
+    entries = d._take(mq, 2, 2, now + 3.0, now)  # starts in 3 s: 7 s at the least cost, 11 s guessed
+    assert [e.query for e in entries] == queries and not any(q.done for q in queries)
+    assert mq.dropped_at_dispatch.value == 0
