@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import http.client
 import json
 import os
@@ -36,10 +37,11 @@ import time
 import urllib.parse
 from typing import Any
 
-import aiohttp
 import msgpack
 import numpy as np
+import orjson
 import requests
+import uvloop
 import zmq
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -192,47 +194,125 @@ def zmq_open_loop(address: str, app: str, rate: float, seconds: float, x: np.nda
     return out
 
 
-async def _http_open_loop(url: str, app: str, rate: float, seconds: float, x: np.ndarray, seed: int) -> list[tuple]:
+class _HttpConn(asyncio.Protocol):
+    """One keep-alive connection of the open-loop HTTP generator: requests out, answers classified."""
+
+    def __init__(self, sink: "_HttpLoad") -> None:
+        self.sink = sink
+        self.buf = bytearray()
+        self.pending: collections.deque[float] = collections.deque()  # send times, oldest first
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.sink.idle.append(self)
+
+    def send(self, request: bytes, now: float) -> None:
+        assert self.transport is not None
+        self.pending.append(now)
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end]).lower()
+            at = head.find(b"content-length:")
+            length = int(head[at + 15:].split(b"\r\n", 1)[0]) if at >= 0 else 0
+            total = end + 4 + length
+            if len(buf) < total:
+                return
+            status = int(head[9:12])
+            body = bytes(buf[end + 4:total])
+            del buf[:total]
+            self.sink.answer(status, body, time.monotonic() - self.pending.popleft())
+            if not self.pending:
+                self.sink.idle.append(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.sink.lost(self)
+
+
+class _HttpLoad:
+    """What the connections report to: outcomes, and which connections have nothing outstanding."""
+
+    def __init__(self) -> None:
+        self.out: list[tuple] = []
+        self.idle: list[_HttpConn] = []
+        self.outstanding = 0
+        self.pipelined = 0
+
+    def answer(self, status: int, body: bytes, latency_s: float) -> None:
+        self.outstanding -= 1
+        if status == 429:
+            self.out.append(("shed", latency_s))
+        elif status != 200:
+            self.out.append(("error", latency_s))
+        else:
+            data = orjson.loads(body)
+            if data.get("default"):
+                why = data.get("default_explanation") or ""
+                self.out.append(("shed" if why.startswith("overloaded") else "default", latency_s))
+            else:
+                self.out.append(("real", latency_s))
+
+    def lost(self, conn: _HttpConn) -> None:
+        self.outstanding -= len(conn.pending)
+        self.out.extend(("lost", 0.0) for _ in conn.pending)
+        conn.pending.clear()
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+
+async def _http_open_loop(url: str, app: str, rate: float, seconds: float, x: np.ndarray, seed: int,
+                          connections: int) -> tuple[list[tuple], int]:
+    parts = urllib.parse.urlsplit(url)
     body = json.dumps({"input": x.tolist()}).encode()
+    request = (f"POST /{app}/predict HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    loop = asyncio.get_running_loop()
+    load = _HttpLoad()
+    conns = [(await loop.create_connection(lambda: _HttpConn(load), parts.hostname, parts.port))[1]
+             for _ in range(connections)]
     rng = random.Random(seed)
-    out: list[tuple] = []
-    conn = aiohttp.TCPConnector(limit=2000)
-    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30)) as session:
-        async def one() -> None:
-            t0 = time.monotonic()
-            try:
-                async with session.post(f"{url}/{app}/predict", data=body,
-                                        headers={"Content-Type": "application/json"}) as resp:
-                    data = await resp.json(content_type=None)
-                    lat = time.monotonic() - t0
-                    if resp.status == 429:
-                        out.append(("shed", lat))
-                    elif resp.status != 200:
-                        out.append(("error", lat))
-                    elif data.get("default"):
-                        why = data.get("default_explanation") or ""
-                        out.append(("shed" if why.startswith("overloaded") else "default", lat))
-                    else:
-                        out.append(("real", lat))
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                out.append(("lost", 0.0))
-
-        tasks = []
-        start = time.monotonic()
-        next_at = start
-        while next_at < start + seconds:
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(one()))
+    start = time.monotonic()
+    next_at, end = start, start + seconds
+    while next_at < end:
+        now = time.monotonic()
+        while next_at <= now:  # every arrival that is due, each on a connection of its own if one is free
+            if load.idle:
+                conn = load.idle.pop()
+            else:  # all busy: behind the one with the least outstanding (counted, to be reported)
+                conn = min(conns, key=lambda c: len(c.pending))
+                load.pipelined += 1
+            conn.send(request, now)
+            load.outstanding += 1
             next_at += rng.expovariate(rate)
-        await asyncio.gather(*tasks)
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+    deadline = time.monotonic() + 30
+    while load.outstanding > 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    for conn in conns:
+        load.out.extend(("lost", 0.0) for _ in conn.pending)
+        conn.pending.clear()
+        if conn.transport is not None:
+            conn.transport.close()
+    return load.out, load.pipelined
+
+
+def http_open_loop(url: str, app: str, rate: float, seconds: float, x: np.ndarray, seed: int,
+                   connections: int = 256) -> list[tuple]:
+    """Poisson arrivals at ``rate`` over HTTP/1.1: ``connections`` keep-alive connections opened
+    first, each request on one with nothing outstanding (behind the least busy one only when
+    none is free, which is counted), the requests pre-encoded and the answers parsed with no
+    client library, on uvloop: the aiohttp client this replaced offered at most ~1,500 q/s here."""
+    out, pipelined = uvloop.run(_http_open_loop(url, app, rate, seconds, x, seed, connections))
+    if pipelined:
+        print(json.dumps({"http_generator_pipelined": pipelined, "app": app, "rate": rate}), file=sys.stderr)
     return out
-
-
-def http_open_loop(url: str, app: str, rate: float, seconds: float, x: np.ndarray, seed: int) -> list[tuple]:
-    """Poisson arrivals at ``rate`` over HTTP (aiohttp), every request its own task."""
-    return asyncio.run(_http_open_loop(url, app, rate, seconds, x, seed))
 
 
 def closed_loop_c1(dep: Deployment, app: str, x: np.ndarray, n: int) -> list[float]:

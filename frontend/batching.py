@@ -311,7 +311,10 @@ class BatchSizeController:
     Adaptive (:attr:`BatchSize.ADAPTIVE`) picks the cap ``n`` (at most
     ``max_batch_size``) that maximises the predicted rate of answers within the
     objective ``S`` (less ``margin``), from the latency curve, the arrival rate
-    ``λ`` and the number of replicas ``R``. A query's latency is its wait for
+    ``λ`` and the number of replicas ``R``. ``S`` is what is left of the
+    app's objective when queries reach the queue (``entry_age_s``: an HTTP
+    query may have waited for the frontend to read and parse it), down to half
+    of it at most. A query's latency is its wait for
     the batch ahead plus its own batch, so:
 
     - a cap that keeps up settles at the batch ``k`` that arrives during one
@@ -341,6 +344,7 @@ class BatchSizeController:
         self.margin = margin
         self.headroom = headroom
         self.objective_micros = defaults.LATENCY_SLO_MICROS
+        self.entry_age_s = 0.0  # how old queries are when they reach the queue, lately (see ModelQueue)
         self.target = 1 if self.adaptive else batch_size
         self._proposed = 0
         self._streak = 0
@@ -358,8 +362,10 @@ class BatchSizeController:
             self.target = min(self.target, max_batch_size)
 
     def _slo_s(self) -> float:
-        # What the cap plans for, a hair over so that a curve landing exactly on it counts as fitting.
-        return self.objective_micros * 1e-6 * (1.0 - self.margin) * (1.0 + 1e-9)
+        # What the cap plans for, a hair over so that a curve landing exactly on it counts as fitting:
+        # what is left of the objective when queries reach the queue.
+        left = max(0.5 * self.objective_micros * 1e-6, self.objective_micros * 1e-6 - self.entry_age_s)
+        return left * (1.0 - self.margin) * (1.0 + 1e-9)
 
     def goodput(self, n: int, curve: LatencyCurve, rate: float, replicas: int, settled: int) -> float:
         """Predicted answers per second within the objective with a cap of ``n``.
@@ -483,6 +489,7 @@ class ModelQueue:
         self.cache_lookups = metrics.counter(prefix + names.MODEL_CACHE_LOOKUPS)
         self.cache_bytes = metrics.gauge(prefix + names.MODEL_CACHE_BYTES)
         self._retuned_at = -math.inf
+        self.entry_age_s = 0.0  # EWMA of how old queries are when they are queued (arrival to submit)
 
     def live_replicas(self) -> int:
         """Replicas of this version that hold a batch or are idle and ready for one."""
@@ -502,6 +509,7 @@ class ModelQueue:
         ctl = self.controller
         if ctl.adaptive and (force or now - self._retuned_at >= defaults.RETUNE_INTERVAL_S):
             self._retuned_at = now
+            ctl.entry_age_s = self.entry_age_s
             ctl.update(self.curve, self.arrivals.rate(now), self.live_replicas())
             self.target_gauge.set(ctl.target)
         return ctl.target

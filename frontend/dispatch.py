@@ -153,6 +153,9 @@ class Dispatcher:
         assert mq is not None, "submit needs a route with a queue"  # the endpoints answer NoModel first
         n = len(metas)
         mq.arrivals.arrive(now, n, mq.busy())
+        age = now - query.arrival  # 0 over ZMQ; over HTTP, the wait to be read and parsed
+        if age or mq.entry_age_s:
+            mq.entry_age_s += defaults.ENTRY_AGE_WEIGHT * (age - mq.entry_age_s)
         if not mq.has_room(n):
             self.count_error(route.app, Overloaded.code, n)
             mq.shed_at_arrival.inc(n)

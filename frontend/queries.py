@@ -21,8 +21,11 @@ STRING_META = ["s", None, None]
 class DeadlineWheel:
     """Expires an app's queries at their deadlines with one loop timer, not one per query.
 
-    Every query of an app has the same objective, so deadlines arrive in FIFO
-    order: a deque, and a timer armed for the head. Answered queries leave the
+    Every query of an app has the same objective, so deadlines arrive in about
+    FIFO order: a deque kept sorted, and a timer armed for the head. (About: an
+    HTTP query's arrival is when its request came, and a big body is parsed on
+    a thread, so one may be added after a later one; it goes in its place,
+    found from the tail.) Answered queries leave the
     deque from its head, when the next query is added or the timer fires, so
     the deque holds (about) the queries still unanswered, not every query of
     the last objective's worth of time (with a 30 s objective at 1,500 q/s,
@@ -40,9 +43,19 @@ class DeadlineWheel:
         queries = self.queries
         while queries and queries[0].done:
             queries.popleft()
-        queries.append(query)
+        deadline = query.deadline
+        if not queries or queries[-1].deadline <= deadline:
+            queries.append(query)
+        else:
+            at = len(queries) - 1
+            while at > 0 and queries[at - 1].deadline > deadline:
+                at -= 1
+            queries.insert(at, query)
+            if at == 0 and self.handle is not None:  # a new head: the timer is for it now
+                self.handle.cancel()
+                self.handle = None
         if self.handle is None:
-            self.handle = loop.call_at(query.deadline, self._fire, loop)
+            self.handle = loop.call_at(queries[0].deadline, self._fire, loop)
 
     def _fire(self, loop: Any) -> None:
         self.handle = None

@@ -42,6 +42,10 @@ SLO_MARGIN_FRACTION = 0.10  # the controller plans for this much less than the o
 CAPACITY_HEADROOM_FRACTION = 0.20  # a batch cap counts as keeping up when its capacity is this much over the load
 RETUNE_INTERVAL_S = 0.02  # the batch cap is re-chosen at most this often
 ADMISSION_GUARD_MICROS = 1000  # admission wants a query done this long before its deadline
+ENTRY_AGE_WEIGHT = 0.05  # EWMA weight of how old queries are when queued (the batch cap plans for what is left)
+LOOP_LAG_FLOOR_S = 0.001  # a request that waited less than this for the HTTP loop to read it is not checked
+FRONTEND_WAIT_SHARE = 0.20  # an HTTP query that waited longer than this share of its objective for the
+# frontend (to be read, for a parsing thread) is refused: overload control that keeps the frontend's queue short
 CACHE_SIZE_BYTES = 64 * 1024 * 1024  # prediction cache bound per model version (when enabled)
 ON_OVERLOAD = "reject"  # what an app answers a query that cannot make its deadline: reject (429) | default
 

@@ -197,6 +197,26 @@ def test_deadline_wheel_expires_queries_in_order_with_one_timer():
     assert not wheel.queries and wheel.handle is None
 
 
+def test_a_query_added_after_a_later_deadline_is_expired_at_its_own():
+    # An HTTP query's arrival is when its request came, and a big body is parsed on a thread, so a
+    # query can be added behind one whose deadline is later than its own.
+    loop, app, answers = FakeLoop(), _app(slo_micros=100_000), []
+    wheel = DeadlineWheel()
+    first, second, early, earliest = (_query(app, arrival=t, answers=answers) for t in (0.03, 0.05, 0.04, 0.01))
+    for q in (first, second, early, earliest):
+        wheel.add(q, loop)
+    assert [q.deadline for q in wheel.queries] == sorted(q.deadline for q in wheel.queries)
+    assert len([t for t in loop.timers if not t.cancelled]) == 1  # re-armed for the new head
+    loop.advance(0.111)  # deadlines: earliest 0.11, first 0.13, early 0.14, second 0.15
+    assert [q for q, _ in answers] == [earliest]
+    loop.advance(0.02)
+    assert [q for q, _ in answers] == [earliest, first]
+    loop.advance(0.01)
+    assert [q for q, _ in answers] == [earliest, first, early] and not second.done
+    loop.advance(0.01)
+    assert second.done and not wheel.queries
+
+
 def test_answered_queries_leave_the_deadline_wheel_without_waiting_for_their_deadline():
     # A 30 s objective and every query answered at once: the wheel must not hold 30 s of answered
     # queries (and their outputs) until the timer reaches them.

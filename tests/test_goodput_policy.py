@@ -128,6 +128,25 @@ def test_controller_goes_past_half_the_objective_when_heavily_overloaded():
     assert ctl.goodput(want, curve, rate, 1, 64) > ctl.goodput(35, curve, rate, 1, 64)
 
 
+def test_controller_plans_for_what_is_left_when_queries_reach_the_queue():
+    """Over HTTP a query may reach its queue already old (waiting for the frontend to read and
+    parse it); the cap plans for what is left of the objective, down to half of it."""
+    cost = sleep_curve(0.010, 0.001)
+    curve = LatencyCurve()
+    for n in range(1, 65):
+        curve.observe(n, cost(n))
+    rate = 0.5 * 35 / cost(35)
+
+    def best(objective_us: int, age_s: float = 0.0) -> int:
+        ctl = BatchSizeController(-1, 64)
+        ctl.objective_micros, ctl.entry_age_s = objective_us, age_s
+        return ctl.best(curve, rate, 1)
+
+    assert best(100_000) in (34, 35)  # a batch of n fits half of 90 ms up to n = 35
+    assert best(100_000, age_s=0.040) == best(60_000) < best(100_000)  # what is left: 60 ms
+    assert best(100_000, age_s=0.090) == best(50_000) < best(60_000)  # never less than half
+
+
 def test_controller_is_stable_under_noise():
     cost = sleep_curve(0.005, 0.002)
     ctl = BatchSizeController(-1, 64)

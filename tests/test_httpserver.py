@@ -30,6 +30,10 @@ class ServerThread:
         router.add("GET", "/boom", self._boom)
         router.add("GET", "/query", lambda r: Response(json.dumps(r.query).encode()))
         router.add("POST", "/{app}/predict", lambda r: Response(json.dumps(r.params).encode()))
+        self.early_seen: list[float] = []  # waited_s of each request the early check saw
+        self.gated_bodies: list[int] = []  # body sizes the gated handler got
+        router.add("POST", "/gate/{what}", self._gated, early=self._early)
+        router.add("GET", "/block/{ms}", self._block)
         self.server = HttpServer(router, MAX_BODY, **kwargs)
         self.port = asyncio.run_coroutine_threadsafe(self.server.start("127.0.0.1", 0), self.loop).result(10)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -41,6 +45,20 @@ class ServerThread:
     async def _async(self, request: Request) -> Response:
         await asyncio.sleep(0.01)
         return Response(b'"async"')
+
+    def _early(self, request: Request) -> Response | None:
+        self.early_seen.append(request.waited_s)
+        if request.params["what"] == "refuse":
+            return Response(b'"refused at the headers"', status=429)
+        return None
+
+    def _gated(self, request: Request) -> Response:
+        self.gated_bodies.append(len(request.body))
+        return Response(str(len(request.body)).encode())
+
+    def _block(self, request: Request) -> Response:
+        time.sleep(int(request.params["ms"]) / 1000)  # a loop busy with other work: nothing is read meanwhile
+        return Response(b'"unblocked"')
 
     def _boom(self, request: Request) -> Response:
         raise RuntimeError("a handler bug")
@@ -234,3 +252,32 @@ def test_a_client_that_never_reads_answers_stops_being_read(server):
         assert sent < len(stream) // 4  # both sides' buffers are full and the server stopped reading
         assert conn.transport.get_write_buffer_size() < 1 << 20
         assert len(conn.waiting) <= httpserver.MAX_PIPELINED + 64  # one read's worth beyond the pause
+
+
+def test_an_early_answer_is_given_at_the_headers_and_its_body_dropped_unbuffered(server):
+    body = b"x" * 40_000
+    data = (f"POST /gate/refuse HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+            + b"POST /gate/keep HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+    out = _raw(server.port, data, expect=2)
+    assert _bodies(out) == [b'"refused at the headers"', b"3"]  # in order, on one live connection
+    assert out.startswith(b"HTTP/1.1 429 ") and server.gated_bodies == [3]
+
+
+def test_waited_counts_how_long_a_busy_loop_left_a_request_unread(server):
+    with requests.Session() as s:
+        assert s.post(f"{server.url}/gate/keep", data=b"1").status_code == 200  # starts the lag timer
+        assert server.early_seen[-1] == 0.0
+        time.sleep(0.01)
+        assert s.post(f"{server.url}/gate/keep", data=b"1").status_code == 200
+        assert server.early_seen[-1] < 0.005  # a loop that keeps up: read at once
+        blocker = threading.Thread(target=lambda: requests.get(f"{server.url}/block/150", timeout=5))
+        blocker.start()
+        time.sleep(0.03)  # the loop is inside the 150 ms handler; this request waits in its socket
+        t0 = time.monotonic()
+        assert s.post(f"{server.url}/gate/keep", data=b"1").status_code == 200
+        waited_for_real = time.monotonic() - t0
+        blocker.join()
+    # It waited in its socket from 30 ms into the loop's 150 ms stretch to its end: the estimate is
+    # bounded by the stretch and covers the wait.
+    assert waited_for_real > 0.08
+    assert waited_for_real - 0.005 <= server.early_seen[-1] <= 0.160
