@@ -232,7 +232,6 @@ class Connection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.body_bytes = 0
         self.request: Request | None = None  # made at the headers
-        self.route: Handler | Response | None = None  # its handler, or the answer it gets
 
     # -- asyncio.Protocol
 
@@ -306,7 +305,7 @@ class Connection(asyncio.Protocol):
         server = self.server
         request = self.request = Request(self, self.parser.get_method().decode("ascii", "replace"), self.url,
                                          self.headers, b"", self.parser.should_keep_alive())
-        route = self.route = server.router.resolve(request)
+        route = request.route = server.router.resolve(request)
         early = server.router.early.get(route) if server.router.early and not isinstance(route, Response) else None
         if early is not None:
             now = time.monotonic()
@@ -314,7 +313,7 @@ class Connection(asyncio.Protocol):
             request.arrived = now - waited
             answer = early(request)
             if answer is not None:
-                self.route = answer  # the body is read and dropped (on_body), not kept
+                request.route = answer  # the body is read and dropped (on_body), not kept
                 return
         if self.headers.get("expect", "").lower() == "100-continue" and self.current is None and not self.waiting:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -324,14 +323,13 @@ class Connection(asyncio.Protocol):
         if self.body_bytes > self.server.max_body_bytes:
             raise _Refused(400, f"request body is larger than the limit of {self.server.max_body_bytes} bytes "
                                 "(max_message_bytes)")
-        if not isinstance(self.route, Response):
+        if not isinstance(self.request.route, Response):  # type: ignore[union-attr]  # headers come first
             self.body.append(body)
 
     def on_message_complete(self) -> None:
-        request, route = self.request, self.route
-        assert request is not None and route is not None  # llhttp completes no message without headers
+        request = self.request
+        assert request is not None  # llhttp completes no message without headers
         request.body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-        request.route = route
         self._reset_message()
         self.started = None
         self.waiting.append(request)
