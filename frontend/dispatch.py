@@ -161,6 +161,9 @@ class Dispatcher:
             mq.shed_at_arrival.inc(n)
             raise Overloaded(f"queue of model {mq.spec.name}:{mq.spec.version} is full "
                              f"({mq.spec.max_queue_size} queries)", self.config.retry_after_s)
+        if query.deadline - now <= defaults.ADMISSION_GUARD_MICROS * 1e-6:
+            self._shed_passed(route, mq, query, n, now)
+            return
         cache = mq.cache
         if cache is not None:
             self._submit_cached(route, mq, cache, query, metas, frames, now)
@@ -220,6 +223,28 @@ class Dispatcher:
             else:
                 query.set_output(index, meta, frame)
 
+    def _shed_passed(self, route: Route, mq: ModelQueue, query: Query, n: int, now: float) -> None:
+        """Answer ``query`` at once: its objective had passed before it reached the queue (over HTTP,
+        it waited that long for the frontend to read and parse it).
+
+        This needs nothing known of the model: no batch, however fast, answers it in time. Sent
+        on instead (an idle replica, nothing ahead), it could come back before its deadline
+        timer fired and be answered late, not with the app's default output as it asks.
+        """
+        why = (f"overloaded: the query waited ~{round((now - query.arrival) * 1e6)} µs before it reached the "
+               f"queue of model {mq.spec.name}:{mq.spec.version}, past its latency objective of "
+               f"{route.app.spec.latency_slo_micros} µs")
+        self._answer_shed(route, mq, query, n, why, now - query.arrival)
+
+    def _answer_shed(self, route: Route, mq: ModelQueue, query: Query, n: int, why: str, retry_s: float) -> None:
+        """Answer a shed ``query`` now, as its app asks: its default output, or 429 ``overloaded``."""
+        mq.shed_at_arrival.inc(n)
+        if route.app.spec.on_overload == "default":
+            query.expire(why)
+            return
+        self.count_error(route.app, Overloaded.code, n)
+        raise Overloaded(why, max(1e-3, retry_s))
+
     def _shed(self, route: Route, mq: ModelQueue, query: Query, n: int, now: float) -> bool:
         """Answer ``query`` at once if it would finish after its deadline; whether it was."""
         free = mq.free_times(now)
@@ -240,15 +265,11 @@ class Dispatcher:
                 deadline = min(deadline, head)
         if finish <= deadline - defaults.ADMISSION_GUARD_MICROS * 1e-6:
             return False
-        mq.shed_at_arrival.inc(n)
         why = (f"overloaded: model {mq.spec.name}:{mq.spec.version} would answer in "
                f"~{round((finish - now) * 1e6)} µs, with {round((deadline - now) * 1e6)} µs left "
                f"of the latency objective of {route.app.spec.latency_slo_micros} µs")
-        if route.app.spec.on_overload == "default":
-            query.expire(why)
-            return True
-        self.count_error(route.app, Overloaded.code, n)
-        raise Overloaded(why, max(1e-3, start - now))
+        self._answer_shed(route, mq, query, n, why, start - now)
+        return True
 
     def record(self, query: Query, error: SchoonerError | None) -> None:
         """Per-app metrics of a finished query."""

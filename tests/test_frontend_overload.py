@@ -19,8 +19,9 @@ SLO_US = 100_000
 
 
 def _deploy(ft: FrontendThread) -> None:
-    ft.deploy([AppSpec("app", "floats", latency_slo_micros=SLO_US)],
-              [ModelSpec("noop", "1", "floats")], {"app": ["noop"]})
+    ft.deploy([AppSpec("app", "floats", latency_slo_micros=SLO_US),
+               AppSpec("lenient", "floats", latency_slo_micros=SLO_US, on_overload="default")],
+              [ModelSpec("noop", "1", "floats")], {"app": ["noop"], "lenient": ["noop"]})
 
 
 def _post_while_busy(ft: FrontendThread, session: requests.Session, app: str, busy_s: float) -> tuple:
@@ -58,3 +59,26 @@ def test_a_request_left_unread_by_a_busy_frontend_is_refused_at_once_and_the_nex
         assert s.post(url, json={"input": [1.0, 2.0]}, timeout=10).json()["default"] is False  # caught up
     dump = ft.metrics()
     assert metric(dump, "counters", "model:noop:1:shed_at_arrival")["count"] >= 1
+
+
+def test_an_app_that_defaults_on_overload_gets_its_default_at_once_after_waiting_past_its_objective(
+        frontend_thread, procs):
+    ft = frontend_thread
+    _deploy(ft)
+    procs.append(start_replica(ft.replica_address, "noop"))
+    ft.wait_ready(1)
+    url = f"{ft.http_url}/lenient/predict"
+    with requests.Session() as s:
+        assert s.post(url, json={"input": [1.0, 2.0]}, timeout=10).json()["default"] is False
+        # Its query arrived when the request came, not when the frontend got to it: ~240 ms before,
+        # past the 100 ms objective, so no model call can answer it in time and none is made.
+        answer, took = _post_while_busy(ft, s, "lenient", 0.25)
+        assert answer.status_code == 200
+        body = answer.json()
+        assert body["default"] is True and "before it reached the queue" in body["default_explanation"]
+        assert took < 0.25 + 0.05
+        time.sleep(0.05)
+        assert s.post(url, json={"input": [1.0, 2.0]}, timeout=10).json()["default"] is False
+    dump = ft.metrics()
+    assert metric(dump, "counters", "model:noop:1:shed_at_arrival")["count"] >= 1
+    assert not [e for e in dump["counters"] if "app:lenient:errors_overloaded" in e]  # none refused

@@ -415,6 +415,46 @@ def test_an_idle_model_is_never_shed_for_so_its_curve_keeps_learning():
         d.submit(route, _query(route.app, now), [item[0]], [item[1]], now)
 
 
+def test_a_query_whose_objective_passed_before_it_reached_the_queue_is_answered_at_once():
+    # Over HTTP a query's arrival is when its request came; one that waited past its objective
+    # for the frontend cannot be answered in time by any batch. With nothing known of the model
+    # and a replica idle it used to be sent anyway; now it is shed at once, per its app.
+    import time
+
+    from frontend.config import FrontendConfig
+    from frontend.dispatch import Dispatcher
+    from frontend.metrics import MetricsRegistry
+    from schooner import protocol
+    from schooner.errors import Overloaded
+    from schooner.types import AppSpec, DeploymentState, ModelSpec
+    from test_batching_core import FakeLoop, _query
+
+    d = Dispatcher(FrontendConfig(client_port=0, replica_port=0, http_port=None), MetricsRegistry())
+    sent: list = []
+    d.attach(FakeLoop(), sent.append)
+    d.sync(DeploymentState(apps={"a": AppSpec("a", "floats", latency_slo_micros=100_000),
+                                 "b": AppSpec("b", "floats", latency_slo_micros=100_000, on_overload="default")},
+                           models={("m", "1"): ModelSpec("m", "1", "floats", batch_size=1)},
+                           links={"a": ["m"], "b": ["m"]}, current_versions={"m": "1"}))
+    hdr, _ = protocol.unpack(protocol.hello("r1", "m", "1", "floats", None, 0, "", "", [], None))
+    replica, _ = d.pool.register(b"r1", hdr, time.monotonic())
+    d.replica_free(replica)
+    item = (["a", "<f4", [4]], b"\0" * 16)
+    now = time.monotonic()
+    assert not d.routes["a"].queue.curve.known  # nothing known of the model
+    with pytest.raises(Overloaded, match="before it reached the queue") as refused:
+        d.submit(d.routes["a"], _query(d.routes["a"].app, now - 0.15), [item[0]], [item[1]], now)
+    assert refused.value.retry_after_s == pytest.approx(0.15, abs=0.01)
+    lenient = _query(d.routes["b"].app, now - 0.15)
+    d.submit(d.routes["b"], lenient, [item[0]], [item[1]], now)
+    assert lenient.done and lenient.n_defaults == 1 and "before it reached the queue" in lenient.explanation
+    on_time = _query(d.routes["b"].app, now - 0.05)  # 50 ms left: sent
+    d.submit(d.routes["b"], on_time, [item[0]], [item[1]], now)
+    d.pump_dirty()
+    assert len(sent) == 1 and not on_time.done
+    assert d.routes["a"].queue.shed_at_arrival.value == 2
+
+
 def test_a_cold_curve_does_not_shed_for_a_guessed_cost_of_sizes_not_seen():
     """With only batches of 1 seen (22 ms), a batch of 4 was guessed at 88 ms: a query behind a
     running batch was shed at half load. Admission takes what it knows: no batch costs less than
