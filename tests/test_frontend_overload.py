@@ -18,10 +18,13 @@ from schooner.types import AppSpec, ModelSpec
 SLO_US = 100_000
 
 
-def _deploy(ft: FrontendThread) -> None:
+def _deploy(ft: FrontendThread, procs: list) -> None:
+    """Two apps on one noop model (one rejects on overload, one answers its default), its replica ready."""
     ft.deploy([AppSpec("app", "floats", latency_slo_micros=SLO_US),
                AppSpec("lenient", "floats", latency_slo_micros=SLO_US, on_overload="default")],
               [ModelSpec("noop", "1", "floats")], {"app": ["noop"], "lenient": ["noop"]})
+    procs.append(start_replica(ft.replica_address, "noop"))
+    ft.wait_ready(1)
 
 
 def _post_while_busy(ft: FrontendThread, session: requests.Session, app: str, busy_s: float) -> tuple:
@@ -42,9 +45,7 @@ def _post_while_busy(ft: FrontendThread, session: requests.Session, app: str, bu
 
 def test_a_request_left_unread_by_a_busy_frontend_is_refused_at_once_and_the_next_served(frontend_thread, procs):
     ft = frontend_thread
-    _deploy(ft)
-    procs.append(start_replica(ft.replica_address, "noop"))
-    ft.wait_ready(1)
+    _deploy(ft, procs)
     url = f"{ft.http_url}/app/predict"
     with requests.Session() as s:
         assert s.post(url, json={"input": [1.0, 2.0]}, timeout=10).json()["default"] is False
@@ -64,9 +65,7 @@ def test_a_request_left_unread_by_a_busy_frontend_is_refused_at_once_and_the_nex
 def test_an_app_that_defaults_on_overload_gets_its_default_at_once_after_waiting_past_its_objective(
         frontend_thread, procs):
     ft = frontend_thread
-    _deploy(ft)
-    procs.append(start_replica(ft.replica_address, "noop"))
-    ft.wait_ready(1)
+    _deploy(ft, procs)
     url = f"{ft.http_url}/lenient/predict"
     with requests.Session() as s:
         assert s.post(url, json={"input": [1.0, 2.0]}, timeout=10).json()["default"] is False
