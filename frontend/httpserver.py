@@ -493,6 +493,7 @@ class HttpServer:
         self._lag_due = 0.0  # when the lag timer is due
         self._lag_asked = 0.0  # when waited() was last asked
         self.last_lag_s = 0.0  # how late it fired last
+        self._lag_fired = 0.0  # and when
 
     def _set_fixed_headers(self) -> None:
         date = http_date(time.time())
@@ -529,10 +530,15 @@ class HttpServer:
             self._lag_due, self.last_lag_s = now + LAG_TICK_S, 0.0
             self._lag_handle = asyncio.get_running_loop().call_later(LAG_TICK_S, self._lag_tick)
             return 0.0
+        if now - self._lag_fired < LAG_TICK_S:
+            # The timer ran late just before this read (libuv runs timers before the poll, and
+            # asyncio may too when a request's bytes come in two reads): the request may have
+            # waited through that whole stretch, which the overdue part no longer shows.
+            return max(0.0, now - self._lag_due) + self.last_lag_s
         return max(0.0, now - self._lag_due) + 0.5 * self.last_lag_s
 
     def _lag_tick(self) -> None:
-        now = time.monotonic()
+        self._lag_fired = now = time.monotonic()
         self.last_lag_s = max(0.0, now - self._lag_due)
         if now - self._lag_asked > LAG_IDLE_S:  # nothing asked lately: stop (an idle server wakes once a second)
             self._lag_handle = None
