@@ -513,10 +513,9 @@ class HttpServer:
         A loop that keeps up reads what arrives at once; one that is behind (more
         requests than its core serves) runs long stretches of callbacks, and what
         arrives meanwhile waits in its socket for the next poll. A timer due every
-        LAG_TICK_S runs after each poll (libuv and asyncio both run timers after
-        I/O), so how overdue it is when a request is read bounds how long that
-        request has waited: it came after the timer last ran, or was read in the
-        poll before. Under a sustained backlog a request may wait through more
+        LAG_TICK_S shows such a stretch: how overdue it is when a request is read,
+        or, when it ran (late) just before the read (libuv runs timers before its
+        poll), how late it ran. Under a sustained backlog a request may wait through more
         than one stretch (its body read over several polls, its data in flight
         behind others'), so half of how late the timer fired last is added:
         measured against the send time a load generator wrote into each request,
