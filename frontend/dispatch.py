@@ -238,12 +238,18 @@ class Dispatcher:
 
     def _answer_shed(self, route: Route, mq: ModelQueue, query: Query, n: int, why: str, retry_s: float) -> None:
         """Answer a shed ``query`` now, as its app asks: its default output, or 429 ``overloaded``."""
-        mq.shed_at_arrival.inc(n)
         if route.app.spec.on_overload == "default":
+            mq.shed_at_arrival.inc(n)
             query.expire(why)
             return
+        raise self.refuse(route, mq, n, why, retry_s)
+
+    def refuse(self, route: Route, mq: ModelQueue, n: int, why: str, retry_s: float) -> Overloaded:
+        """The 429 ``overloaded`` for ``n`` queries of ``route`` shed at arrival, counted (as shed,
+        and as the app's errors); ``retry_s`` is its Retry-After."""
+        mq.shed_at_arrival.inc(n)
         self.count_error(route.app, Overloaded.code, n)
-        raise Overloaded(why, max(1e-3, retry_s))
+        return Overloaded(why, max(1e-3, retry_s))
 
     def _shed(self, route: Route, mq: ModelQueue, query: Query, n: int, now: float) -> bool:
         """Answer ``query`` at once if it would finish after its deadline; whether it was."""

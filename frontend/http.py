@@ -380,12 +380,11 @@ class HttpApi:
         """429 ``overloaded`` for a query that waited ``waited_s`` for the frontend, counted as shed."""
         mq = route.queue
         assert mq is not None
-        mq.shed_at_arrival.inc()
-        self.fe.dispatcher.count_error(route.app, Overloaded.code, 1)
-        return error_response(Overloaded(
+        return error_response(self.fe.dispatcher.refuse(
+            route, mq, 1,
             f"overloaded: the frontend is behind: the request waited ~{round(waited_s * 1e6)} µs to be read "
             f"and parsed, more than the {round(self._budget_s(route) * 1e6)} µs it allows of the latency "
-            f"objective of {route.app.spec.latency_slo_micros} µs", max(1e-3, waited_s)))
+            f"objective of {route.app.spec.latency_slo_micros} µs", waited_s))
 
     async def _predict_off_loop(self, request: Request, name: str, input_type: InputType) -> Response | None:
         """Parse a big body in a thread (it must not stall every other query), then submit.
