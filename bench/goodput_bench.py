@@ -13,8 +13,10 @@ Capacity is the throughput of the batch size whose processing fits half the
 objective (``sleep``: from a and b; ``elastic-net``: measured first with a
 closed loop). ``--baseline REF`` runs the adaptive policy of REF's tree (a
 ``git worktree``, driven through its CLIs) in the same run, so before and after
-share the machine's noise. Also: concurrency 1 with a 5 ms batch wait (the wait
-rule) against the model's own latency.
+share the machine's noise. Also: concurrency 1 with a 5 ms batch wait beside the
+same model with none (what the wait rule costs a lone query) and against the
+model's own latency; and the shed floor: how soon an app whose every query is
+shed at once is answered, the least any non-real answer can take here.
 
     python bench/goodput_bench.py [--seconds 3] [--baseline ce29f36] [--models sleep elastic-net]
 
@@ -65,7 +67,7 @@ class Deployment:
         apps, models, links = [], [], {}
         for p in policies:
             name = p["name"]
-            apps.append({"name": name, "input_type": "floats", "latency_slo_micros": slo_us,
+            apps.append({"name": name, "input_type": "floats", "latency_slo_micros": p.get("slo_us", slo_us),
                          "default_output": "default"})
             models.append({"name": name, "version": "1", "input_type": "floats", "batch_size": p["batch_size"],
                            "max_batch_size": p.get("max_batch_size", 64),
@@ -342,6 +344,47 @@ def closed_loop_c1(dep: Deployment, app: str, x: np.ndarray, n: int) -> list[flo
     return lat
 
 
+def c1_wait_rule(dep: Deployment, x: np.ndarray, n: int, blocks: int = 6) -> dict:
+    """Concurrency 1 over HTTP with a 5 ms batch wait beside the same model with none, in
+    alternating blocks (so both share the machine's noise): what the wait rule costs a lone
+    query (``wait_rule_cost_ms``), and how far each is from the model's own latency (the
+    frontend's round trip to its replica), which also holds the HTTP path's own cost at c=1."""
+    lat: dict[str, list[float]] = {"wait5ms": [], "wait0": []}
+    for _ in range(blocks):
+        for app, xs in lat.items():
+            xs.extend(closed_loop_c1(dep, app, x, max(1, n // blocks)))
+    p50, p50_none = _pct(lat["wait5ms"], 50), _pct(lat["wait0"], 50)
+    model_p50 = dep.model_latency_p50_ms("wait5ms")
+    cost = round(p50 - p50_none, 2) if p50 is not None and p50_none is not None else None
+    over = round(p50 - model_p50, 2) if p50 is not None and model_p50 is not None else None
+    return {"p50_ms": p50, "p50_no_wait_ms": p50_none, "model_latency_p50_ms": model_p50,
+            "model_latency_no_wait_p50_ms": dep.model_latency_p50_ms("wait0"),
+            "wait_rule_cost_ms": cost, "over_model_latency_ms": over,
+            "targets_met": {"wait_rule_costs_le_1ms": cost is not None and cost <= 1.0,
+                            "within_1ms_of_model_latency": over is not None and over <= 1.0}}
+
+
+def shed_floor(dep: Deployment, transport: str, capacity: float, args: argparse.Namespace,
+               x: np.ndarray) -> dict:
+    """How soon this machine answers a query that the frontend sheds at once (app ``floor``,
+    whose objective no batch meets), at 1x and 10x of capacity: the floor under the target
+    that every answer that is not a real one comes within 2 ms (the generator, the frontend
+    and the replica share two cores)."""
+    _ = (zmq_open_loop if transport == "zmq" else http_open_loop)(
+        dep.zmq if transport == "zmq" else dep.base, "floor", 50, 1.0, x, 99)  # learns the model's cost
+    out = {}
+    for load in (1, 10):
+        rate = min(load * capacity, args.http_max_qps if transport == "http" else args.zmq_max_qps)
+        run = zmq_open_loop if transport == "zmq" else http_open_loop
+        shed = [lat for kind, lat in run(dep.zmq if transport == "zmq" else dep.base, "floor", rate,
+                                         args.seconds, x, 100 + load) if kind == "shed"]
+        out[f"{load}x"] = {"offered_qps": round(rate, 1), "shed": len(shed), "p50_ms": _pct(shed, 50),
+                           "p99_ms": _pct(shed, 99),
+                           "within_2ms_share": round(sum(1 for lat in shed if lat <= 0.002) / len(shed), 4)
+                           if shed else None}
+    return out
+
+
 def measured_capacity(dep: Deployment, app: str, x: np.ndarray, seconds: float) -> float:
     """Real answers per second of a closed loop of 64 over ZMQ (the model's capacity at that batch)."""
     out = zmq_open_loop(dep.zmq, app, 3_000, seconds, x, 1)  # over capacity: a full queue throughout
@@ -364,11 +407,14 @@ def run_model(args: argparse.Namespace, model: dict, tmp: str, result: dict) -> 
     policies = [{"name": "adaptive", "batch_size": -1}] + [{"name": f"fixed{n}", "batch_size": n}
                                                           for n in model["fixed"]]
     policies.append({"name": "wait5ms", "batch_size": -1, "max_batch_size": 32, "wait_us": 5000})
+    policies.append({"name": "wait0", "batch_size": -1, "max_batch_size": 32, "wait_us": 0})
+    # The shed answer's floor: an objective no batch meets, so (once its curve is known) every query is shed.
+    policies.append({"name": "floor", "batch_size": 1, "slo_us": 1000})
     trees = [("after", ROOT)] + ([("before", args.baseline_root)] if args.baseline_root else [])
     deps = {}
     try:
         for label, root in trees:
-            pol = policies if label == "after" else [p for p in policies if p["name"] in ("adaptive", "wait5ms")]
+            pol = policies if label == "after" else [p for p in policies if p["name"] in ("adaptive", "wait5ms", "wait0")]
             deps[label] = Deployment(root, model, pol, model["slo_us"], tmp)
         after = deps["after"]
         if model["name"] == "sleep":
@@ -396,11 +442,12 @@ def run_model(args: argparse.Namespace, model: dict, tmp: str, result: dict) -> 
                         rows.append(row)
                         print(json.dumps(row), file=sys.stderr, flush=True)
                         time.sleep(0.5)  # let the queue drain between points
+        for transport in args.transports:
+            result["shed_floor"].append({"model": model["name"], "transport": transport,
+                                         **shed_floor(after, transport, capacity, args, x)})
         for label, dep in deps.items():
-            lat = closed_loop_c1(dep, "wait5ms", x, args.c1_queries)
             result["c1_wait5ms"].append({"tree": label, "model": model["name"], "transport": "http",
-                                         "p50_ms": _pct(lat, 50), "model_latency_p50_ms":
-                                         dep.model_latency_p50_ms("wait5ms")})
+                                         **c1_wait_rule(dep, x, args.c1_queries)})
     finally:
         for dep in deps.values():
             dep.close()
@@ -453,7 +500,7 @@ def main() -> None:
     ap.add_argument("--baseline-root", default=None, help="an existing checkout of the baseline instead")
     args = ap.parse_args()
     result: dict[str, Any] = {"seconds_per_point": args.seconds, "capacity_qps": {}, "points": [],
-                              "c1_wait5ms": []}
+                              "c1_wait5ms": [], "shed_floor": []}
     with tempfile.TemporaryDirectory() as tmp:
         worktree = None
         if args.baseline and not args.baseline_root:
