@@ -223,6 +223,7 @@ class Connection(asyncio.Protocol):
         self.paused_writing = False
         self.last_active = server.now  # of the last byte or answer, for the keep-alive timeout
         self.started: float | None = None  # first byte of a request being received
+        self.answered_at = 0.0  # when its last answer was written (0.0: none yet)
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -309,7 +310,12 @@ class Connection(asyncio.Protocol):
         early = server.router.early.get(route) if server.router.early and not isinstance(route, Response) else None
         if early is not None:
             now = time.monotonic()
-            request.waited_s = waited = server.waited(now)
+            waited = server.waited(now)
+            if self.answered_at and self.current is None and not self.waiting:
+                # A client with nothing outstanding here sent this after its last answer was
+                # written: it cannot have waited longer (the loop's lag may be the writing of it).
+                waited = min(waited, now - self.answered_at)
+            request.waited_s = waited
             request.arrived = now - waited
             answer = early(request)
             if answer is not None:
@@ -390,6 +396,7 @@ class Connection(asyncio.Protocol):
         self._write(response, close, head=request.method == "HEAD")
         self.current = None
         self.last_active = self.server.now
+        self.answered_at = time.monotonic()
         if close:
             self._close()
         elif (self.waiting or self.refusal is not None) and not self.handling:
