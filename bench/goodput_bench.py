@@ -364,20 +364,23 @@ def c1_wait_rule(dep: Deployment, x: np.ndarray, n: int, blocks: int = 6) -> dic
                             "within_1ms_of_model_latency": over is not None and over <= 1.0}}
 
 
+def _open_loop(dep: Deployment, transport: str) -> tuple[Any, str]:
+    """The open-loop generator of ``transport`` and the address of ``dep`` it drives."""
+    return (zmq_open_loop, dep.zmq) if transport == "zmq" else (http_open_loop, dep.base)
+
+
 def shed_floor(dep: Deployment, transport: str, capacity: float, args: argparse.Namespace,
                x: np.ndarray) -> dict:
     """How soon this machine answers a query that the frontend sheds at once (app ``floor``,
     whose objective no batch meets), at 1x and 10x of capacity: the floor under the target
     that every answer that is not a real one comes within 2 ms (the generator, the frontend
     and the replica share two cores)."""
-    _ = (zmq_open_loop if transport == "zmq" else http_open_loop)(
-        dep.zmq if transport == "zmq" else dep.base, "floor", 50, 1.0, x, 99)  # learns the model's cost
+    run, url = _open_loop(dep, transport)
+    run(url, "floor", 50, 1.0, x, 99)  # learns the model's cost
     out = {}
     for load in (1, 10):
         rate = min(load * capacity, args.http_max_qps if transport == "http" else args.zmq_max_qps)
-        run = zmq_open_loop if transport == "zmq" else http_open_loop
-        shed = [lat for kind, lat in run(dep.zmq if transport == "zmq" else dep.base, "floor", rate,
-                                         args.seconds, x, 100 + load) if kind == "shed"]
+        shed = [lat for kind, lat in run(url, "floor", rate, args.seconds, x, 100 + load) if kind == "shed"]
         out[f"{load}x"] = {"offered_qps": round(rate, 1), "shed": len(shed), "p50_ms": _pct(shed, 50),
                            "p99_ms": _pct(shed, 99),
                            "within_2ms_share": round(sum(1 for lat in shed if lat <= 0.002) / len(shed), 4)
@@ -434,8 +437,7 @@ def run_model(args: argparse.Namespace, model: dict, tmp: str, result: dict) -> 
                     names = ["adaptive"] + ([f"fixed{n}" for n in model["fixed"]] if label == "after" else [])
                     for app in names:
                         seed += 1
-                        run = zmq_open_loop if transport == "zmq" else http_open_loop
-                        url = dep.zmq if transport == "zmq" else dep.base
+                        run, url = _open_loop(dep, transport)
                         out = run(url, app, rate, args.seconds, x, seed)
                         row = {"tree": label, "model": model["name"], "transport": transport, "load_x": load,
                                "policy": app, **_classify(out, args.seconds, slo_s, rate)}

@@ -522,7 +522,7 @@ class HttpServer:
         A loop that keeps up reads what arrives at once; one that is behind (more
         requests than its core serves) runs long stretches of callbacks, and what
         arrives meanwhile waits in its socket for the next poll. A timer due every
-        LAG_TICK_S shows such a stretch: how overdue it is when a request is read,
+        LAG_TICK_S (longer between requests: :meth:`_lag_tick`) shows such a stretch: how overdue it is when a request is read,
         or, when it ran (late) just before the read (libuv runs timers before its
         poll), how late it ran. Under a sustained backlog a request may wait through more
         than one stretch (its body read over several polls, its data in flight
