@@ -104,6 +104,28 @@ def test_classic_model_accepts_float64_and_lists(cache_dir):
     np.testing.assert_allclose(model.predict([x.tolist()]), expected, rtol=1e-6)
 
 
+def test_elastic_net_scores_as_its_sklearn_pipeline_does(cache_dir):
+    # Scored folded (one matrix product and a softmax), not through sklearn's predict_proba: the
+    # same probabilities, for ordinary inputs and for inputs far out (where a softmax overflows
+    # unless shifted).
+    model = load_model("elastic-net", num_threads=1, cache_dir=cache_dir)
+    assert model._folded is not None
+    batch = np.stack(features(4096, 16, seed=11))
+    batch[-4:] *= 1e3
+    want = model._pipeline.predict_proba(batch.astype(np.float64))
+    np.testing.assert_allclose(model.predict(list(batch)), want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_two_class_elastic_net_keeps_sklearns_path(tmp_path):
+    model = classic.load_classic("elastic-net", cache_dir=str(tmp_path), n_samples=200, n_classes=2)
+    assert model._folded is None  # a sigmoid of one score: not the folded softmax
+    batch = features(4096, 3)
+    out = model.predict(batch)
+    np.testing.assert_allclose(out, model._pipeline.predict_proba(np.stack(batch).astype(np.float64)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
 def test_classic_model_empty_batch_gives_empty_output(cache_dir):
     assert load_model("lgbm", cache_dir=cache_dir).predict([]).shape == (0, 10)
 

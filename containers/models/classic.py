@@ -151,7 +151,15 @@ class LgbmModel:
 
 
 class SklearnModel:
-    """A fitted sklearn pipeline: decision function (SVMs) or probabilities, float32 [n, n_classes]."""
+    """A fitted sklearn pipeline: decision function (SVMs) or probabilities, float32 [n, n_classes].
+
+    A scaler-then-logistic-regression pipeline (``elastic-net``) is scored as
+    one matrix product with the scaler folded into the weights, then a softmax:
+    sklearn's own ``predict_proba`` spent most of a batch checking its input
+    (a batch of 20 rows of 4,096 floats: 2.6 ms, against 0.44 ms folded). The
+    folded scorer is kept only when it agrees with the pipeline on a probe batch
+    at load, so a pipeline sklearn scores otherwise keeps sklearn's path.
+    """
 
     input_type = InputType.FLOATS
 
@@ -165,17 +173,67 @@ class SklearnModel:
         self._pipeline = pipeline
         self._method = pipeline.predict_proba if name == "elastic-net" else pipeline.decision_function
         self._num_threads = num_threads
-        # Found once: looking the BLAS libraries up again on each batch costs milliseconds.
+        # Found once: looking the BLAS libraries up again on each batch costs milliseconds. Entering a
+        # limit costs ~50 µs a batch, so it is skipped when every pool already runs within it (a
+        # replica pinned to its cores starts its BLAS and OpenMP pools at that many threads).
         self._threadpools = ThreadpoolController()
+        self._limit = any(pool["num_threads"] > num_threads for pool in self._threadpools.info())
+        self._folded = _fold_scaled_logistic(pipeline) if name == "elastic-net" else None
+        if self._folded is not None and not self._folded_agrees():
+            log.info("%s: the folded scorer disagrees with the pipeline; scoring with sklearn", name)
+            self._folded = None
 
     def predict(self, inputs: Sequence[Any]) -> np.ndarray:
         """Scores for a batch of feature vectors."""
         x = flat_float_batch(inputs, self.width, self.name)
         if len(x) == 0:
             return np.empty((0, self.n_classes), dtype=np.float32)
+        if not self._limit:
+            return self._score(x)
         with self._threadpools.limit(limits=self._num_threads):
-            out = self._method(x.astype(np.float64))
+            return self._score(x)
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        if self._folded is not None:
+            return _softmax_scores(x, *self._folded)
+        out = self._method(x.astype(np.float64))
         return np.asarray(out, dtype=np.float32).reshape(len(x), self.n_classes)
+
+    def _folded_agrees(self) -> bool:
+        assert self._folded is not None
+        probe = np.random.default_rng(0).standard_normal((4, self.width)).astype(np.float32)
+        want = np.asarray(self._method(probe.astype(np.float64)), dtype=np.float64)
+        got = _softmax_scores(probe, *self._folded)
+        return got.shape == want.shape and bool(np.allclose(got, want, rtol=1e-4, atol=1e-6))
+
+
+def _fold_scaled_logistic(pipeline: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """(weights [width, classes], bias [classes]) of StandardScaler then multiclass LogisticRegression
+    as one affine map; None for any other pipeline."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    steps = [step for _, step in getattr(pipeline, "steps", [])]
+    if len(steps) != 2 or type(steps[0]) is not StandardScaler or type(steps[1]) is not LogisticRegression:
+        return None
+    scaler, lr = steps
+    coef = np.asarray(lr.coef_, dtype=np.float64)
+    if coef.shape[0] < 3:  # binary: a sigmoid of one score, not a softmax
+        return None
+    mean = scaler.mean_ if scaler.with_mean else np.zeros(coef.shape[1])
+    scale = scaler.scale_ if scaler.with_std else np.ones(coef.shape[1])
+    weights = coef / scale
+    return np.ascontiguousarray(weights.T), np.asarray(lr.intercept_, dtype=np.float64) - weights @ mean
+
+
+def _softmax_scores(x: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Softmax of ``x @ weights + bias`` (float64), as float32 [n, classes]."""
+    z = x.astype(np.float64) @ weights
+    z += bias
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z.astype(np.float32)
 
 
 @dataclass(frozen=True)
