@@ -75,12 +75,12 @@ def _instrument_replica() -> None:
     cls = replica.Replica
     orig_handle, orig_send = cls._handle, cls._send
 
-    def _handle(self, sock, frames, registered):  # noqa: ANN001
+    def _handle(self, link, frames):  # noqa: ANN001
         rec(("replica:recv", ns()))
-        return orig_handle(self, sock, frames, registered)
+        return orig_handle(self, link, frames)
 
-    def _send(sock, frames):  # noqa: ANN001
-        orig_send(sock, frames)
+    def _send(sock, frames, quiet=False):  # noqa: ANN001
+        orig_send(sock, frames, quiet)
         rec(("replica:sent", ns()))
 
     cls._handle, cls._send = _handle, staticmethod(_send)
