@@ -317,8 +317,10 @@ def http_open_loop(url: str, app: str, rate: float, seconds: float, x: np.ndarra
     return out
 
 
-def closed_loop_c1(dep: Deployment, app: str, x: np.ndarray, n: int) -> list[float]:
-    """Latencies (s) of ``n`` one-at-a-time HTTP queries on one keep-alive connection.
+def closed_loop_c1(dep: Deployment, app: str, x: np.ndarray, n: int) -> tuple[list[float], int]:
+    """Latencies (s) of the answered of ``n`` one-at-a-time HTTP queries on one keep-alive
+    connection, and how many were not answered 200 (a 429 when a stall of the machine made the
+    frontend shed a lone query: counted, not timed).
 
     The body is encoded once, outside the timing, and the client is
     ``http.client``: a requests Session spent ~1 ms of this VM's time per query
@@ -329,19 +331,20 @@ def closed_loop_c1(dep: Deployment, app: str, x: np.ndarray, n: int) -> list[flo
     headers = {"Content-Type": "application/json"}
     url = urllib.parse.urlsplit(dep.base)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
-    lat = []
+    lat, refused = [], 0
     try:
         for _ in range(n):
             t0 = time.monotonic()
             conn.request("POST", f"/{app}/predict", body=body, headers=headers)
             resp = conn.getresponse()
             resp.read()
-            lat.append(time.monotonic() - t0)
-            if resp.status != 200:
-                raise RuntimeError(f"c=1 query: HTTP {resp.status}")
+            if resp.status == 200:
+                lat.append(time.monotonic() - t0)
+            else:
+                refused += 1
     finally:
         conn.close()
-    return lat
+    return lat, refused
 
 
 def c1_wait_rule(dep: Deployment, x: np.ndarray, n: int, blocks: int = 6) -> dict:
@@ -350,16 +353,19 @@ def c1_wait_rule(dep: Deployment, x: np.ndarray, n: int, blocks: int = 6) -> dic
     query (``wait_rule_cost_ms``), and how far each is from the model's own latency (the
     frontend's round trip to its replica), which also holds the HTTP path's own cost at c=1."""
     lat: dict[str, list[float]] = {"wait5ms": [], "wait0": []}
+    refused = {app: 0 for app in lat}
     for _ in range(blocks):
         for app, xs in lat.items():
-            xs.extend(closed_loop_c1(dep, app, x, max(1, n // blocks)))
+            answered, no = closed_loop_c1(dep, app, x, max(1, n // blocks))
+            xs.extend(answered)
+            refused[app] += no
     p50, p50_none = _pct(lat["wait5ms"], 50), _pct(lat["wait0"], 50)
     model_p50 = dep.model_latency_p50_ms("wait5ms")
     cost = round(p50 - p50_none, 2) if p50 is not None and p50_none is not None else None
     over = round(p50 - model_p50, 2) if p50 is not None and model_p50 is not None else None
     return {"p50_ms": p50, "p50_no_wait_ms": p50_none, "model_latency_p50_ms": model_p50,
             "model_latency_no_wait_p50_ms": dep.model_latency_p50_ms("wait0"),
-            "wait_rule_cost_ms": cost, "over_model_latency_ms": over,
+            "wait_rule_cost_ms": cost, "over_model_latency_ms": over, "not_200": refused,
             "targets_met": {"wait_rule_costs_le_1ms": cost is not None and cost <= 1.0,
                             "within_1ms_of_model_latency": over is not None and over <= 1.0}}
 
