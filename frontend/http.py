@@ -368,7 +368,7 @@ class HttpApi:
     def predict_early(self, request: Request) -> Response | None:
         """At a prediction's headers: 429 ``overloaded`` at once, its body dropped unread, when
         the frontend itself is behind: the wait to be read (``waited_s``) is over the share of
-        the objective it allows (:meth:`_budget_s`).
+        the objective it allows (:meth:`Dispatcher.wait_budget_s`).
 
         A query's arrival is when its request came (``request.arrived``: read, less that wait),
         so admission at the model's queue counts the wait too; a big body is checked again
@@ -384,34 +384,13 @@ class HttpApi:
         route = self.fe.dispatcher.routes.get(request.params["app"])
         if route is None or route.queue is None or route.app.spec.on_overload != "reject":
             return None
-        if waited < self._budget_s(route):
+        if waited < self.fe.dispatcher.wait_budget_s(route):
             return None
         return self._refuse_late(route, waited)
 
-    @staticmethod
-    def _budget_s(route: Route) -> float:
-        """How long a query of ``route`` may wait for the frontend (to be read, and for a parsing
-        thread) and still be admitted: ``FRONTEND_WAIT_SHARE`` of its objective.
-
-        This is overload control, not a prediction: a frontend offered more than its core
-        serves refuses what waits longer, so its own queue (the socket buffers, the parsing
-        threads) stays that short and what it admits has the rest of the objective for its
-        model. Refusing only what had waited too long to make it at all (the objective less
-        the model's cost) held the wait at about that much: with elastic-net's 20 ms objective
-        at 3,000 q/s of 84 KB bodies, every query admitted reached its model's queue with a few
-        ms left, and none was answered in time.
-        """
-        return max(defaults.LOOP_LAG_FLOOR_S, defaults.FRONTEND_WAIT_SHARE * route.app.spec.latency_slo_micros * 1e-6)
-
     def _refuse_late(self, route: Route, waited_s: float) -> Response:
         """429 ``overloaded`` for a query that waited ``waited_s`` for the frontend, counted as shed."""
-        mq = route.queue
-        assert mq is not None
-        return error_response(self.fe.dispatcher.refuse(
-            route, mq, 1,
-            f"overloaded: the frontend is behind: the request waited ~{round(waited_s * 1e6)} µs to be read "
-            f"and parsed, more than the {round(self._budget_s(route) * 1e6)} µs it allows of the latency "
-            f"objective of {route.app.spec.latency_slo_micros} µs", waited_s))
+        return error_response(self.fe.dispatcher.refuse_behind(route, 1, waited_s, "read and parsed"))
 
     async def _predict_off_loop(self, request: Request, name: str, input_type: InputType) -> Response | None:
         """Parse a big body in a thread (it must not stall every other query), then submit.
@@ -424,7 +403,7 @@ class HttpApi:
             route = self._route(name)
             late_at = math.inf
             if request.arrived and route.queue is not None and route.app.spec.on_overload == "reject":
-                late_at = request.arrived + self._budget_s(route)
+                late_at = request.arrived + self.fe.dispatcher.wait_budget_s(route)
             parsed = await asyncio.to_thread(_parse_unless_late, late_at, request.body, input_type,
                                              self.fe.config.max_items_per_query)
             route = self._route(name)  # the deployment may have changed meanwhile

@@ -25,7 +25,7 @@ What a client can count on:
   backpressure), and more than ``MAX_PIPELINED`` waiting requests pause reading;
 - a route may check a request at its headers (``early``), before its body is
   kept: given how long the request has likely waited for the server to read
-  it (:meth:`HttpServer.waited`), it may answer at once, and the body is then
+  it (:meth:`frontend.looplag.LoopLag.waited`), it may answer at once, and the body is then
   read and dropped, not buffered or parsed. The frontend refuses predictions
   so when the loop is too far behind for them to make their objective.
 
@@ -46,6 +46,7 @@ from typing import Any, Awaitable, Callable, Union
 import httptools
 import orjson
 
+from frontend.looplag import LoopLag
 from schooner.cli import PID_HEADER
 from schooner.errors import ErrorCode, error_body
 
@@ -59,9 +60,6 @@ KEEPALIVE_S = 75.0  # aiohttp's default
 REQUEST_TIMEOUT_S = 60.0  # from a request's first byte to its last
 LINGER_S = 5.0  # reading and dropping what a refused client still sends, before closing
 TICK_S = 1.0  # the Date header's resolution and the timeouts' granularity
-LAG_TICK_S = 0.001  # how often the loop's lag is sampled while early-checked requests come in
-LAG_TICK_MAX_S = 0.008  # the period doubles to this while none comes between two samples
-LAG_IDLE_S = 0.5  # and for how long after the last of them
 
 _REASONS = {200: "OK", 100: "Continue", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             408: "Request Timeout", 413: "Payload Too Large", 414: "URI Too Long", 429: "Too Many Requests",
@@ -311,7 +309,7 @@ class Connection(asyncio.Protocol):
         early = server.router.early.get(route) if server.router.early and not isinstance(route, Response) else None
         if early is not None:
             now = time.monotonic()
-            waited = server.waited(now)
+            waited = server.lag.waited(now)
             if self.answered_at and self.current is None and not self.waiting:
                 # A client with nothing outstanding here sent this after its last answer was
                 # written: it cannot have waited longer (the loop's lag may be the writing of it).
@@ -486,7 +484,7 @@ class HttpServer:
     """Serves ``router`` on ``host:port`` (TLS with ``ssl_context``)."""
 
     def __init__(self, router: Router, max_body_bytes: int, keepalive_s: float = KEEPALIVE_S,
-                 request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+                 request_timeout_s: float = REQUEST_TIMEOUT_S, lag: LoopLag | None = None) -> None:
         self.router, self.max_body_bytes = router, max_body_bytes
         self.keepalive_s, self.request_timeout_s = keepalive_s, request_timeout_s
         self.connections: set[Connection] = set()
@@ -496,13 +494,8 @@ class HttpServer:
         self._server: asyncio.base_events.Server | None = None
         self._tick_handle: asyncio.TimerHandle | None = None
         self._set_fixed_headers()
-        # The loop's lag, sampled by a LAG_TICK_S timer that runs only while early-checked requests come in.
-        self._lag_handle: asyncio.TimerHandle | None = None
-        self._lag_due = 0.0  # when the lag timer is due
-        self._lag_asked = 0.0  # when waited() was last asked
-        self.last_lag_s = 0.0  # how late it fired last
-        self._lag_fired = 0.0  # and when
-        self._lag_period = LAG_TICK_S
+        # How far behind the loop is, asked for early-checked requests (shared with the ZMQ client port).
+        self.lag = lag if lag is not None else LoopLag()
 
     def _set_fixed_headers(self) -> None:
         date = http_date(time.time())
@@ -516,52 +509,6 @@ class HttpServer:
         self._tick_handle = loop.call_later(TICK_S, self._tick)
         return int(self._server.sockets[0].getsockname()[1])
 
-    def waited(self, now: float) -> float:
-        """About how long a request read at ``now`` waited for the loop to read it (at most).
-
-        A loop that keeps up reads what arrives at once; one that is behind (more
-        requests than its core serves) runs long stretches of callbacks, and what
-        arrives meanwhile waits in its socket for the next poll. A timer due every
-        LAG_TICK_S (longer between requests: :meth:`_lag_tick`) shows such a stretch: how overdue it is when a request is read,
-        or, when it ran (late) just before the read (libuv runs timers before its
-        poll), how late it ran. Under a sustained backlog a request may wait through more
-        than one stretch (its body read over several polls, its data in flight
-        behind others'), so half of how late the timer fired last is added:
-        measured against the send time a load generator wrote into each request,
-        the bound alone fell short of the true wait (p50 1.9 against 2.8 ms at
-        3,000 q/s) and admitted more than the frontend could serve in time. The
-        timer runs while this is asked (and LAG_IDLE_S after); 0, and the timer
-        starts, when it is not running.
-        """
-        self._lag_asked = now
-        if self._lag_handle is None:
-            self._lag_due, self.last_lag_s, self._lag_period = now + LAG_TICK_S, 0.0, LAG_TICK_S
-            self._lag_handle = asyncio.get_running_loop().call_later(LAG_TICK_S, self._lag_tick)
-            return 0.0
-        if now - self._lag_fired < LAG_TICK_S:
-            # The timer ran late just before this read (libuv runs timers before the poll, and
-            # asyncio may too when a request's bytes come in two reads): the request may have
-            # waited through that whole stretch, which the overdue part no longer shows.
-            return max(0.0, now - self._lag_due) + self.last_lag_s
-        return max(0.0, now - self._lag_due) + 0.5 * self.last_lag_s
-
-    def _lag_tick(self) -> None:
-        """Sample the loop's lag. Every LAG_TICK_S while requests come in; when none came since
-        the last sample the period doubles, up to LAG_TICK_MAX_S: a lone client's 25 ms queries
-        cost ~6 wakeups each, not 25 (~70 µs of CPU each here). A stretch that starts in a
-        longer period is undercounted by at most that period, for the requests read right after."""
-        self._lag_fired = now = time.monotonic()
-        self.last_lag_s = max(0.0, now - self._lag_due)
-        if now - self._lag_asked > LAG_IDLE_S:  # nothing asked lately: stop (an idle server wakes once a second)
-            self._lag_handle = None
-            return
-        if self._lag_asked >= self._lag_due - self._lag_period:  # asked since the last sample
-            self._lag_period = LAG_TICK_S
-        else:
-            self._lag_period = min(LAG_TICK_MAX_S, 2 * self._lag_period)
-        self._lag_due = now + self._lag_period
-        self._lag_handle = asyncio.get_running_loop().call_later(self._lag_period, self._lag_tick)
-
     def _tick(self) -> None:
         self.now = now = time.monotonic()
         self._set_fixed_headers()
@@ -572,9 +519,9 @@ class HttpServer:
     async def stop(self) -> None:
         """Stop listening; close idle connections now and the others after their answer."""
         self.closing = True
-        for handle in (self._tick_handle, self._lag_handle):
-            if handle is not None:
-                handle.cancel()
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        self.lag.stop()
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):

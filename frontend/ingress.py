@@ -6,14 +6,16 @@ import logging
 import time
 from typing import Any, Callable
 
-from schooner import protocol
+from schooner import defaults, protocol
 from frontend.admission import nbytes, split_items, validate_items
 from frontend.config import FrontendConfig
 from frontend.dispatch import Dispatcher
+from frontend.looplag import LoopLag
 from schooner.errors import BadInput, NoModel, NotReady, Overloaded, ProtocolError, SchoonerError, UnknownApp
 from schooner.protocol import ErrorCode, MsgType, short
 from frontend.badmsg import BadMessages
 from frontend.queries import Query
+from frontend.zmq_endpoints import RouterEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +32,14 @@ def error_frames(err: SchoonerError, request_id: Any, to: Any, retry_after_s: fl
 class ClientIngress:
     """Parses and validates QUERY messages, submits them, and sends each REPLY or ERROR."""
 
-    def __init__(self, dispatcher: Dispatcher, config: FrontendConfig, send: Callable[[list], None]) -> None:
+    def __init__(self, dispatcher: Dispatcher, config: FrontendConfig, send: Callable[[list], None],
+                 lag: LoopLag | None = None) -> None:
         self.dispatcher = dispatcher
         self.config = config
         self.send = send
         self.bad = BadMessages("client", dispatcher.metrics, log)
+        self.lag = lag if lag is not None else LoopLag()
+        self.endpoint: RouterEndpoint | None = None  # the client socket, once bound: when it was last empty
 
     def on_burst(self, burst: list[list[Any]]) -> None:
         """Handle a burst of client messages, then dispatch the queues they filled.
@@ -43,9 +48,10 @@ class ClientIngress:
         for that message alone and never costs another of the burst.
         """
         now = time.monotonic()
+        waited = self._waited(now)
         for frames in burst:
             try:
-                self._handle(frames, now)
+                self._handle(frames, now, waited)
             except (Overloaded, NotReady) as err:
                 self.send(error_frames(err, self._id_of(frames), frames[0], err.retry_after_s))
             except (ProtocolError, BadInput) as err:
@@ -60,11 +66,26 @@ class ClientIngress:
                                        self._id_of(frames), frames[0]))
         self.dispatcher.pump_dirty()
 
+    def _waited(self, now: float) -> float:
+        """How long the queries of the burst read at ``now`` likely waited in the socket (at most).
+
+        Each came after the drain before found the socket empty (``burst_since``), and the loop's
+        lag (:class:`LoopLag`) bounds it too: the loop may have sat idle since, reading each query
+        as it came. The whole burst is given that wait, as HTTP's requests are: queries a client sent
+        together while the loop was busy waited alike, and guessing the later ones shorter would
+        admit them late. Without this a frontend offered more than it reads stamped each query
+        when it got to it, admitted queries already late for their clients (its socket buffers
+        up to ``SNDHWM`` messages a peer), and every answer came late.
+        """
+        lag = self.lag.waited(now)  # asked for every burst: the timer runs while queries come
+        endpoint = self.endpoint
+        return 0.0 if endpoint is None else min(now - endpoint.burst_since, lag)
+
     @staticmethod
     def _id_of(frames: list) -> Any:
         return protocol.request_id(frames[1]) if len(frames) > 1 else None
 
-    def _handle(self, frames: list, now: float) -> None:
+    def _handle(self, frames: list, now: float, waited: float) -> None:
         total = 0
         for frame in frames[1:]:
             total += nbytes(frame)
@@ -87,8 +108,13 @@ class ClientIngress:
         metas, payload = split_items(hdr.get("items"), payload, self.config.max_items_per_query)
         if not metas:
             raise BadInput("query has no items")
+        if waited >= defaults.LOOP_LAG_FLOOR_S and route.app.spec.on_overload == "reject" \
+                and waited >= self.dispatcher.wait_budget_s(route):
+            raise self.dispatcher.refuse_behind(route, len(metas), waited, "read")
         validate_items(metas, payload, mq.spec.input_type, mq.input_shape, self.config.max_input_bytes)
-        query = Query(self.dispatcher.next_query_id(), route.app, len(metas), now, self._reply)
+        # It arrived when it came, not when it was read: admission counts the wait against its objective
+        # (an app that answers overload with its default output gets it there).
+        query = Query(self.dispatcher.next_query_id(), route.app, len(metas), now - waited, self._reply)
         query.client_id = request_id
         query.peer = frames[0]
         self.dispatcher.submit(route, query, metas, payload, now)

@@ -16,6 +16,7 @@ from schooner import curve
 from frontend.dispatch import Dispatcher
 from schooner.errors import ShuttingDown
 from frontend.ingress import ClientIngress
+from frontend.looplag import LoopLag
 from frontend.metrics import MetricsRegistry
 from frontend.replica_events import ReplicaEvents
 from frontend.replicas import ReplicaPool
@@ -46,6 +47,7 @@ class Frontend:
         self.pool = ReplicaPool(forget_after_s=self.config.forget_gone_replicas_after_s)
         self.dispatcher = Dispatcher(self.config, self.metrics, self.pool)
         self.replica_events = ReplicaEvents(self.config, self.pool, self.dispatcher)
+        self.lag = LoopLag()  # how far behind the loop is, for the ZMQ client port and HTTP alike
         self.client_port = 0
         self.replica_port = 0
         self.http_port: int | None = None
@@ -89,9 +91,10 @@ class Frontend:
                                                  on_unreachable=self.replica_events.on_unreachable,
                                                  spin_us=cfg.spin_us, max_message_bytes=cfg.max_message_bytes)
         self.dispatcher.attach(loop, replica.send)
-        ingress = ClientIngress(self.dispatcher, cfg, send=lambda frames: client.send(frames))
+        ingress = ClientIngress(self.dispatcher, cfg, send=lambda frames: client.send(frames), lag=self.lag)
         client = self._client = RouterEndpoint(sync_ctx, loop, "client-router", ingress.on_burst,
                                                spin_us=cfg.spin_us, max_message_bytes=cfg.max_message_bytes)
+        ingress.endpoint = client
         client.flush_with = [replica]
         replica.flush_with = [client]
         if cfg.curve_secret_file:
@@ -152,7 +155,7 @@ class Frontend:
         from frontend.http import HttpApi
         from frontend.httpserver import HttpServer
 
-        server = HttpServer(HttpApi(self).router(), self.config.max_message_bytes)
+        server = HttpServer(HttpApi(self).router(), self.config.max_message_bytes, lag=self.lag)
         ssl_context = None
         if self.config.tls_cert_file:
             import ssl  # noqa: PLC0415 - only an HTTPS endpoint needs it
@@ -196,6 +199,7 @@ class Frontend:
             await self._http_server.stop()
         self._client.close()
         self._replica.close()
+        self.lag.stop()
         if self._own_ctx:
             self.ctx.term()
         log.info("frontend stopped")

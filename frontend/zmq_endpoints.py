@@ -98,6 +98,9 @@ class RouterEndpoint:
         self._read_scheduled = False
         self._closed = False
         self.drops = _DropLog(name)
+        # When a drain last found the socket empty; every message of the burst being handled came after ``burst_since``.
+        self.empty_at = 0.0
+        self.burst_since = 0.0
 
     def bind(self, host: str, port: int) -> int:
         """Bind to ``tcp://host:port`` (0 = a free port) and return the port."""
@@ -191,13 +194,18 @@ class RouterEndpoint:
         burst: list[list[zmq.Frame]] = []
         sock = self.sock
         frames = 0
+        emptied = False
         try:
             while len(burst) < MAX_BURST and frames < MAX_BURST_FRAMES:
                 msg = recv_frames(sock)
                 burst.append(msg)
                 frames += len(msg)
         except zmq.Again:
-            pass
+            emptied = True
+        if burst:
+            self.burst_since = self.empty_at
+        if emptied:
+            self.empty_at = time.monotonic()
         if burst:
             # Sends made by the handler leave in the flushes below, not one loop iteration later.
             held = [ep for ep in (self, *self.flush_with) if not ep._held]

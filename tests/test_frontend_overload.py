@@ -1,4 +1,5 @@
-"""A frontend that is itself behind (its loop busy) refuses what waited too long for it, at once.
+"""A frontend that is itself behind (its loop busy) refuses what waited too long for it, at once,
+over HTTP and ZMQ.
 
 Real Frontend, real replica process, real sockets; the loop is kept busy by a callback that
 sleeps on it, as a flood of requests would keep it busy.
@@ -13,6 +14,8 @@ import requests
 from frontend_support import FrontendThread, metric, start_replica
 from frontend_support import frontend_thread, procs  # noqa: F401 - fixtures
 
+from frontend.client import Client
+from schooner.errors import Overloaded
 from schooner.types import AppSpec, ModelSpec
 
 SLO_US = 100_000
@@ -81,3 +84,63 @@ def test_an_app_that_defaults_on_overload_gets_its_default_at_once_after_waiting
     dump = ft.metrics()
     assert metric(dump, "counters", "model:noop:1:shed_at_arrival")["count"] >= 1
     assert not [e for e in dump["counters"] if "app:lenient:errors_overloaded" in e]  # none refused
+
+
+def _query_while_busy(ft: FrontendThread, client: Client, app: str, busy_s: float, n: int = 1) -> tuple:
+    """Send ``n`` ZMQ queries that arrive while the frontend's loop is busy for ``busy_s``;
+    (answers or errors in order, seconds until the last came)."""
+    busy = threading.Event()
+
+    def occupy() -> None:
+        busy.set()
+        time.sleep(busy_s)
+
+    ft.loop.call_soon_threadsafe(occupy)
+    assert busy.wait(10)
+    time.sleep(0.01)  # the loop is inside the sleep: the queries wait in the socket
+    t0 = time.monotonic()
+    answers = client.predict_many(app, [[1.0, 2.0]] * n, concurrency=n)
+    return answers, time.monotonic() - t0
+
+
+def test_zmq_queries_left_unread_by_a_busy_frontend_are_refused_at_once_and_the_next_served(
+        frontend_thread, procs):
+    ft = frontend_thread
+    _deploy(ft, procs)
+    with Client(ft.client_address, timeout_s=10) as client:
+        assert client.predict("app", [1.0, 2.0]).default is False
+        # 20 % of the 100 ms objective may go on waiting for the frontend; these wait ~140 ms.
+        answers, took = _query_while_busy(ft, client, "app", 0.15, n=8)
+        assert all(isinstance(a, Overloaded) for a in answers), answers
+        assert all("the frontend is behind" in str(a) for a in answers)
+        assert all(0.05 < a.retry_after_s < 0.3 for a in answers)
+        assert took < 0.15 + 0.05  # answered as soon as they were read
+        time.sleep(0.05)
+        assert client.predict("app", [1.0, 2.0]).default is False  # caught up
+    dump = ft.metrics()
+    assert metric(dump, "counters", "model:noop:1:shed_at_arrival")["count"] >= 8
+
+
+def test_a_zmq_app_that_defaults_on_overload_gets_its_default_at_once_after_waiting_past_its_objective(
+        frontend_thread, procs):
+    ft = frontend_thread
+    _deploy(ft, procs)
+    with Client(ft.client_address, timeout_s=10) as client:
+        assert client.predict("lenient", [1.0, 2.0]).default is False
+        answers, took = _query_while_busy(ft, client, "lenient", 0.25, n=4)
+        assert all(a.default for a in answers), answers
+        assert all("before it reached the queue" in a.default_explanation for a in answers)
+        assert took < 0.25 + 0.05
+        time.sleep(0.05)
+        assert client.predict("lenient", [1.0, 2.0]).default is False
+    dump = ft.metrics()
+    assert not [e for e in dump["counters"] if "app:lenient:errors_overloaded" in e]  # none refused
+
+
+def test_a_zmq_query_after_the_frontend_sat_idle_is_served(frontend_thread, procs):
+    ft = frontend_thread
+    _deploy(ft, procs)
+    with Client(ft.client_address, timeout_s=10) as client:
+        for pause_s in (0.0, 0.3, 0.7):  # the socket was last empty that long ago, the loop idle
+            time.sleep(pause_s)
+            assert client.predict("app", [1.0, 2.0]).default is False

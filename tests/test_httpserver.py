@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from frontend import httpserver
+from frontend import httpserver, looplag
 from frontend.httpserver import HttpServer, Request, Response, Router
 from schooner.cli import PID_HEADER
 
@@ -314,8 +314,8 @@ def test_the_lag_timer_slows_down_between_requests_and_speeds_up_when_they_come(
     with requests.Session() as s:
         assert s.post(f"{server.url}/gate/keep", data=b"1").status_code == 200  # starts the lag timer
         time.sleep(0.1)  # nothing comes: the period doubles up to its longest
-        assert hs._lag_period == httpserver.LAG_TICK_MAX_S and hs._lag_handle is not None
+        assert hs.lag.period_s == looplag.LAG_TICK_MAX_S and hs.lag.running
         deadline = time.monotonic() + 0.05
-        while hs._lag_period != httpserver.LAG_TICK_S and time.monotonic() < deadline:
+        while hs.lag.period_s != looplag.LAG_TICK_S and time.monotonic() < deadline:
             s.post(f"{server.url}/gate/keep", data=b"1")  # requests keep coming: sampled every tick
-        assert hs._lag_period == httpserver.LAG_TICK_S
+        assert hs.lag.period_s == looplag.LAG_TICK_S
