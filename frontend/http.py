@@ -368,7 +368,7 @@ class HttpApi:
     def predict_early(self, request: Request) -> Response | None:
         """At a prediction's headers: 429 ``overloaded`` at once, its body dropped unread, when
         the frontend itself is behind: the wait to be read (``waited_s``) is over the share of
-        the objective it allows (:meth:`Dispatcher.wait_budget_s`).
+        the objective it allows, behind a standing queue (:meth:`Dispatcher.behind`).
 
         A query's arrival is when its request came (``request.arrived``: read, less that wait),
         so admission at the model's queue counts the wait too; a big body is checked again
@@ -378,13 +378,11 @@ class HttpApi:
         answer came seconds late. An app that answers overload with its default output gets
         it from admission, once its body is parsed.
         """
-        waited = request.waited_s
-        if waited < defaults.LOOP_LAG_FLOOR_S:
-            return None
         route = self.fe.dispatcher.routes.get(request.params["app"])
         if route is None or route.queue is None or route.app.spec.on_overload != "reject":
             return None
-        if waited < self.fe.dispatcher.wait_budget_s(route):
+        waited = request.waited_s
+        if not self.fe.dispatcher.behind(route, waited, request.arrived + waited):
             return None
         return self._refuse_late(route, waited)
 
@@ -403,7 +401,7 @@ class HttpApi:
             route = self._route(name)
             late_at = math.inf
             if request.arrived and route.queue is not None and route.app.spec.on_overload == "reject":
-                late_at = request.arrived + self.fe.dispatcher.wait_budget_s(route)
+                late_at = request.arrived + route.app.wait_budget_s
             parsed = await asyncio.to_thread(_parse_unless_late, late_at, request.body, input_type,
                                              self.fe.config.max_items_per_query)
             route = self._route(name)  # the deployment may have changed meanwhile

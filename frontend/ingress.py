@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from schooner import defaults, protocol
+from schooner import protocol
 from frontend.admission import nbytes, split_items, validate_items
 from frontend.config import FrontendConfig
 from frontend.dispatch import Dispatcher
@@ -108,8 +108,7 @@ class ClientIngress:
         metas, payload = split_items(hdr.get("items"), payload, self.config.max_items_per_query)
         if not metas:
             raise BadInput("query has no items")
-        if waited >= defaults.LOOP_LAG_FLOOR_S and route.app.spec.on_overload == "reject" \
-                and waited >= self.dispatcher.wait_budget_s(route):
+        if route.app.spec.on_overload == "reject" and self.dispatcher.behind(route, waited, now):
             raise self.dispatcher.refuse_behind(route, len(metas), waited, "read")
         validate_items(metas, payload, mq.spec.input_type, mq.input_shape, self.config.max_input_bytes)
         # It arrived when it came, not when it was read: admission counts the wait against its objective

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 from typing import Any, Callable
 
+from schooner import defaults
 from schooner import metric_names as names
 from schooner.errors import SchoonerError
 
@@ -73,7 +74,7 @@ class AppRoute:
     """What the hot path needs about an app: its spec, default output, metrics and deadline wheel."""
 
     __slots__ = ("spec", "default_frame", "explanation", "latency", "throughput", "num_predictions",
-                 "default_ratio", "deadlines")
+                 "default_ratio", "deadlines", "wait_budget_s", "standing_s", "over_budget_since")
 
     def __init__(self, spec: Any, metrics: Any) -> None:
         self.spec = spec
@@ -86,6 +87,12 @@ class AppRoute:
         self.num_predictions = metrics.counter(prefix + names.APP_NUM_PREDICTIONS)
         self.default_ratio = metrics.ratio_counter(prefix + names.APP_DEFAULT_RATIO)
         self.deadlines = DeadlineWheel()
+        # Overload control at the frontend itself (Dispatcher.behind): how long a query may wait for it
+        # to be read, how long waits over that make a standing queue, and since when they have been (0: not).
+        slo_s = spec.latency_slo_micros * 1e-6
+        self.wait_budget_s = max(defaults.LOOP_LAG_FLOOR_S, defaults.FRONTEND_WAIT_SHARE * slo_s)
+        self.standing_s = defaults.FRONTEND_STANDING_SLOS * slo_s
+        self.over_budget_since = 0.0
 
 
 class Query:

@@ -52,11 +52,12 @@ def test_a_request_left_unread_by_a_busy_frontend_is_refused_at_once_and_the_nex
     url = f"{ft.http_url}/app/predict"
     with requests.Session() as s:
         assert s.post(url, json={"input": [1.0, 2.0]}, timeout=10).json()["default"] is False
-        # 20 % of the 100 ms objective may go on waiting for the frontend; this one waits ~130 ms.
+        # This one waits ~130 ms for the frontend, past its 100 ms objective.
         answer, took = _post_while_busy(ft, s, "app", 0.15)
         assert answer.status_code == 429 and answer.headers["Retry-After"] == "1"
         body = answer.json()
-        assert body["error"] == "overloaded" and "the frontend is behind" in body["cause"]
+        # One stretch of a busy loop is not a standing queue: it is refused by its deadline, passed.
+        assert body["error"] == "overloaded" and "waited ~" in body["cause"], body
         assert 0.05 < body["retry_after_s"] < 0.2
         assert took < 0.15 + 0.05  # answered as soon as it was read
         time.sleep(0.05)
@@ -103,16 +104,16 @@ def _query_while_busy(ft: FrontendThread, client: Client, app: str, busy_s: floa
     return answers, time.monotonic() - t0
 
 
-def test_zmq_queries_left_unread_by_a_busy_frontend_are_refused_at_once_and_the_next_served(
+def test_zmq_queries_left_unread_past_their_objective_by_a_busy_frontend_are_refused_at_once(
         frontend_thread, procs):
     ft = frontend_thread
     _deploy(ft, procs)
     with Client(ft.client_address, timeout_s=10) as client:
         assert client.predict("app", [1.0, 2.0]).default is False
-        # 20 % of the 100 ms objective may go on waiting for the frontend; these wait ~140 ms.
+        # These wait ~140 ms for the frontend, past their 100 ms objective.
         answers, took = _query_while_busy(ft, client, "app", 0.15, n=8)
         assert all(isinstance(a, Overloaded) for a in answers), answers
-        assert all("the frontend is behind" in str(a) for a in answers)
+        assert all("before it reached the queue" in str(a) for a in answers), answers
         assert all(0.05 < a.retry_after_s < 0.3 for a in answers)
         assert took < 0.15 + 0.05  # answered as soon as they were read
         time.sleep(0.05)
