@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from frontend import httpserver, looplag
+from frontend import httpserver
 from frontend.httpserver import HttpServer, Request, Response, Router
 from schooner.cli import PID_HEADER
 
@@ -307,15 +307,3 @@ def test_a_request_sent_after_its_connections_last_answer_did_not_wait_through_t
         assert b" 200 " in _exchange(sock, b"GET /block/150 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert b" 200 " in _exchange(sock, gate)
     assert server.early_seen[-1] < 0.02
-
-
-def test_the_lag_timer_slows_down_between_requests_and_speeds_up_when_they_come(server):
-    hs = server.server
-    with requests.Session() as s:
-        assert s.post(f"{server.url}/gate/keep", data=b"1").status_code == 200  # starts the lag timer
-        time.sleep(0.1)  # nothing comes: the period doubles up to its longest
-        assert hs.lag.period_s == looplag.LAG_TICK_MAX_S and hs.lag.running
-        deadline = time.monotonic() + 0.05
-        while hs.lag.period_s != looplag.LAG_TICK_S and time.monotonic() < deadline:
-            s.post(f"{server.url}/gate/keep", data=b"1")  # requests keep coming: sampled every tick
-        assert hs.lag.period_s == looplag.LAG_TICK_S
