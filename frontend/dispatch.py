@@ -246,16 +246,16 @@ class Dispatcher:
 
     @staticmethod
     def behind(route: Route, waited_s: float, now: float) -> bool:
-        """Whether a query of ``route`` read at ``now``, after waiting ``waited_s`` for the frontend
-        itself (in its socket, for a parsing thread), is refused for it (429 ``overloaded``).
+        """Whether a ZMQ query of ``route`` read at ``now``, after waiting ``waited_s`` in the
+        frontend's socket, is refused for that wait (429 ``overloaded``).
 
         This is overload control, not a prediction: a frontend offered more than its core
         serves refuses what waits longer than ``FRONTEND_WAIT_SHARE`` of its objective
         (``wait_budget_s``), so its own queue stays that short and what it admits has the rest
         of the objective for its model. Refusing only what had waited too long to make it at
         all (the objective less the model's cost) held the wait at about that much: with
-        elastic-net's 20 ms objective at 3,000 q/s of 84 KB bodies, every query admitted reached
-        its model's queue with a few ms left, and none was answered in time.
+        elastic-net's 20 ms objective at 3,000 q/s of 84 KB HTTP bodies, every query admitted
+        reached its model's queue with a few ms left, and none was answered in time.
 
         But only a standing queue is refused for, as CoDel drops only for one: every query of the
         app read for ``standing_s`` (an objective) had waited over its budget. A single long
@@ -275,16 +275,14 @@ class Dispatcher:
 
     def refuse_behind(self, route: Route, n: int, waited_s: float, what: str) -> Overloaded:
         """The 429 ``overloaded`` for ``n`` queries of ``route`` that waited ``waited_s`` for the
-        frontend (``what``: to be read, or read and parsed) behind a standing queue (:meth:`behind`),
-        counted as shed."""
+        frontend (``what``: to be read, or read and parsed), counted as shed."""
         mq = route.queue
         assert mq is not None, "only a query for a model waits for it"
         return self.refuse(
             route, mq, n,
             f"overloaded: the frontend is behind: the query waited ~{round(waited_s * 1e6)} µs to be {what}, "
             f"more than the {round(route.app.wait_budget_s * 1e6)} µs it allows of the latency "
-            f"objective of {route.app.spec.latency_slo_micros} µs, as every query has for "
-            f"~{round((time.monotonic() - route.app.over_budget_since) * 1e3)} ms", waited_s)
+            f"objective of {route.app.spec.latency_slo_micros} µs", waited_s)
 
     def refuse(self, route: Route, mq: ModelQueue, n: int, why: str, retry_s: float) -> Overloaded:
         """The 429 ``overloaded`` for ``n`` queries of ``route`` shed at arrival, counted (as shed,

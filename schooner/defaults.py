@@ -49,8 +49,8 @@ ADMISSION_GUARD_MICROS = 1000  # admission wants a query done this long before i
 ENTRY_AGE_WEIGHT = 0.05  # EWMA weight of how old queries are when queued (the batch cap plans for what is left)
 LOOP_LAG_FLOOR_S = 0.001  # a query that waited less than this for the frontend's loop to read it is not checked
 FRONTEND_WAIT_SHARE = 0.20  # a query that waited longer than this share of its objective for the frontend (to be
-FRONTEND_STANDING_SLOS = 1.0  # read, for a parsing thread) is refused once its app's waits have been over that
-# share for this many objectives straight: overload control that keeps the frontend's own queue short
+# read, for a parsing thread) is refused: overload control that keeps the frontend's own queue short. Over HTTP at
+FRONTEND_STANDING_SLOS = 1.0  # once; over ZMQ when every read has waited that long for this many objectives
 CACHE_SIZE_BYTES = 64 * 1024 * 1024  # prediction cache bound per model version (when enabled)
 ON_OVERLOAD = "reject"  # what an app answers a query that cannot make its deadline: reject (429) | default
 
