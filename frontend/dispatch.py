@@ -244,35 +244,6 @@ class Dispatcher:
             return
         raise self.refuse(route, mq, n, why, retry_s)
 
-    @staticmethod
-    def behind(route: Route, waited_s: float, now: float) -> bool:
-        """Whether a ZMQ query of ``route`` read at ``now``, after waiting ``waited_s`` in the
-        frontend's socket, is refused for that wait (429 ``overloaded``).
-
-        This is overload control, not a prediction: a frontend offered more than its core
-        serves refuses what waits longer than ``FRONTEND_WAIT_SHARE`` of its objective
-        (``wait_budget_s``), so its own queue stays that short and what it admits has the rest
-        of the objective for its model. Refusing only what had waited too long to make it at
-        all (the objective less the model's cost) held the wait at about that much: with
-        elastic-net's 20 ms objective at 3,000 q/s of 84 KB HTTP bodies, every query admitted
-        reached its model's queue with a few ms left, and none was answered in time.
-
-        But only a standing queue is refused for, as CoDel drops only for one: every query of the
-        app read for ``standing_s`` (an objective) had waited over its budget. A single long
-        stretch of the loop (a slow callback, the core taken by another process for a time
-        slice) ends by itself and costs only the queries it made too late, which admission
-        finds by their deadlines, the wait counted: refusing at the first wait over the
-        budget shed 5.6 % of elastic-net's queries over ZMQ at half its capacity (0.3 % before
-        the wait was counted at all).
-        """
-        app = route.app
-        if waited_s < app.wait_budget_s:
-            app.over_budget_since = 0.0
-            return False
-        if not app.over_budget_since:
-            app.over_budget_since = now
-        return now - app.over_budget_since >= app.standing_s
-
     def refuse_behind(self, route: Route, n: int, waited_s: float, what: str) -> Overloaded:
         """The 429 ``overloaded`` for ``n`` queries of ``route`` that waited ``waited_s`` for the
         frontend (``what``: to be read, or read and parsed), counted as shed."""

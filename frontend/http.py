@@ -370,7 +370,7 @@ class HttpApi:
         the frontend itself is behind: the wait to be read (``waited_s``) is over the share of
         the objective it allows (``wait_budget_s``), at the first such wait.
 
-        Not only behind a standing queue, as over ZMQ (:meth:`Dispatcher.behind`): refused here,
+        Not only behind a standing queue, as over ZMQ (:meth:`AppRoute.behind`): refused here,
         a body is dropped unread, so refusing saves its parse, the frontend's main cost; and the
         waits of requests differ by connection (one just answered cannot have waited long), so
         one short wait says nothing of the others. With the standing rule here elastic-net's 80 KB

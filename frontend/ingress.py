@@ -108,7 +108,7 @@ class ClientIngress:
         metas, payload = split_items(hdr.get("items"), payload, self.config.max_items_per_query)
         if not metas:
             raise BadInput("query has no items")
-        if route.app.spec.on_overload == "reject" and self.dispatcher.behind(route, waited, now):
+        if route.app.spec.on_overload == "reject" and route.app.behind(waited, now):
             raise self.dispatcher.refuse_behind(route, len(metas), waited, "read")
         validate_items(metas, payload, mq.spec.input_type, mq.input_shape, self.config.max_input_bytes)
         # It arrived when it came, not when it was read: admission counts the wait against its objective

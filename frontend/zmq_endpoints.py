@@ -194,19 +194,16 @@ class RouterEndpoint:
         burst: list[list[zmq.Frame]] = []
         sock = self.sock
         frames = 0
-        emptied = False
+        since = self.empty_at
         try:
             while len(burst) < MAX_BURST and frames < MAX_BURST_FRAMES:
                 msg = recv_frames(sock)
                 burst.append(msg)
                 frames += len(msg)
         except zmq.Again:
-            emptied = True
-        if burst:
-            self.burst_since = self.empty_at
-        if emptied:
             self.empty_at = time.monotonic()
         if burst:
+            self.burst_since = since
             # Sends made by the handler leave in the flushes below, not one loop iteration later.
             held = [ep for ep in (self, *self.flush_with) if not ep._held]
             for ep in held:

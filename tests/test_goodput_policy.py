@@ -480,22 +480,20 @@ def test_a_cold_curve_does_not_shed_for_a_guessed_cost_of_sizes_not_seen():
 def test_the_frontend_refuses_for_its_own_wait_only_behind_a_standing_queue():
     # 20 ms objective: a query may wait 4 ms for the frontend; waits over that for 20 ms straight
     # are a standing queue, refused for. One long stretch of the loop, or a few, is not.
-    from frontend.dispatch import Dispatcher, Route
     from frontend.metrics import MetricsRegistry
     from frontend.queries import AppRoute
     from schooner.types import AppSpec
 
-    route = Route(AppRoute(AppSpec("a", "floats", latency_slo_micros=20_000), MetricsRegistry()), None)
-    behind = Dispatcher.behind
-    assert route.app.wait_budget_s == pytest.approx(0.004) and route.app.standing_s == pytest.approx(0.020)
+    app = AppRoute(AppSpec("a", "floats", latency_slo_micros=20_000), MetricsRegistry())
+    assert app.wait_budget_s == pytest.approx(0.004) and app.standing_s == pytest.approx(0.020)
     t = 100.0
-    assert not behind(route, 0.050, t)  # a 50 ms stretch of the loop: its deadline decides, not this
-    assert not behind(route, 0.006, t + 0.010)
-    assert not behind(route, 0.001, t + 0.015)  # one read under the budget: no standing queue
-    assert not behind(route, 0.006, t + 0.016)
-    assert not behind(route, 0.005, t + 0.030)
-    assert behind(route, 0.005, t + 0.037)  # every read over the budget for 20 ms
-    assert behind(route, 0.0045, t + 0.040)
-    assert not behind(route, 0.0039, t + 0.041)  # drained: admitted again
-    assert not behind(route, 0.0, t + 0.042)
-    assert not behind(route, 0.008, t + 0.043)
+    assert not app.behind(0.050, t)  # a 50 ms stretch of the loop: its deadline decides, not this
+    assert not app.behind(0.006, t + 0.010)
+    assert not app.behind(0.001, t + 0.015)  # one read under the budget: no standing queue
+    assert not app.behind(0.006, t + 0.016)
+    assert not app.behind(0.005, t + 0.030)
+    assert app.behind(0.005, t + 0.037)  # every read over the budget for 20 ms
+    assert app.behind(0.0045, t + 0.040)
+    assert not app.behind(0.0039, t + 0.041)  # drained: admitted again
+    assert not app.behind(0.0, t + 0.042)
+    assert not app.behind(0.008, t + 0.043)
