@@ -15,6 +15,12 @@ LAG_TICK_MAX_S = 0.008  # the period doubles to this while it keeps up
 LAG_IDLE_S = 0.5  # and the timer stops this long after the last of them
 
 
+def next_period(period_s: float, lag_s: float) -> float:
+    """The lag timer's next period after one that ran ``lag_s`` late: LAG_TICK_S when the loop
+    lagged (by LAG_TICK_S or more), else twice ``period_s``, up to LAG_TICK_MAX_S."""
+    return LAG_TICK_S if lag_s >= LAG_TICK_S else min(LAG_TICK_MAX_S, 2 * period_s)
+
+
 class LoopLag:
     """The loop's lag, sampled by a timer that runs only while :meth:`waited` is asked (and LAG_IDLE_S after)."""
 
@@ -78,7 +84,7 @@ class LoopLag:
         if now - self._asked > LAG_IDLE_S:  # nothing asked lately: stop (no wakeups while idle)
             self._handle = None
             return
-        self._period = LAG_TICK_S if self.last_lag_s >= LAG_TICK_S else min(LAG_TICK_MAX_S, 2 * self._period)
+        self._period = next_period(self._period, self.last_lag_s)
         self._due = now + self._period
         self._handle = asyncio.get_running_loop().call_later(self._period, self._tick)
 
